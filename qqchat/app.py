@@ -1,0 +1,92 @@
+"""The composition root: builds every layer once, in dependency order.
+
+``build`` is what twistd's ``makeService`` calls, and what tests call to run a
+real daemon in-process on a loopback port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints, threads
+
+from qqchat.dispatch import Dispatcher
+from qqchat.net.listener import ChatListenerService
+from qqchat.net.protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LINE, ChatFactory
+from qqchat.passwords import DEFAULT_COST, Hasher
+from qqchat.relay.hub import SessionHub
+from qqchat.relay.local import LocalRelay
+from qqchat.services.accounts import AccountService
+from qqchat.services.friends import FriendService
+from qqchat.services.groups import GroupService
+from qqchat.services.limits import Limits
+from qqchat.services.messages import MessageService
+from qqchat.services.presence import PresenceService
+from qqchat.services.users import UserDirectory
+from qqchat.storage.log import MessageLog
+from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
+from qqchat.storage.store import Store
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "tcp:6000:interface=127.0.0.1"
+    db: str = "sqlite:///qqchat.db"
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    hash_cost: int = DEFAULT_COST
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_line: int = DEFAULT_MAX_LINE
+    kick_on_duplicate: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+
+class ChatDaemon(MultiService):
+    """The whole daemon. Children start in order (database, listener) and stop in
+    reverse, so clients are said goodbye to before the pool closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.database: DatabaseService
+        self.listener: ChatListenerService
+        self.dispatcher: Dispatcher
+        self.hub: SessionHub
+        self.log: MessageLog
+
+
+def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None = None
+          ) -> ChatDaemon:
+    daemon = ChatDaemon()
+    db_config = parse_database_url(settings.db, settings.db_pool_min, settings.db_pool_max)
+    pool = make_pool(db_config, reactor)
+    database = DatabaseService(db_config, pool)
+    database.setServiceParent(daemon)
+
+    store = Store(pool, db_config.dialect)
+    log = MessageLog(store, reactor)
+    hub = SessionHub()
+    relay = LocalRelay(hub)
+    limits = settings.limits
+    users = UserDirectory(store)
+    presence = PresenceService(store, relay)
+    threadpool = reactor.getThreadPool()
+    hasher = Hasher(lambda f, *a: threads.deferToThreadPool(reactor, threadpool, f, *a),
+                    settings.hash_cost)
+    accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
+                              kick_on_duplicate=settings.kick_on_duplicate)
+    messages = MessageService(store, log, relay, users, limits)
+    friends = FriendService(store, relay, users, reactor)
+    groups = GroupService(store, relay, reactor, limits)
+    dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits)
+
+    factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line)
+    endpoint = endpoints.serverFromString(reactor, settings.listen)
+    listener = ChatListenerService(endpoint, factory, database.ready, reactor, on_fatal)
+    listener.setServiceParent(daemon)
+
+    daemon.database, daemon.listener, daemon.dispatcher = database, listener, dispatcher
+    daemon.hub, daemon.log = hub, log
+    return daemon

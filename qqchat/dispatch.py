@@ -1,0 +1,267 @@
+"""Request validation, routing to services, and the error shape clients see (P1, P2, P5).
+
+Handlers are ``handle_<type>`` methods, found by name. Each pulls its fields
+through the ``_str``/``_id`` helpers, which raise ``missing_field`` or
+``bad_field``; any ``ChatError`` becomes an error frame with its code, and any
+other exception is logged once here and reported as ``internal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from qqchat.errors import ChatError
+from qqchat.services.accounts import AccountService
+from qqchat.services.friends import FriendService
+from qqchat.services.groups import GroupService
+from qqchat.services.limits import Limits
+from qqchat.services.messages import MessageService
+from qqchat.services.presence import PresenceService
+from qqchat.session import Session
+
+Frame = dict[str, Any]
+Handler = Callable[[Session, Frame], Coroutine[Any, Any, Frame | None]]
+
+_MISSING = object()
+_MAX_ID = 2**53  # ids stay exact in every JSON client
+#: the only requests served before login
+_ANONYMOUS = frozenset({"register", "login", "ping"})
+_REPLY_TYPES = {"ping": "pong"}
+
+
+def _get(msg: Frame, key: str, required: bool) -> Any:
+    value = msg.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise ChatError("missing_field", f"field {key!r} is required", field=key)
+        return _MISSING
+    return value
+
+
+def _str(msg: Frame, key: str, required: bool = True) -> str | None:
+    value = _get(msg, key, required)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, str):
+        raise ChatError("bad_field", f"field {key!r} must be a string", field=key)
+    return value
+
+
+def _int(msg: Frame, key: str, required: bool = True, low: int = 1, high: int = _MAX_ID,
+         what: str = "a positive integer id") -> int | None:
+    value = _get(msg, key, required)
+    if value is _MISSING:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ChatError("bad_field", f"field {key!r} must be {what}", field=key)
+    return value
+
+
+def _id(msg: Frame, key: str) -> int:
+    value = _int(msg, key)
+    assert value is not None
+    return value
+
+
+class Dispatcher:
+    log = Logger()
+
+    def __init__(self, accounts: AccountService, presence: PresenceService,
+                 messages: MessageService, friends: FriendService, groups: GroupService,
+                 limits: Limits) -> None:
+        self.accounts = accounts
+        self.presence = presence
+        self.messages = messages
+        self.friends = friends
+        self.groups = groups
+        self.limits = limits
+        self._cleanups: set[defer.Deferred[None]] = set()
+
+    # -- the boundary -----------------------------------------------------
+
+    def dispatch(self, session: Session, msg: Any) -> defer.Deferred[Frame | None]:
+        """Handle one decoded request; the Deferred fires with the reply frame, or None
+        when the handler wrote its own reply."""
+        if not isinstance(msg, dict):
+            return defer.succeed(error_frame("bad_request", "a request is a JSON object"))
+        req = msg.get("req", _MISSING)
+        if req is not _MISSING and isinstance(req, (dict, list)):
+            return defer.succeed(error_frame("bad_field", "field 'req' must be a JSON scalar",
+                                             field="req"))
+        typ = msg.get("type")
+        if not isinstance(typ, str):
+            code = "missing_field" if typ is None else "bad_field"
+            return defer.succeed(error_frame(code, "field 'type' must be a string",
+                                             req=req, field="type"))
+        handler: Handler | None = getattr(self, "handle_" + typ, None)
+        if handler is None:
+            return defer.succeed(error_frame("unknown_type", f"unknown request type {typ!r}",
+                                             req=req))
+        if session.user_id is None and typ not in _ANONYMOUS:
+            return defer.succeed(error_frame("not_logged_in", "log in first", req=req))
+        d = defer.Deferred.fromCoroutine(handler(session, msg))
+        d.addCallbacks(self._reply, self._error, callbackArgs=(typ, req),
+                       errbackArgs=(typ, req))
+        return d
+
+    @staticmethod
+    def _reply(body: Frame | None, typ: str, req: Any) -> Frame | None:
+        if body is None:
+            return None
+        return reply_frame(typ, req, body)
+
+    def _error(self, failure: Failure, typ: str, req: Any) -> Frame:
+        if failure.check(ChatError):
+            e: ChatError = failure.value
+            return error_frame(e.code, e.message, req=req, **e.extra)
+        self.log.failure("handler for {type} failed", failure, type=typ)
+        return error_frame("internal", "internal server error", req=req)
+
+    def connection_lost(self, session: Session) -> defer.Deferred[None]:
+        d = defer.Deferred.fromCoroutine(self.accounts.disconnected(session))
+        d.addErrback(lambda f: self.log.failure("cleanup after disconnect failed", f))
+        if not d.called:
+            self._cleanups.add(d)
+            d.addBoth(lambda r: (self._cleanups.discard(d), r)[1])
+        return d
+
+    def drain(self) -> defer.Deferred[Any]:
+        """Fires when disconnect cleanups and pending log writes are done (graceful stop)."""
+        waits = [*self._cleanups, self.messages.idle()]
+        return defer.DeferredList(waits, consumeErrors=True)
+
+    # -- handlers ---------------------------------------------------------
+
+    async def handle_ping(self, session: Session, msg: Frame) -> Frame:
+        return {}
+
+    async def handle_register(self, session: Session, msg: Frame) -> Frame:
+        name, password = _str(msg, "name"), _str(msg, "password")
+        assert name is not None and password is not None
+        return await self.accounts.register(name, password)
+
+    async def handle_login(self, session: Session, msg: Frame) -> None:
+        password = _str(msg, "password")
+        assert password is not None
+        name = _str(msg, "name", required=False)
+        uid = None if name is not None else _int(msg, "id", required=False)
+        if name is None and uid is None:
+            raise ChatError("missing_field", "login needs 'name' or 'id'", field="name")
+        body, acked = await self.accounts.login(session, password, name=name, user_id=uid)
+        # the reply goes out before the backlog, which follows as message pushes
+        session.send(reply_frame("login", msg.get("req", _MISSING), body))
+        try:
+            await self.messages.sync(session, acked)
+        except ChatError as e:
+            session.send(error_frame(e.code, "offline messages could not be loaded now; "
+                                             "they will be sent at your next login"))
+        return None
+
+    async def handle_logout(self, session: Session, msg: Frame) -> Frame:
+        await self.accounts.logout(session)
+        return {}
+
+    async def handle_who(self, session: Session, msg: Frame) -> Frame:
+        lim = self.limits
+        limit = _int(msg, "limit", required=False, high=lim.who_max,
+                     what=f"an integer from 1 to {lim.who_max}") or lim.who_default
+        offset = _int(msg, "offset", required=False, low=0, what="a non-negative integer") or 0
+        return await self.presence.who(offset, limit)
+
+    def _cid(self, msg: Frame) -> str | None:
+        cid = _get(msg, "cid", required=False)
+        if cid is _MISSING:
+            return None
+        if isinstance(cid, bool) or not isinstance(cid, (str, int)):
+            raise ChatError("bad_field", "field 'cid' must be a string or an integer",
+                            field="cid")
+        cid = str(cid)
+        if not 1 <= len(cid) <= self.limits.cid_max:
+            raise ChatError("bad_field", f"field 'cid' is 1-{self.limits.cid_max} characters",
+                            field="cid")
+        return cid
+
+    async def handle_chat(self, session: Session, msg: Frame) -> Frame:
+        to, text, cid = _id(msg, "to"), _str(msg, "text"), self._cid(msg)
+        assert text is not None
+        return await self.messages.chat(session, to, text, cid)
+
+    async def handle_broadcast(self, session: Session, msg: Frame) -> Frame:
+        text, cid = _str(msg, "text"), self._cid(msg)
+        assert text is not None
+        return await self.messages.broadcast(session, text, cid)
+
+    async def handle_group_chat(self, session: Session, msg: Frame) -> Frame:
+        gid, text, cid = _id(msg, "group"), _str(msg, "text"), self._cid(msg)
+        assert text is not None
+        return await self.messages.group_chat(session, gid, text, cid)
+
+    async def handle_ack(self, session: Session, msg: Frame) -> Frame:
+        return await self.messages.ack(session, _id(msg, "id"))
+
+    async def handle_history(self, session: Session, msg: Frame) -> Frame:
+        lim = self.limits
+        group = _int(msg, "group", required=False)
+        with_user = None if group is not None else _int(msg, "with", required=False)
+        if group is None and with_user is None:
+            raise ChatError("missing_field", "history needs 'with' (a user id) or 'group'",
+                            field="with")
+        before = _int(msg, "before", required=False)
+        limit = _int(msg, "limit", required=False, high=lim.history_max,
+                     what=f"an integer from 1 to {lim.history_max}") or lim.history_default
+        return await self.messages.history(session, with_user, group, before, limit)
+
+    async def handle_friend_add(self, session: Session, msg: Frame) -> Frame:
+        return await self.friends.request(session, _id(msg, "to"))
+
+    async def handle_friend_accept(self, session: Session, msg: Frame) -> Frame:
+        return await self.friends.accept(session, _id(msg, "from"))
+
+    async def handle_friend_decline(self, session: Session, msg: Frame) -> Frame:
+        return await self.friends.decline(session, _id(msg, "from"))
+
+    async def handle_friend_remove(self, session: Session, msg: Frame) -> Frame:
+        return await self.friends.remove(session, _id(msg, "id"))
+
+    async def handle_friends(self, session: Session, msg: Frame) -> Frame:
+        return await self.friends.list(session)
+
+    async def handle_group_create(self, session: Session, msg: Frame) -> Frame:
+        name = _str(msg, "name")
+        assert name is not None
+        return await self.groups.create(session, name, _str(msg, "desc", required=False) or "")
+
+    async def handle_group_join(self, session: Session, msg: Frame) -> Frame:
+        return await self.groups.join(session, _id(msg, "group"))
+
+    async def handle_group_leave(self, session: Session, msg: Frame) -> Frame:
+        return await self.groups.leave(session, _id(msg, "group"))
+
+    async def handle_group_info(self, session: Session, msg: Frame) -> Frame:
+        return {"group": await self.groups.info(_id(msg, "group"))}
+
+    async def handle_groups(self, session: Session, msg: Frame) -> Frame:
+        return await self.groups.mine(session)
+
+
+def reply_frame(typ: str, req: Any, body: Frame) -> Frame:
+    frame: Frame = {"type": _REPLY_TYPES.get(typ, typ)}
+    if req is not _MISSING:
+        frame["req"] = req
+    frame.update(body)
+    return frame
+
+
+def error_frame(code: str, message: str, req: Any = _MISSING, **extra: Any) -> Frame:
+    frame: Frame = {"type": "error"}
+    if req is not _MISSING:
+        frame["req"] = req
+    frame["code"] = code
+    frame["message"] = message
+    frame.update(extra)
+    return frame

@@ -1,0 +1,1 @@
+"""The network edge: framing JSON lines on TCP, idle timeouts, the listening service."""

@@ -1,0 +1,81 @@
+"""The listening service: waits for the database, then accepts; on stop, says goodbye."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger
+
+from qqchat.net.protocol import ChatFactory
+
+
+class ChatListenerService(Service):
+    """Starts listening once ``ready`` fires, so no client meets a half-built server.
+
+    If startup fails (say the database is unreachable), it logs why and calls
+    ``on_fatal`` (the daemon stops the reactor) rather than running without storage.
+    """
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: ChatFactory,
+                 ready: defer.Deferred[Any], clock: IReactorTime,
+                 on_fatal: Any = None, grace: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.ready = ready
+        self.clock = clock
+        self.on_fatal = on_fatal
+        self.grace = grace
+        self.port: IListeningPort | None = None
+        self.listening: defer.Deferred[IListeningPort] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.ready
+        d.addCallback(lambda _: self.endpoint.listen(self.factory))
+        d.addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        addr = port.getHost()
+        self.log.info("qqchat listening on {host}:{port}", host=getattr(addr, "host", "?"),
+                      port=getattr(addr, "port", "?"))
+        self.listening.callback(port)
+
+    def _failed(self, failure: Any) -> None:
+        self.log.failure("qqchat could not start", failure)
+        self.listening.errback(failure)
+        self.listening.addErrback(lambda _: None)
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            yield self.port.stopListening()
+        live = list(self.factory.live)
+        waits = []
+        for p in live:
+            d: defer.Deferred[None] = defer.Deferred()
+            p.notifyOnClose(d)
+            waits.append(d)
+            p.send_frame({"type": "server_shutdown"})
+            p.transport.loseConnection()
+        if waits:
+            timer = self.clock.callLater(self.grace, self._abort, live)
+            yield defer.DeferredList(waits)
+            if timer.active():
+                timer.cancel()
+        # let connection_lost cleanups (presence) reach the database before it closes
+        yield self.factory.dispatcher.drain()
+
+    @staticmethod
+    def _abort(live: list[Any]) -> None:
+        for p in live:
+            if p.connected:
+                p.transport.abortConnection()

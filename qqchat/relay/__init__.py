@@ -1,0 +1,1 @@
+"""Delivery to logged-in sessions: in-process (``local``) or across nodes (cluster)."""

@@ -1,0 +1,40 @@
+"""The interface services use to reach users, wherever they are logged in.
+
+The single-node daemon uses ``LocalRelay``; cluster mode swaps in a Redis-backed
+implementation of the same methods. Pushes are a fast path only: the message
+log is the record, so a push that does not arrive is resent at next login.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from qqchat.session import Session
+
+
+class Relay(Protocol):
+    async def claim(self, session: Session, kick: bool) -> bool:
+        """Make ``session`` its user's one session, kicking any other if ``kick``.
+
+        Returns False (and changes nothing) when another session exists and
+        ``kick`` is False.
+        """
+
+    def release(self, session: Session) -> bool:
+        """Forget ``session``; True if it was its user's current session."""
+
+    def deliver(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> None:
+        """Push a stored message to those of ``user_ids`` that are online."""
+
+    def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
+        """Push a stored broadcast to every online user but ``exclude``."""
+
+    def notify(self, user_ids: Iterable[int], line: bytes) -> None:
+        """Push an unstored event (presence, friend request) to online users."""
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        """Which of ``user_ids`` are online anywhere."""
+
+    async def who(self, offset: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        """Total online, and one page of (id, name) ordered by id."""

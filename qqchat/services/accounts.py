@@ -1,0 +1,129 @@
+"""Register, login, logout (F1-F4): credentials, the one-session rule, the login summary."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from qqchat.errors import ChatError
+from qqchat.passwords import Hasher
+from qqchat.relay.base import Relay
+from qqchat.services.limits import Limits
+from qqchat.services.presence import PresenceService
+from qqchat.services.users import UserDirectory
+from qqchat.session import Session
+from qqchat.storage.store import Store
+
+_NAME = re.compile(r"[\w.\-]+")
+
+
+class AccountService:
+    log = Logger()
+
+    def __init__(self, store: Store, hasher: Hasher, relay: Relay, presence: PresenceService,
+                 users: UserDirectory, clock: IReactorTime, limits: Limits,
+                 kick_on_duplicate: bool = True) -> None:
+        self._store = store
+        self._hasher = hasher
+        self._relay = relay
+        self._presence = presence
+        self._users = users
+        self._clock = clock
+        self._limits = limits
+        self.kick_on_duplicate = kick_on_duplicate
+
+    def _check_name(self, name: str) -> None:
+        if not 1 <= len(name) <= self._limits.name_max or not _NAME.fullmatch(name):
+            raise ChatError("bad_name", f"a name is 1-{self._limits.name_max} letters, digits, "
+                                        "'_', '.' or '-'")
+        if name.isdigit():
+            raise ChatError("bad_name", "a name cannot be all digits: those are user ids")
+
+    def _check_password(self, password: str) -> None:
+        lim = self._limits
+        if not lim.password_min <= len(password) <= lim.password_max:
+            raise ChatError("weak_password", f"a password is {lim.password_min}-"
+                                             f"{lim.password_max} characters")
+
+    async def register(self, name: str, password: str) -> dict[str, Any]:
+        self._check_name(name)
+        self._check_password(password)
+        pw_hash = await self._hasher.hash(password)
+        uid = await self._store.create_user(name, pw_hash, int(self._clock.seconds() * 1000))
+        if uid is None:
+            raise ChatError("name_taken", f"the name {name!r} is taken")
+        self._users.remember(uid, name)
+        self.log.info("registered user {uid} {name}", uid=uid, name=name)
+        return {"id": uid, "name": name}
+
+    async def login(self, session: Session, password: str, name: str | None = None,
+                    user_id: int | None = None) -> tuple[dict[str, Any], int]:
+        """Check credentials and make this the user's session.
+
+        Returns the reply body (profile, friends, groups, requests) and the user's
+        acknowledged position, from which the caller sends the backlog.
+        """
+        if session.user_id is not None:
+            raise ChatError("already_logged_in", "this connection is logged in; log out first")
+        row = (await self._store.user_by_name(name) if name is not None
+               else await self._store.user_by_id(user_id or 0))
+        ok = await self._hasher.verify(password, row.pw_hash if row else None)
+        if not ok or row is None:
+            raise ChatError("bad_credentials", "wrong user or password")
+        if session.user_id is not None:
+            raise ChatError("already_logged_in", "this connection is logged in; log out first")
+        if session.closed:
+            raise ChatError("closed", "connection closed during login")
+        session.user_id, session.name = row.id, row.name
+        session.begin_sync()
+        if not await self._relay.claim(session, self.kick_on_duplicate):
+            session.reset()
+            raise ChatError("already_online", "this user is logged in elsewhere")
+        self._users.remember(row.id, row.name)
+        try:
+            body = await self._summary(row.id, row.name)
+        except BaseException:
+            self._relay.release(session)
+            session.reset()
+            raise
+        await self._presence.announce(row.id, row.name, True)
+        self.log.info("login {uid} {name} from {peer}", uid=row.id, name=row.name,
+                      peer=session.peer)
+        return body, row.acked
+
+    async def _summary(self, uid: int, name: str) -> dict[str, Any]:
+        friends = await self._store.friends_of(uid)
+        groups = await self._store.groups_of(uid)
+        requests = await self._store.pending_requests(uid)
+        ids = {fid for fid, _ in friends}
+        for g in groups:
+            ids.update(m["id"] for m in g["members"])
+        online = await self._relay.online(ids)
+        for g in groups:
+            for m in g["members"]:
+                m["online"] = m["id"] in online
+        return {
+            "user": {"id": uid, "name": name},
+            "friends": [{"id": fid, "name": fname, "online": fid in online}
+                        for fid, fname in friends],
+            "groups": groups,
+            "requests": [{"from": rid, "name": rname, "ts": ts} for rid, rname, ts in requests],
+        }
+
+    async def logout(self, session: Session) -> None:
+        if session.user_id is None:
+            raise ChatError("not_logged_in", "log in first")
+        uid = session.user_id
+        await self._presence.went_offline(session)
+        session.reset()
+        self.log.info("logout {uid} from {peer}", uid=uid, peer=session.peer)
+
+    async def disconnected(self, session: Session) -> None:
+        """A dropped connection counts as logout."""
+        if session.user_id is not None:
+            uid = session.user_id
+            await self._presence.went_offline(session)
+            self.log.info("dropped {uid} from {peer}", uid=uid, peer=session.peer)

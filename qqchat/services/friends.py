@@ -1,0 +1,91 @@
+"""Friend requests, accept/decline, removal and the friend list (F9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from qqchat.codec import encode
+from qqchat.errors import ChatError
+from qqchat.relay.base import Relay
+from qqchat.services.users import UserDirectory
+from qqchat.session import Session
+from qqchat.storage.store import Store
+
+
+class FriendService:
+    def __init__(self, store: Store, relay: Relay, users: UserDirectory,
+                 clock: IReactorTime) -> None:
+        self._store = store
+        self._relay = relay
+        self._users = users
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    async def _other(self, session: Session, other: int) -> str:
+        if other == session.user_id:
+            raise ChatError("is_self", "that is your own id")
+        name = await self._users.name_of(other)
+        if name is None:
+            raise ChatError("no_such_user", f"there is no user {other}")
+        return name
+
+    def _tell(self, user_id: int, frame: dict[str, Any]) -> None:
+        self._relay.notify((user_id,), encode(frame))
+
+    async def _friend_entry(self, uid: int, name: str) -> dict[str, Any]:
+        online = await self._relay.online((uid,))
+        return {"id": uid, "name": name, "online": uid in online}
+
+    async def request(self, session: Session, to: int) -> dict[str, Any]:
+        me, my_name = session.user_id, session.name
+        assert me is not None
+        other_name = await self._other(session, to)
+        now = self._now()
+        outcome = await self._store.request_friend(me, to, now)
+        if outcome == "friends":
+            raise ChatError("already_friends", f"{other_name} is already your friend")
+        if outcome == "accepted":
+            # they had asked us first: the two requests meet and both become friends
+            self._tell(to, {"type": "friend_added", "user": me, "name": my_name, "online": True})
+            return {"status": "accepted", "friend": await self._friend_entry(to, other_name)}
+        self._tell(to, {"type": "friend_request", "from": me, "name": my_name, "ts": now})
+        return {"status": "requested"}
+
+    async def accept(self, session: Session, requester: int) -> dict[str, Any]:
+        me = session.user_id
+        assert me is not None
+        name = await self._other(session, requester)
+        if not await self._store.accept_request(me, requester, self._now()):
+            raise ChatError("no_request", f"{name} has not asked to be your friend")
+        self._tell(requester, {"type": "friend_added", "user": me, "name": session.name,
+                               "online": True})
+        return {"friend": await self._friend_entry(requester, name)}
+
+    async def decline(self, session: Session, requester: int) -> dict[str, Any]:
+        me = session.user_id
+        assert me is not None
+        name = await self._other(session, requester)
+        if not await self._store.delete_request(requester, me):
+            raise ChatError("no_request", f"{name} has not asked to be your friend")
+        self._tell(requester, {"type": "friend_declined", "user": me, "name": session.name})
+        return {"user": requester}
+
+    async def remove(self, session: Session, other: int) -> dict[str, Any]:
+        me = session.user_id
+        assert me is not None
+        name = await self._other(session, other)
+        if not await self._store.remove_friend(me, other):
+            raise ChatError("not_friend", f"{name} is not your friend")
+        self._tell(other, {"type": "friend_removed", "user": me, "name": session.name})
+        return {"user": other}
+
+    async def list(self, session: Session) -> dict[str, Any]:
+        assert session.user_id is not None
+        friends = await self._store.friends_of(session.user_id)
+        online = await self._relay.online([fid for fid, _ in friends])
+        return {"friends": [{"id": fid, "name": name, "online": fid in online}
+                            for fid, name in friends]}

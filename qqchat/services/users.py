@@ -1,0 +1,28 @@
+"""User names by id, cached: users are never deleted or renamed, so a hit stays true."""
+
+from __future__ import annotations
+
+from qqchat.storage.store import Store
+
+
+class UserDirectory:
+    """Answers "does user N exist, and what is their name" without a query per message."""
+
+    def __init__(self, store: Store, max_entries: int = 200_000) -> None:
+        self._store = store
+        self._names: dict[int, str] = {}
+        self._max = max_entries
+
+    def remember(self, user_id: int, name: str) -> None:
+        if len(self._names) >= self._max:
+            self._names.clear()
+        self._names[user_id] = name
+
+    async def name_of(self, user_id: int) -> str | None:
+        name = self._names.get(user_id)
+        if name is None:
+            found = await self._store.user_names([user_id])
+            name = found.get(user_id)
+            if name is not None:
+                self.remember(user_id, name)
+        return name

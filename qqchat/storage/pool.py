@@ -1,0 +1,168 @@
+"""Database URLs, adbapi connection pools, and the service that owns the pool."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from qqchat.db import schema_statements
+
+
+class DatabaseURLError(ValueError):
+    """The --db value cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    dialect: str  # "sqlite" or "mysql"
+    path: str = ""
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = ""
+    password: str = ""
+    database: str = ""
+    pool_min: int = 2
+    pool_max: int = 10
+    reconnect: bool = True
+    options: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """A form safe to log: never the password."""
+        if self.dialect == "sqlite":
+            return f"sqlite:///{self.path}"
+        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+
+def parse_database_url(url: str, pool_min: int = 2, pool_max: int = 10) -> DatabaseConfig:
+    """Parse ``sqlite:///PATH`` or ``mysql://USER:PASS@HOST:PORT/DB[?reconnect=0]``."""
+    if url.startswith("sqlite:///"):
+        path = unquote(url[len("sqlite:///") :])  # sqlite:////abs/path keeps its leading /
+        if not path:
+            raise DatabaseURLError("sqlite URL needs a file: sqlite:///qqchat.db")
+        return DatabaseConfig(dialect="sqlite", path=path)
+    parts = urlsplit(url)
+    if parts.scheme in ("mysql", "mariadb"):
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        database = parts.path.lstrip("/")
+        if not database:
+            raise DatabaseURLError("mysql URL needs a database: mysql://USER:PASS@HOST:PORT/DB")
+        if pool_min < 1 or pool_max < pool_min:
+            raise DatabaseURLError("pool sizes need 1 <= min <= max")
+        try:
+            port = parts.port or 3306
+        except ValueError as e:
+            raise DatabaseURLError(f"bad port in database URL: {e}") from None
+        return DatabaseConfig(
+            dialect="mysql",
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            user=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+            database=database,
+            pool_min=int(query.pop("pool_min", pool_min)),
+            pool_max=int(query.pop("pool_max", pool_max)),
+            reconnect=query.pop("reconnect", "1") not in ("0", "false", "no"),
+            options=query,
+        )
+    raise DatabaseURLError(f"unknown database scheme {parts.scheme!r}: use sqlite:/// or mysql://")
+
+
+def check_driver(config: DatabaseConfig) -> None:
+    """Fail early, with the install hint, when the MySQL driver is missing."""
+    if config.dialect == "mysql":
+        try:
+            import MySQLdb  # noqa: F401
+        except ImportError:
+            raise DatabaseURLError(
+                "--db mysql:// needs the mysqlclient driver: pip install 'qqchat[mysql]' "
+                "(it builds against MariaDB's headers: apt-get install "
+                "default-libmysqlclient-dev pkg-config build-essential)"
+            ) from None
+
+
+def _sqlite_open(conn: sqlite3.Connection) -> None:
+    # WAL lets readers run beside the writer; FULL makes each commit survive power loss.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+
+
+def _mysql_open(conn: Any) -> None:
+    cursor = conn.cursor()
+    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    cursor.close()
+
+
+def make_pool(config: DatabaseConfig, reactor: Any) -> adbapi.ConnectionPool:
+    """Build (not start) the pool; adbapi starts it when the reactor runs."""
+    if config.dialect == "sqlite":
+        directory = os.path.dirname(os.path.abspath(config.path))
+        os.makedirs(directory, exist_ok=True)
+        # one connection: SQLite has one writer anyway, and it keeps commits ordered
+        return adbapi.ConnectionPool(
+            "sqlite3",
+            config.path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_sqlite_open,
+            cp_reactor=reactor,
+            cp_noisy=False,
+        )
+    check_driver(config)
+    return adbapi.ConnectionPool(
+        "MySQLdb",
+        host=config.host,
+        port=config.port,
+        user=config.user,
+        passwd=config.password,
+        db=config.database,
+        charset="utf8mb4",
+        connect_timeout=5,
+        cp_min=config.pool_min,
+        cp_max=config.pool_max,
+        cp_reconnect=config.reconnect,
+        cp_openfun=_mysql_open,
+        cp_reactor=reactor,
+        cp_noisy=False,
+    )
+
+
+class DatabaseService(Service):
+    """Owns the pool: applies the schema at start, closes the pool at stop.
+
+    ``ready`` fires once the schema is in place; the listener waits for it so no
+    client is accepted before the database works.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: DatabaseConfig, pool: adbapi.ConnectionPool) -> None:
+        self.config = config
+        self.pool = pool
+        self.ready: defer.Deferred[None] = defer.Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        statements = schema_statements(self.config.dialect)
+
+        def apply(txn: Any) -> None:
+            for stmt in statements:
+                txn.execute(stmt)
+
+        d = self.pool.runInteraction(apply)
+        d.addCallback(lambda _: self.log.info("database ready: {db}", db=self.config.describe()))
+        d.chainDeferred(self.ready)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.pool.running:
+            self.pool.close()

@@ -1,0 +1,439 @@
+"""Every SQL statement qqchat runs, for SQLite and MySQL alike.
+
+Blocking code lives only in the ``_txn`` functions, which adbapi runs in its
+thread pool inside one transaction each (commit on return, rollback on raise).
+Statements are written with ``?`` placeholders and translated once for MySQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.enterprise import adbapi
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from qqchat.errors import UnavailableError
+
+T = TypeVar("T")
+
+KIND_DIRECT = 1
+KIND_GROUP = 2
+KIND_BROADCAST = 3
+
+
+@dataclass(slots=True)
+class UserRow:
+    id: int
+    name: str
+    pw_hash: str
+    acked: int
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """A message waiting for the log writer; ``cid`` makes client retries idempotent."""
+
+    kind: int
+    sender: int
+    body: str
+    recipient: int | None = None
+    group_id: int | None = None
+    cid: str | None = None
+
+
+@dataclass(slots=True)
+class Stored:
+    id: int
+    ts: int
+    duplicate: bool
+
+
+# (id, kind, sender, sender_name, recipient, group_id, body, ts)
+MessageRow = tuple[int, int, int, str, int | None, int | None, str, int]
+
+_MESSAGE_COLUMNS = "m.id, m.kind, m.sender, u.name, m.recipient, m.group_id, m.body, m.ts"
+
+
+class Store:
+    """All reads and writes; methods return Deferreds that fire in the reactor thread."""
+
+    def __init__(self, pool: adbapi.ConnectionPool, dialect: str) -> None:
+        self._pool = pool
+        self.dialect = dialect
+        self._sql_cache: dict[str, str] = {}
+        dbapi = pool.dbapi
+        self._integrity_error = dbapi.IntegrityError
+        self._unavailable_errors: tuple[type[BaseException], ...] = (
+            dbapi.OperationalError,
+            dbapi.InterfaceError,
+            adbapi.ConnectionLost,
+        )
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _q(self, sql: str) -> str:
+        """Translate ``?`` placeholders for MySQLdb's %s paramstyle, once per statement."""
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            cached = sql.replace("?", "%s") if self.dialect == "mysql" else sql
+            self._sql_cache[sql] = cached
+        return cached
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        d = self._pool.runInteraction(fn, *args)
+        d.addErrback(self._translate)
+        return d
+
+    def _translate(self, failure: Failure) -> Failure:
+        if failure.check(*self._unavailable_errors):
+            raise UnavailableError("the database")
+        return failure
+
+    def _all(self, sql: str, *params: Any) -> defer.Deferred[list[tuple[Any, ...]]]:
+        q = self._q(sql)
+
+        def txn(t: Any) -> list[tuple[Any, ...]]:
+            t.execute(q, params)
+            return list(t.fetchall())
+
+        return self._run(txn)
+
+    def _one(self, sql: str, *params: Any) -> defer.Deferred[tuple[Any, ...] | None]:
+        q = self._q(sql)
+
+        def txn(t: Any) -> tuple[Any, ...] | None:
+            t.execute(q, params)
+            return t.fetchone()
+
+        return self._run(txn)
+
+    def _placeholders(self, n: int) -> str:
+        return ",".join("?" * n)
+
+    # -- users ------------------------------------------------------------
+
+    def create_user(self, name: str, pw_hash: str, now: int) -> defer.Deferred[int | None]:
+        """Insert a user; None if the name is taken. New users start past the log head,
+        so they do not receive broadcasts sent before they existed."""
+        q_head = self._q("SELECT last_id FROM log_seq WHERE id = 1")
+        q_ins = self._q("INSERT INTO users (name, pw_hash, created_at, acked) VALUES (?, ?, ?, ?)")
+
+        def txn(t: Any) -> int | None:
+            t.execute(q_head)
+            head = t.fetchone()[0]
+            try:
+                t.execute(q_ins, (name, pw_hash, now, head))
+            except self._integrity_error:
+                return None
+            return int(t.lastrowid)
+
+        return self._run(txn)
+
+    def _user(self, where: str, value: Any) -> defer.Deferred[UserRow | None]:
+        d = self._one(f"SELECT id, name, pw_hash, acked FROM users WHERE {where} = ?", value)
+        d.addCallback(lambda row: UserRow(*row) if row else None)
+        return d
+
+    def user_by_name(self, name: str) -> defer.Deferred[UserRow | None]:
+        return self._user("name", name)
+
+    def user_by_id(self, user_id: int) -> defer.Deferred[UserRow | None]:
+        return self._user("id", user_id)
+
+    def user_names(self, ids: Sequence[int]) -> defer.Deferred[dict[int, str]]:
+        if not ids:
+            return defer.succeed({})
+        d = self._all(f"SELECT id, name FROM users WHERE id IN ({self._placeholders(len(ids))})",
+                      *ids)
+        d.addCallback(lambda rows: {int(r[0]): r[1] for r in rows})
+        return d
+
+    # -- friends ----------------------------------------------------------
+
+    def friends_of(self, user_id: int) -> defer.Deferred[list[tuple[int, str]]]:
+        return self._all(
+            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id "
+            "WHERE f.user_id = ? ORDER BY u.id",
+            user_id,
+        )
+
+    def friend_ids(self, user_id: int) -> defer.Deferred[list[int]]:
+        d = self._all("SELECT friend_id FROM friends WHERE user_id = ?", user_id)
+        d.addCallback(lambda rows: [int(r[0]) for r in rows])
+        return d
+
+    def request_friend(self, me: int, other: int, now: int) -> defer.Deferred[str]:
+        """Record a request. Returns "friends" (already), "accepted" (``other`` had asked
+        ``me`` first, so both are friends now) or "requested"."""
+        q_friend = self._q("SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?")
+        q_reverse = self._q("SELECT 1 FROM friend_requests WHERE from_id = ? AND to_id = ?")
+        q_dup = q_reverse
+        q_ins = self._q("INSERT INTO friend_requests (from_id, to_id, created_at) VALUES (?, ?, ?)")
+
+        def txn(t: Any) -> str:
+            t.execute(q_friend, (me, other))
+            if t.fetchone():
+                return "friends"
+            t.execute(q_reverse, (other, me))
+            if t.fetchone():
+                self._befriend(t, me, other, now)
+                return "accepted"
+            t.execute(q_dup, (me, other))
+            if not t.fetchone():
+                t.execute(q_ins, (me, other, now))
+            return "requested"
+
+        return self._run(txn)
+
+    def _befriend(self, t: Any, a: int, b: int, now: int) -> None:
+        t.execute(
+            self._q("DELETE FROM friend_requests WHERE (from_id = ? AND to_id = ?) "
+                    "OR (from_id = ? AND to_id = ?)"),
+            (a, b, b, a),
+        )
+        t.execute(self._q("DELETE FROM friends WHERE (user_id = ? AND friend_id = ?) "
+                          "OR (user_id = ? AND friend_id = ?)"), (a, b, b, a))
+        t.executemany(
+            self._q("INSERT INTO friends (user_id, friend_id, created_at) VALUES (?, ?, ?)"),
+            [(a, b, now), (b, a, now)],
+        )
+
+    def accept_request(self, me: int, requester: int, now: int) -> defer.Deferred[bool]:
+        """Turn ``requester``'s pending request into a friendship; False if none."""
+        q_req = self._q("SELECT 1 FROM friend_requests WHERE from_id = ? AND to_id = ?")
+
+        def txn(t: Any) -> bool:
+            t.execute(q_req, (requester, me))
+            if not t.fetchone():
+                return False
+            self._befriend(t, me, requester, now)
+            return True
+
+        return self._run(txn)
+
+    def delete_request(self, requester: int, me: int) -> defer.Deferred[bool]:
+        q = self._q("DELETE FROM friend_requests WHERE from_id = ? AND to_id = ?")
+
+        def txn(t: Any) -> bool:
+            t.execute(q, (requester, me))
+            return bool(t.rowcount)
+
+        return self._run(txn)
+
+    def remove_friend(self, me: int, other: int) -> defer.Deferred[bool]:
+        q = self._q("DELETE FROM friends WHERE (user_id = ? AND friend_id = ?) "
+                    "OR (user_id = ? AND friend_id = ?)")
+
+        def txn(t: Any) -> bool:
+            t.execute(q, (me, other, other, me))
+            return bool(t.rowcount)
+
+        return self._run(txn)
+
+    def pending_requests(self, user_id: int) -> defer.Deferred[list[tuple[int, str, int]]]:
+        return self._all(
+            "SELECT r.from_id, u.name, r.created_at FROM friend_requests r "
+            "JOIN users u ON u.id = r.from_id WHERE r.to_id = ? ORDER BY r.created_at, r.from_id",
+            user_id,
+        )
+
+    # -- groups -----------------------------------------------------------
+
+    def create_group(self, name: str, desc: str, creator: int, now: int) -> defer.Deferred[int]:
+        q_group = self._q(
+            "INSERT INTO chat_groups (name, descr, creator, created_at) VALUES (?, ?, ?, ?)")
+        q_member = self._q(
+            "INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
+            "SELECT ?, ?, ?, last_id, ? FROM log_seq WHERE id = 1")
+
+        def txn(t: Any) -> int:
+            t.execute(q_group, (name, desc, creator, now))
+            gid = int(t.lastrowid)
+            t.execute(q_member, (gid, creator, "creator", now))
+            return gid
+
+        return self._run(txn)
+
+    def group(self, gid: int) -> defer.Deferred[tuple[int, str, str, int] | None]:
+        return self._one("SELECT id, name, descr, creator FROM chat_groups WHERE id = ?", gid)
+
+    def join_group(self, gid: int, user_id: int, now: int) -> defer.Deferred[str]:
+        """Returns "joined", "already" or "no_group"."""
+        q_group = self._q("SELECT 1 FROM chat_groups WHERE id = ?")
+        q_member = self._q("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?")
+        q_ins = self._q(
+            "INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
+            "SELECT ?, ?, ?, last_id, ? FROM log_seq WHERE id = 1")
+
+        def txn(t: Any) -> str:
+            t.execute(q_group, (gid,))
+            if not t.fetchone():
+                return "no_group"
+            t.execute(q_member, (gid, user_id))
+            if t.fetchone():
+                return "already"
+            try:
+                t.execute(q_ins, (gid, user_id, "member", now))
+            except self._integrity_error:
+                return "already"
+            return "joined"
+
+        return self._run(txn)
+
+    def leave_group(self, gid: int, user_id: int) -> defer.Deferred[bool]:
+        q = self._q("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+
+        def txn(t: Any) -> bool:
+            t.execute(q, (gid, user_id))
+            return bool(t.rowcount)
+
+        return self._run(txn)
+
+    def member_role(self, gid: int, user_id: int) -> defer.Deferred[str | None]:
+        d = self._one("SELECT role FROM group_members WHERE group_id = ? AND user_id = ?",
+                      gid, user_id)
+        d.addCallback(lambda row: row[0] if row else None)
+        return d
+
+    def group_members(self, gid: int) -> defer.Deferred[list[tuple[int, str, str]]]:
+        return self._all(
+            "SELECT gm.user_id, u.name, gm.role FROM group_members gm "
+            "JOIN users u ON u.id = gm.user_id WHERE gm.group_id = ? ORDER BY gm.joined_at, "
+            "gm.user_id",
+            gid,
+        )
+
+    def group_member_ids(self, gid: int) -> defer.Deferred[list[int]]:
+        d = self._all("SELECT user_id FROM group_members WHERE group_id = ?", gid)
+        d.addCallback(lambda rows: [int(r[0]) for r in rows])
+        return d
+
+    def groups_of(self, user_id: int) -> defer.Deferred[list[dict[str, Any]]]:
+        """The user's groups, each with its members, in two queries."""
+        q_groups = self._q(
+            "SELECT g.id, g.name, g.descr, gm.role FROM group_members gm "
+            "JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ? ORDER BY g.id")
+        q_members = self._q(
+            "SELECT gm.group_id, gm.user_id, u.name, gm.role FROM group_members gm "
+            "JOIN users u ON u.id = gm.user_id WHERE gm.group_id IN "
+            "(SELECT group_id FROM group_members WHERE user_id = ?) "
+            "ORDER BY gm.group_id, gm.joined_at, gm.user_id")
+
+        def txn(t: Any) -> list[dict[str, Any]]:
+            t.execute(q_groups, (user_id,))
+            groups = {int(gid): {"id": int(gid), "name": name, "desc": desc, "role": role,
+                                 "members": []}
+                      for gid, name, desc, role in t.fetchall()}
+            t.execute(q_members, (user_id,))
+            for gid, uid, name, role in t.fetchall():
+                groups[int(gid)]["members"].append({"id": int(uid), "name": name, "role": role})
+            return list(groups.values())
+
+        return self._run(txn)
+
+    # -- the message log --------------------------------------------------
+
+    def write_batch(self, messages: Sequence[NewMessage], acks: Iterable[tuple[int, int]],
+                    now: int) -> defer.Deferred[list[Stored]]:
+        """Append ``messages`` and apply ``acks`` (user id, message id) in one transaction.
+
+        Ids come from the log_seq row, whose lock is held to commit: transactions
+        that write messages commit one after another in id order, on any number of
+        daemons, so a cumulative ack can never pass a message that commits late.
+        """
+        q_reserve = self._q("UPDATE log_seq SET last_id = last_id + ? WHERE id = 1")
+        q_head = self._q("SELECT last_id FROM log_seq WHERE id = 1")
+        q_cid = self._q("SELECT id, ts FROM messages WHERE sender = ? AND cid = ?")
+        q_ins = self._q(
+            "INSERT INTO messages (id, kind, sender, recipient, group_id, body, ts, cid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        q_ack = self._q("UPDATE users SET acked = ? WHERE id = ? AND acked < ?")
+        ack_rows = [(mid, uid, mid) for uid, mid in acks]
+
+        def txn(t: Any) -> list[Stored]:
+            results: list[Stored] = []
+            if messages:
+                t.execute(q_reserve, (len(messages),))
+                t.execute(q_head)
+                next_id = int(t.fetchone()[0]) - len(messages) + 1
+                rows = []
+                by_cid: dict[tuple[int, str], Stored] = {}
+                for m in messages:
+                    if m.cid is not None:
+                        key = (m.sender, m.cid)
+                        seen = by_cid.get(key)
+                        if seen is None:
+                            t.execute(q_cid, key)
+                            row = t.fetchone()
+                            if row is not None:
+                                seen = by_cid[key] = Stored(int(row[0]), int(row[1]), False)
+                        if seen is not None:
+                            results.append(Stored(seen.id, seen.ts, True))
+                            continue
+                    stored = Stored(next_id, now, False)
+                    if m.cid is not None:
+                        by_cid[(m.sender, m.cid)] = stored
+                    rows.append((next_id, m.kind, m.sender, m.recipient, m.group_id, m.body,
+                                 now, m.cid))
+                    results.append(stored)
+                    next_id += 1
+                if rows:
+                    t.executemany(q_ins, rows)
+            if ack_rows:
+                t.executemany(q_ack, ack_rows)
+            return results
+
+        return self._run(txn)
+
+    def log_head(self) -> defer.Deferred[int]:
+        d = self._one("SELECT last_id FROM log_seq WHERE id = 1")
+        d.addCallback(lambda row: int(row[0]))
+        return d
+
+    def acked(self, user_id: int) -> defer.Deferred[int]:
+        d = self._one("SELECT acked FROM users WHERE id = ?", user_id)
+        d.addCallback(lambda row: int(row[0]) if row else 0)
+        return d
+
+    def undelivered(self, user_id: int, after: int, limit: int
+                    ) -> defer.Deferred[list[MessageRow]]:
+        """The user's messages after ``after`` in id order: one-to-one to them, their
+        groups' since they joined, and broadcasts, never their own."""
+        return self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM ("
+            " SELECT id FROM (SELECT id FROM messages WHERE recipient = ? AND id > ?"
+            "  ORDER BY id LIMIT ?) d"
+            " UNION ALL"
+            " SELECT id FROM (SELECT m.id FROM group_members gm JOIN messages m"
+            "  ON m.group_id = gm.group_id WHERE gm.user_id = ? AND m.id > gm.since_id"
+            "  AND m.id > ? AND m.sender <> ? ORDER BY m.id LIMIT ?) g"
+            " UNION ALL"
+            " SELECT id FROM (SELECT id FROM messages WHERE kind = 3 AND id > ? AND sender <> ?"
+            "  ORDER BY id LIMIT ?) b"
+            ") x JOIN messages m ON m.id = x.id JOIN users u ON u.id = m.sender"
+            " ORDER BY m.id LIMIT ?",
+            user_id, after, limit,
+            user_id, after, user_id, limit,
+            after, user_id, limit,
+            limit,
+        )
+
+    def history_direct(self, a: int, b: int, before: int, limit: int
+                       ) -> defer.Deferred[list[MessageRow]]:
+        return self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
+            " WHERE m.kind = 1 AND ((m.sender = ? AND m.recipient = ?)"
+            " OR (m.sender = ? AND m.recipient = ?)) AND m.id < ? ORDER BY m.id DESC LIMIT ?",
+            a, b, b, a, before, limit,
+        )
+
+    def history_group(self, gid: int, before: int, limit: int
+                      ) -> defer.Deferred[list[MessageRow]]:
+        return self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
+            " WHERE m.group_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
+            gid, before, limit,
+        )

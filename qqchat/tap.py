@@ -1,0 +1,96 @@
+"""``twistd qqchat`` options. Every option can also come from a QQCHAT_* variable."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.python import usage
+
+from qqchat.app import Settings, build
+from qqchat.passwords import DEFAULT_COST, MAX_COST, MIN_COST
+from qqchat.storage.pool import DatabaseURLError, check_driver, parse_database_url
+
+
+def _env(name: str) -> str:
+    return "QQCHAT_" + name.upper().replace("-", "_")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Runs the qqchat daemon: JSON lines over TCP. With no options it serves "
+        "127.0.0.1:6000 from an SQLite file in the working directory. Every option "
+        "can also be set with an environment variable: --db is QQCHAT_DB, "
+        "--idle-timeout is QQCHAT_IDLE_TIMEOUT, and so on; the command line wins."
+    )
+    optParameters = [
+        ["port", "p", "6000", "TCP port to listen on."],
+        ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."],
+        ["listen", None, None, "A Twisted endpoint string; overrides --port/--interface "
+                               "(e.g. tcp:6000:interface=::1)."],
+        ["db", None, "sqlite:///qqchat.db",
+         "Database URL: sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB "
+         "(mysql needs: pip install 'qqchat[mysql]')."],
+        ["db-pool-min", None, "2", "MySQL pool: connections kept open."],
+        ["db-pool-max", None, "10", "MySQL pool: most connections at once."],
+        ["hash-cost", None, str(DEFAULT_COST),
+         f"Password hash cost, log2 of scrypt's N ({MIN_COST}-{MAX_COST})."],
+        ["idle-timeout", None, "300", "Seconds of silence before a connection is closed."],
+        ["max-line", None, "65536", "Longest request line in bytes."],
+        ["duplicate-login", None, "kick",
+         "When a logged-in user logs in again: 'kick' the old session or 'reject' the new."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for long_name, *_ in self.optParameters:
+            value = os.environ.get(_env(long_name))
+            if value is not None:
+                self[long_name] = value
+
+    def _number(self, key: str, kind: type, low: float) -> Any:
+        try:
+            value = kind(self[key])
+        except (TypeError, ValueError):
+            raise usage.UsageError(f"--{key} must be a number, not {self[key]!r}") from None
+        if value < low:
+            raise usage.UsageError(f"--{key} must be at least {low}")
+        return value
+
+    def postOptions(self) -> None:
+        port = self._number("port", int, 0)
+        if port > 65535:
+            raise usage.UsageError("--port must be at most 65535")
+        cost = self._number("hash-cost", int, MIN_COST)
+        if cost > MAX_COST:
+            raise usage.UsageError(f"--hash-cost must be at most {MAX_COST}")
+        if self["duplicate-login"] not in ("kick", "reject"):
+            raise usage.UsageError("--duplicate-login is 'kick' or 'reject'")
+        pool_min = self._number("db-pool-min", int, 1)
+        pool_max = self._number("db-pool-max", int, pool_min)
+        try:
+            check_driver(parse_database_url(self["db"], pool_min, pool_max))
+        except DatabaseURLError as e:
+            raise usage.UsageError(str(e)) from None
+        listen = self["listen"] or f"tcp:{port}:interface={self['interface']}"
+        self.settings = Settings(
+            listen=listen,
+            db=self["db"],
+            db_pool_min=pool_min,
+            db_pool_max=pool_max,
+            hash_cost=cost,
+            idle_timeout=self._number("idle-timeout", float, 1),
+            max_line=self._number("max-line", int, 1024),
+            kick_on_duplicate=self["duplicate-login"] == "kick",
+        )
+
+
+def makeService(options: Options) -> Any:
+    from twisted.internet import reactor  # never at import time: twistd picks the reactor
+
+    def fatal() -> None:
+        # startup failed (logged already): exit non-zero rather than serve nothing
+        reactor.callLater(0, os._exit, 1)
+
+    return build(options.settings, reactor, on_fatal=fatal)
