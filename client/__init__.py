@@ -1,0 +1,1 @@
+"""qqchat's console client, installed as the ``qqchat_client`` package."""
