@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application.service import MultiService
-from twisted.internet import endpoints, threads
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, endpoints, threads
 
 from qqchat.dispatch import Dispatcher
 from qqchat.net.listener import ChatListenerService
@@ -46,7 +46,8 @@ class Settings:
 
 class ChatDaemon(MultiService):
     """The whole daemon. Children start in order (database, listener) and stop in
-    reverse, so clients are said goodbye to before the pool closes."""
+    reverse, one after the other: MultiService would stop them all at once and close
+    the pool under the listener's goodbyes and presence updates."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,6 +56,12 @@ class ChatDaemon(MultiService):
         self.dispatcher: Dispatcher
         self.hub: SessionHub
         self.log: MessageLog
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            yield defer.maybeDeferred(child.stopService)
 
 
 def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None = None

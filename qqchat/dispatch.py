@@ -157,9 +157,13 @@ class Dispatcher:
         session.send(reply_frame("login", msg.get("req", _MISSING), body))
         try:
             await self.messages.sync(session, acked)
-        except ChatError as e:
-            session.send(error_frame(e.code, "offline messages could not be loaded now; "
-                                             "they will be sent at your next login"))
+        except Exception as e:
+            # the login itself succeeded and was answered: report this as a push
+            code = e.code if isinstance(e, ChatError) else "internal"
+            if code == "internal":
+                self.log.failure("backlog for {uid} failed", uid=session.user_id)
+            session.send(error_frame(code, "offline messages could not be loaded now; "
+                                           "they will be sent at your next login"))
         return None
 
     async def handle_logout(self, session: Session, msg: Frame) -> Frame:

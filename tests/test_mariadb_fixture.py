@@ -7,33 +7,10 @@ confusing errors elsewhere.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
-from types import ModuleType
 
+import mariadb_server as helper
 import pytest
-
-
-def _load_helper() -> ModuleType:
-    """Load tests/mariadb.py by path, whatever pytest's import mode is.
-
-    A plain ``import mariadb`` could also pick up MariaDB's own Python
-    connector, which has the same module name.
-    """
-    name = "qqchat_tests_mariadb"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("mariadb.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-helper = _load_helper()
 
 
 def _process_exists(pid: int) -> bool:

@@ -77,5 +77,5 @@ class ChatListenerService(Service):
     @staticmethod
     def _abort(live: list[Any]) -> None:
         for p in live:
-            if p.connected:
+            if not p.session.closed:
                 p.transport.abortConnection()

@@ -36,6 +36,14 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.callLater = factory.clock.callLater  # TimeoutMixin schedules through this
         self.session = Session(self)
         self.peer = "?"
+        self._on_close: list[defer.Deferred[None]] = []
+
+    def notifyOnClose(self, d: defer.Deferred[None]) -> None:
+        """Fire ``d`` once the connection is gone (for graceful stop)."""
+        if self.session.closed:
+            d.callback(None)
+        else:
+            self._on_close.append(d)
 
     # -- Connection, as the session sees it -------------------------------
 
@@ -78,14 +86,14 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def _replied(self, frame: dict[str, Any] | None, fired: list[bool]) -> None:
         fired.append(True)
-        if frame is not None and self.connected:
+        if frame is not None and not self.session.closed:
             self.send_frame(frame)
 
     def _crashed(self, failure: Failure) -> None:
         self.log.failure("reply to {peer} failed", failure, peer=self.peer)
 
     def _resume(self, _: object) -> None:
-        if self.connected and not self.transport.disconnecting:
+        if not self.session.closed and not self.transport.disconnecting:
             self.resumeProducing()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -104,6 +112,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.factory.live.discard(self)
         self.log.info("connection closed from {peer}", peer=self.peer)
         self.factory.dispatcher.connection_lost(self.session)
+        waiting, self._on_close = self._on_close, []
+        for d in waiting:
+            d.callback(None)
 
 
 class ChatFactory(protocol.Factory):
@@ -117,8 +128,6 @@ class ChatFactory(protocol.Factory):
         self.idle_timeout = idle_timeout
         self.max_line = max_line
         self.live: set[ChatProtocol] = set()
-        self.closing: defer.Deferred[None] | None = None
 
     def buildProtocol(self, addr: IAddress) -> ChatProtocol:
-        p = ChatProtocol(self)
-        return p
+        return ChatProtocol(self)

@@ -85,11 +85,14 @@ class AccountService:
         self._users.remember(row.id, row.name)
         try:
             body = await self._summary(row.id, row.name)
+            if session.closed or session.user_id != row.id:
+                raise ChatError("closed", "connection closed during login")
+            await self._presence.announce(row.id, row.name, True, session)
         except BaseException:
-            self._relay.release(session)
-            session.reset()
+            if session.user_id == row.id:
+                self._relay.release(session)
+                session.reset()
             raise
-        await self._presence.announce(row.id, row.name, True)
         self.log.info("login {uid} {name} from {peer}", uid=row.id, name=row.name,
                       peer=session.peer)
         return body, row.acked

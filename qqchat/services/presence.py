@@ -18,9 +18,13 @@ class PresenceService:
         self._store = store
         self._relay = relay
 
-    async def announce(self, user_id: int, name: str, online: bool) -> None:
-        """Push a presence event to the user's online friends."""
+    async def announce(self, user_id: int, name: str, online: bool,
+                       session: Session | None = None) -> None:
+        """Push a presence event to the user's online friends; an "online" event is
+        dropped if ``session`` ended while the friend list was being read."""
         friends = await self._store.friend_ids(user_id)
+        if session is not None and (session.closed or session.user_id != user_id):
+            return
         if friends:
             line = encode({"type": "presence", "user": user_id, "name": name, "online": online})
             self._relay.notify(friends, line)

@@ -400,8 +400,8 @@ class Store:
 
     def undelivered(self, user_id: int, after: int, limit: int
                     ) -> defer.Deferred[list[MessageRow]]:
-        """The user's messages after ``after`` in id order: one-to-one to them, their
-        groups' since they joined, and broadcasts, never their own."""
+        """The user's messages after ``after`` in id order: one-to-one to them (notes to
+        self included), their groups' since they joined, and others' broadcasts."""
         return self._all(
             f"SELECT {_MESSAGE_COLUMNS} FROM ("
             " SELECT id FROM (SELECT id FROM messages WHERE recipient = ? AND id > ?"

@@ -1,0 +1,229 @@
+"""Console commands: one typed line becomes one protocol request, or a usage error.
+
+Everything here is pure (no I/O, no client state except through the ``resolve``
+callback), so the whole command language is unit-testable without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: ids stay exact in every JSON implementation, so the server rejects bigger ones
+MAX_ID = 2**53
+HISTORY_MAX = 200
+
+#: command -> (usage, one-line description); the order is the order ``help`` lists them
+HELP: dict[str, tuple[str, str]] = {
+    "help": ("help [COMMAND]", "list the commands, or show how to use one"),
+    "register": ("register NAME", "create an account (asks for a password)"),
+    "login": ("login NAME|ID", "log in (asks for a password)"),
+    "logout": ("logout", "log out and stay connected"),
+    "who": ("who", "list the users online now"),
+    "chat": ("chat ID|NAME TEXT", "send TEXT to one user"),
+    "broadcast": ("broadcast TEXT", "send TEXT to every user"),
+    "addfriend": ("addfriend ID", "ask a user to be your friend"),
+    "accept": ("accept ID", "accept the friend request from user ID"),
+    "decline": ("decline ID", "decline the friend request from user ID"),
+    "unfriend": ("unfriend ID", "remove user ID from your friends"),
+    "friends": ("friends", "list your friends and who of them is online"),
+    "creategroup": ("creategroup NAME [DESC]", "create a group; you become its creator"),
+    "joingroup": ("joingroup GID", "join group GID"),
+    "leavegroup": ("leavegroup GID", "leave group GID"),
+    "groups": ("groups", "list your groups"),
+    "group": ("group GID", "show group GID: description, members, who is online"),
+    "groupchat": ("groupchat GID TEXT", "send TEXT to every member of group GID"),
+    "history": ("history ID|gGID [N]",
+                f"the last N (default 20, at most {HISTORY_MAX}) messages with user ID, "
+                "or in group GID when written gGID (g12)"),
+    "quit": ("quit", "log out and leave (Ctrl-D and Ctrl-C do the same)"),
+}
+
+HISTORY_DEFAULT = 20
+
+#: commands that take a password, which the console supplies (prompt, option or env)
+NEEDS_PASSWORD = frozenset({"login", "register"})
+
+
+class CommandError(Exception):
+    """A line that is not a valid command; the text says what to type instead."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A parsed line: the request to send (None for local commands like help and quit)."""
+
+    name: str
+    request: dict[str, Any] | None = None
+    #: for ``help COMMAND``
+    topic: str | None = None
+
+
+Resolver = Callable[[str], int | None]
+
+
+def _no_names(_: str) -> int | None:
+    return None
+
+
+def usage(name: str) -> str:
+    return "usage: " + HELP[name][0]
+
+
+def help_text(topic: str | None = None) -> str:
+    """All commands with their one-line description, or one command's entry."""
+    if topic is not None:
+        key = topic.lower()
+        if key not in HELP:
+            raise CommandError(f"no command {topic!r}; type 'help' for the list")
+        use, desc = HELP[key]
+        return f"{use}\n  {desc}"
+    width = max(len(use) for use, _ in HELP.values())
+    lines = ["Commands:"]
+    lines += [f"  {use:<{width}}  {desc}" for use, desc in HELP.values()]
+    lines.append("IDs are numbers; a NAME works where the user was seen before "
+                 "(friends, groups, who, messages). GIDs may be written 12 or g12.")
+    return "\n".join(lines)
+
+
+def _split(rest: str) -> tuple[str, str]:
+    """First word and the remainder (spacing inside the remainder kept)."""
+    rest = rest.lstrip()
+    if not rest:
+        return "", ""
+    if rest[0] in "\"'":
+        end = rest.find(rest[0], 1)
+        if end > 0:
+            return rest[1:end], rest[end + 1 :].strip()
+    parts = rest.split(None, 1)
+    return parts[0], (parts[1].strip() if len(parts) > 1 else "")
+
+
+def _number(word: str, what: str, name: str) -> int:
+    if not word.isdecimal() or not word.isascii():
+        raise CommandError(f"{what} must be a number, not {word!r}; {usage(name)}")
+    value = int(word)
+    if not 1 <= value <= MAX_ID:
+        raise CommandError(f"{what} {word} is out of range; {usage(name)}")
+    return value
+
+
+def _user(word: str, name: str, resolve: Resolver) -> int:
+    if word.isdecimal():
+        return _number(word, "a user id", name)
+    uid = resolve(word)
+    if uid is None:
+        raise CommandError(f"unknown user {word!r}: use the user's id, or run 'who' "
+                           "to see who is online")
+    return uid
+
+
+def _group(word: str, name: str) -> int:
+    digits = word[1:] if word[:1] in ("g", "G") else word
+    return _number(digits, "a group id", name)
+
+
+def _need(word: str, name: str) -> str:
+    if not word:
+        raise CommandError(usage(name))
+    return word
+
+
+def _nothing_more(extra: str, name: str) -> None:
+    if extra:
+        raise CommandError(f"too many arguments; {usage(name)}")
+
+
+def parse(line: str, resolve: Resolver = _no_names) -> Command | None:
+    """Turn one typed line into a Command; None for a blank line or a ``#`` comment.
+
+    ``resolve`` maps a user name to an id from what the client has seen, so
+    ``chat bob hi`` works once bob appeared in a friend list, group or ``who``.
+    Raises CommandError with a sentence for the user on anything invalid.
+    """
+    word, rest = _split(line)
+    if not word or line.lstrip().startswith("#"):
+        return None
+    name = word.lower()
+    if name not in HELP:
+        raise CommandError(f"unknown command {word!r}; type 'help' for the list")
+
+    if name in ("logout", "who", "friends", "groups", "quit"):
+        _nothing_more(rest, name)
+        if name == "quit":
+            return Command(name)
+        return Command(name, {"type": name})
+
+    if name == "help":
+        topic, extra = _split(rest)
+        _nothing_more(extra, name)
+        if topic:
+            help_text(topic)  # validates the topic
+        return Command(name, topic=topic or None)
+
+    if name in ("register", "login"):
+        who, extra = _split(rest)
+        _nothing_more(extra, name)
+        _need(who, name)
+        request: dict[str, Any] = {"type": name}
+        if name == "login" and who.isdecimal():
+            request["id"] = _number(who, "a user id", name)
+        else:
+            request["name"] = who
+        return Command(name, request)
+
+    if name == "chat":
+        who, text = _split(rest)
+        _need(who, name)
+        _need(text, name)
+        return Command(name, {"type": "chat", "to": _user(who, name, resolve), "text": text})
+
+    if name == "broadcast":
+        text = _need(rest, name)
+        return Command(name, {"type": "broadcast", "text": text})
+
+    if name in ("addfriend", "accept", "decline", "unfriend"):
+        who, extra = _split(rest)
+        _nothing_more(extra, name)
+        uid = _user(_need(who, name), name, resolve)
+        typ, key = {"addfriend": ("friend_add", "to"), "accept": ("friend_accept", "from"),
+                    "decline": ("friend_decline", "from"),
+                    "unfriend": ("friend_remove", "id")}[name]
+        return Command(name, {"type": typ, key: uid})
+
+    if name == "creategroup":
+        group_name, desc = _split(rest)
+        request = {"type": "group_create", "name": _need(group_name, name)}
+        if desc:
+            request["desc"] = desc
+        return Command(name, request)
+
+    if name in ("joingroup", "leavegroup", "group"):
+        gid, extra = _split(rest)
+        _nothing_more(extra, name)
+        typ = {"joingroup": "group_join", "leavegroup": "group_leave",
+               "group": "group_info"}[name]
+        return Command(name, {"type": typ, "group": _group(_need(gid, name), name)})
+
+    if name == "groupchat":
+        gid, text = _split(rest)
+        group = _group(_need(gid, name), name)
+        return Command(name, {"type": "group_chat", "group": group, "text": _need(text, name)})
+
+    assert name == "history"
+    target, extra = _split(rest)
+    count, extra = _split(extra)
+    _nothing_more(extra, name)
+    _need(target, name)
+    limit = HISTORY_DEFAULT
+    if count:
+        limit = _number(count, "N", name)
+        if limit > HISTORY_MAX:
+            raise CommandError(f"N is at most {HISTORY_MAX}; {usage(name)}")
+    request = {"type": "history", "limit": limit}
+    if target[:1] in ("g", "G") and target[1:].isdecimal():
+        request["group"] = _group(target, name)
+    else:
+        request["with"] = _user(target, name, resolve)
+    return Command(name, request)

@@ -1,0 +1,694 @@
+"""The interactive session: typed lines become requests, frames become printed lines.
+
+``ChatConsole`` is the logic (command queue, login summary, acknowledgements,
+quitting, exit status). It talks to the network through ``ChatClientProtocol``
+and to the person through a screen: ``TerminalScreen`` when stdin and stdout
+are a terminal (raw mode, own line editing, so a message arriving while the
+user types is printed above the prompt and the half-typed line is redrawn), or
+``PlainScreen`` for pipes and scripts. Both are protocols for
+``twisted.internet.stdio.StandardIO``; the reactor is the only loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import struct
+import termios
+from collections import deque
+from collections.abc import Callable
+from datetime import tzinfo
+from typing import Any, Protocol
+
+import orjson
+from qqchat_client import lineedit
+from qqchat_client.commands import NEEDS_PASSWORD, CommandError, help_text, parse
+from qqchat_client.net import ChatClientProtocol
+from qqchat_client.render import (
+    clean,
+    render_error,
+    render_push,
+    render_reply,
+    render_summary,
+)
+from qqchat_client.roster import Roster
+from twisted.internet import defer, error, interfaces, protocol, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+Frame = dict[str, Any]
+
+#: the daemon closes connections silent for 300 s by default; stay well inside that
+KEEPALIVE_IDLE = 60.0
+#: how long quitting waits for the logout reply and for the socket to close
+QUIT_TIMEOUT = 5.0
+
+
+class Screen(Protocol):
+    """What the console needs from whatever shows text and reads lines."""
+
+    def show(self, text: str) -> None: ...
+
+    def set_prompt(self, prompt: str) -> None: ...
+
+    def can_ask_password(self) -> bool: ...
+
+    def ask_password(self, prompt: str) -> defer.Deferred[str | None]: ...
+
+    def close(self) -> defer.Deferred[None]: ...
+
+
+class ChatConsole:
+    """One client session: runs typed commands in order, each after the previous reply.
+
+    Exit status (``done`` fires with it): 1 if the connection was lost; otherwise,
+    for scripts, 1 if any command failed; an interactive session that is left
+    with quit, Ctrl-D or Ctrl-C exits 0.
+    """
+
+    def __init__(self, clock: IReactorTime, address: str, *, password: str | None = None,
+                 raw: bool = False, interactive: bool = False,
+                 tz: tzinfo | None = None) -> None:
+        self.clock = clock
+        self.address = address
+        self.password = password
+        self.raw = raw
+        self.interactive = interactive
+        self.tz = tz
+        self.roster = Roster()
+        self.done: defer.Deferred[int] = defer.Deferred()
+        self.failures = 0
+        self.proto: ChatClientProtocol | None = None
+        self.screen: Screen | None = None
+        self._queue: deque[str] = deque()
+        self._busy = False
+        self._pumping = False
+        self._eof = False
+        self._closing = False
+        self._lost = False
+        self._finishing = False
+        # login backlog and acknowledgements
+        self._syncing = False
+        self._synced: defer.Deferred[int] | None = None
+        self._max_seen = 0
+        self._acked = 0
+        self._ack_call: Any = None
+        self._keepalive: task.LoopingCall | None = None
+
+    # -- wiring ---------------------------------------------------------------
+
+    def protocol(self) -> ChatClientProtocol:
+        """The network protocol for this console (connect it, then call ``start``)."""
+        self.proto = ChatClientProtocol(self.clock, self.push, self.connection_lost,
+                                        self._raw_line if self.raw else None)
+        return self.proto
+
+    def start(self, screen: Screen) -> None:
+        self.screen = screen
+        self._set_prompt()
+        keepalive = task.LoopingCall(self._ping)
+        keepalive.clock = self.clock
+        keepalive.start(KEEPALIVE_IDLE / 2, now=False)
+        self._keepalive = keepalive
+        if self.proto is not None and not self.proto.connected_:
+            self.connection_lost(Failure(error.ConnectionDone()))
+
+    def show(self, text: str) -> None:
+        if self.screen is not None:
+            self.screen.show(text)
+
+    def _set_prompt(self) -> None:
+        if self.screen is not None:
+            name = self.roster.my_name
+            self.screen.set_prompt(f"{clean(name)}> " if name else "qq> ")
+
+    def _raw_line(self, direction: str, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        if direction == ">":
+            with contextlib.suppress(ValueError):
+                frame = orjson.loads(line)
+                if isinstance(frame, dict) and "password" in frame:
+                    text = orjson.dumps({**frame, "password": "***"}).decode()
+            self.show("> " + clean(text))
+        else:
+            self.show(clean(text))
+
+    # -- input ------------------------------------------------------------------
+
+    def line(self, text: str) -> None:
+        """A line the user typed (or the script contained)."""
+        if self._closing:
+            return
+        self._queue.append(text)
+        self._pump()
+
+    def end_of_input(self) -> None:
+        """stdin is at its end: finish the queued commands, then quit."""
+        self._eof = True
+        self._pump()
+
+    def interrupt(self) -> None:
+        """Ctrl-C or a signal: leave now (a second one does not wait for the server)."""
+        if self._closing:
+            self._finish()
+            return
+        self._queue.clear()
+        self.quit()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._busy and not self._closing and self._queue:
+                self._busy = True
+                d = defer.Deferred.fromCoroutine(self._run(self._queue.popleft()))
+                d.addBoth(self._ran)
+            if not self._busy and not self._queue and self._eof and not self._closing:
+                self.quit()
+        finally:
+            self._pumping = False
+
+    def _ran(self, result: bool | Failure) -> None:
+        if isinstance(result, Failure):
+            self.show(f"Internal error: {result.getErrorMessage()}")
+            result = False
+        if not result:
+            self.failures += 1
+        self._busy = False
+        self._pump()
+
+    # -- commands ---------------------------------------------------------------
+
+    async def _run(self, text: str) -> bool:
+        """Run one command line; True if it succeeded."""
+        try:
+            cmd = parse(text, self.roster.resolve)
+        except CommandError as e:
+            self.show(str(e))
+            return False
+        if cmd is None:
+            return True
+        if cmd.name == "help":
+            self.show(help_text(cmd.topic))
+            return True
+        if cmd.name == "quit":
+            self.quit()
+            return True
+        assert cmd.request is not None
+        request = dict(cmd.request)
+        if cmd.name in NEEDS_PASSWORD:
+            password = await self._password(cmd.name, request.get("name") or request.get("id"))
+            if password is None:
+                return False
+            request["password"] = password
+        if cmd.name == "login":
+            return await self._login(request)
+        reply = await self._send(request)
+        if reply is None:
+            return False
+        if reply.get("type") == "error":
+            self._show_error(reply, cmd.name)
+            return False
+        self.roster.learn_reply(request, reply)
+        if not self.raw:
+            shown = render_reply(request, reply, self.roster, self.clock.seconds(), self.tz)
+            if shown:
+                self.show(shown)
+        if cmd.name == "logout":
+            self._set_prompt()
+        return True
+
+    def _show_error(self, reply: Frame, command: str) -> None:
+        if not self.raw:
+            self.show(render_error(reply, command))
+
+    async def _password(self, command: str, who: Any) -> str | None:
+        if self.password is not None:
+            return self.password
+        screen = self.screen
+        if screen is None or not screen.can_ask_password():
+            self.show(f"{command} needs a password: give --password or set QQCHAT_PASSWORD "
+                      "(or run the client in a terminal to be asked).")
+            return None
+        password = await screen.ask_password(f"Password for {clean(str(who))}: ")
+        if password is None:
+            self.show(f"{command} cancelled.")
+            return None
+        if command == "register":
+            again = await screen.ask_password("The same password again: ")
+            if again != password:
+                self.show("register failed: the two passwords differ.")
+                return None
+        return password
+
+    async def _send(self, request: Frame) -> Frame | None:
+        """Send a request; its reply, or None if the connection went away first."""
+        if self.proto is None:
+            return None
+        try:
+            return await self.proto.request(request)
+        except (error.ConnectionLost, error.ConnectionDone, defer.CancelledError):
+            return None
+
+    async def _login(self, request: Frame) -> bool:
+        synced: defer.Deferred[int] = defer.Deferred()
+        self._synced, self._syncing = synced, True
+        reply = await self._send(request)
+        if reply is None or reply.get("type") == "error":
+            self._synced, self._syncing = None, False
+            if reply is not None:
+                self._show_error(reply, "login")
+            return False
+        # the backlog follows this reply: a new user means new message ids to ack
+        self._max_seen = self._acked = 0
+        self.roster.learn_reply(request, reply)
+        self._set_prompt()
+        if not self.raw:
+            self.show(render_reply(request, reply, self.roster, self.clock.seconds(),
+                                   self.tz) or "")
+        try:
+            count = await synced
+        except (error.ConnectionLost, error.ConnectionDone):
+            return False
+        if not self.raw:
+            self.show(render_summary(self.roster, count))
+        return True
+
+    # -- pushes, acknowledgements -------------------------------------------------
+
+    def push(self, frame: Frame) -> None:
+        """A frame from the server that is not a reply."""
+        typ = frame.get("type")
+        self.roster.learn_push(frame)
+        if typ == "synced":
+            synced, self._synced, self._syncing = self._synced, None, False
+            self._flush_ack()  # now, before the next command can log out
+            if synced is not None:
+                count = frame.get("count")
+                synced.callback(count if isinstance(count, int) else 0)
+            return
+        if typ == "message":
+            mid = frame.get("id")
+            if isinstance(mid, int) and not isinstance(mid, bool) and mid > self._max_seen:
+                self._max_seen = mid
+                if not self._syncing:
+                    self._schedule_ack()
+        elif typ == "kicked":
+            self._set_prompt()
+        if not self.raw:
+            text = render_push(frame, self.roster, self.clock.seconds(), self.tz)
+            if text:
+                self.show(text)
+
+    def _schedule_ack(self) -> None:
+        if self._ack_call is None and self._max_seen > self._acked:
+            self._ack_call = self.clock.callLater(0, self._flush_ack)
+
+    def _flush_ack(self) -> None:
+        """Acknowledge everything seen so far (acks are cumulative): one ack per burst."""
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
+        if self.roster.me is None or self._max_seen <= self._acked:
+            return
+        self._acked = self._max_seen
+        self._background({"type": "ack", "id": self._acked})
+
+    def _ping(self) -> None:
+        proto = self.proto
+        if proto is not None and proto.connected_ and not self._closing \
+                and self.clock.seconds() - proto.last_sent >= KEEPALIVE_IDLE:
+            self._background({"type": "ping"})
+
+    def _background(self, request: Frame) -> None:
+        """A request the user did not type: its reply (or loss) is not shown."""
+        if self.proto is not None and self.proto.connected_:
+            self.proto.request(request).addErrback(lambda _: None)
+
+    # -- leaving ----------------------------------------------------------------------
+
+    def quit(self) -> None:
+        """Log out if logged in, close the connection, restore the terminal, finish."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue.clear()
+        d = defer.Deferred.fromCoroutine(self._leave())
+        d.addErrback(lambda f: self.show(f"Internal error: {f.getErrorMessage()}"))
+        d.addBoth(lambda _: self._finish())
+
+    async def _leave(self) -> None:
+        proto = self.proto
+        if proto is None or not proto.connected_:
+            return
+        self._flush_ack()  # sent before the logout, so the server has it when we go
+        if self.roster.me is not None:
+            d = proto.request({"type": "logout"})
+            d.addTimeout(QUIT_TIMEOUT, self.clock)
+            try:
+                reply = await d
+            except (error.ConnectionLost, error.ConnectionDone, defer.TimeoutError,
+                    defer.CancelledError):
+                reply = None
+            if reply is not None and reply.get("type") == "logout":
+                self.roster.reset()
+                if not self.raw:
+                    self.show("Logged out.")
+        if proto.connected_:
+            lost = proto.lost
+            proto.transport.loseConnection()
+            timer = self.clock.callLater(QUIT_TIMEOUT, proto.transport.abortConnection)
+            await lost
+            if timer.active():
+                timer.cancel()
+
+    def connection_lost(self, reason: Failure) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._closing or self.screen is None:
+            return  # we closed it, or the console has not started yet (start reports it)
+        self._lost = True
+        self._closing = True
+        if reason.check(error.ConnectionDone):
+            why = "the server closed the connection"
+        else:
+            why = reason.getErrorMessage().rstrip(".")
+        self.show(f"Connection to {self.address} lost: {why}.")
+        if self._synced is not None:
+            synced, self._synced = self._synced, None
+            synced.errback(error.ConnectionLost())
+        self._finish()
+
+    def exit_status(self) -> int:
+        if self._lost:
+            return 1
+        if self.interactive:
+            return 0
+        return 1 if self.failures else 0
+
+    def _finish(self) -> None:
+        if self._finishing:
+            return
+        self._finishing = True
+        self._closing = True
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        if self.proto is not None and self.proto.connected_:
+            self.proto.transport.abortConnection()
+        d = self.screen.close() if self.screen is not None else defer.succeed(None)
+        d.addErrback(lambda _: None)
+        d.addCallback(lambda _: self.done.callback(self.exit_status()))
+
+
+# -- screens ---------------------------------------------------------------------------
+
+
+class _Terminal:
+    """Saves and restores a terminal's mode and a file descriptor's flags."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.saved_mode: list[Any] | None = None
+        self.saved_flags: dict[int, int] = {}
+
+    def save_flags(self, *fds: int) -> None:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                self.saved_flags[fd] = fcntl.fcntl(fd, fcntl.F_GETFL)
+
+    def raw(self) -> None:
+        """Keys one at a time, no echo, Ctrl-C as a key; output processing kept (\\n)."""
+        mode = termios.tcgetattr(self.fd)
+        if self.saved_mode is None:
+            self.saved_mode = [*mode[:6], list(mode[6])]
+        mode[0] &= ~(termios.ICRNL | termios.INLCR | termios.IGNCR | termios.IXON
+                     | termios.ISTRIP)
+        mode[3] &= ~(termios.ECHO | termios.ICANON | termios.ISIG | termios.IEXTEN)
+        mode[6] = list(mode[6])
+        mode[6][termios.VMIN] = 1
+        mode[6][termios.VTIME] = 0
+        termios.tcsetattr(self.fd, termios.TCSANOW, mode)
+
+    def echo(self, on: bool) -> None:
+        mode = termios.tcgetattr(self.fd)
+        if self.saved_mode is None:
+            self.saved_mode = [*mode[:6], list(mode[6])]
+        mode[3] = mode[3] | termios.ECHO if on else mode[3] & ~termios.ECHO
+        termios.tcsetattr(self.fd, termios.TCSANOW, mode)
+
+    def restore_mode(self) -> None:
+        if self.saved_mode is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved_mode)
+
+    def restore(self) -> None:
+        """Terminal mode and the blocking flags (Twisted leaves stdin non-blocking,
+        which a shell reading the same terminal afterwards does not expect)."""
+        self.restore_mode()
+        for fd, flags in self.saved_flags.items():
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+    def columns(self) -> int:
+        try:
+            _, cols, _, _ = struct.unpack("hhhh", fcntl.ioctl(1, termios.TIOCGWINSZ, b"\0" * 8))
+        except OSError:
+            cols = 0
+        return cols if cols > 0 else 80
+
+
+#: terminals to put back at exit, whatever path the exit takes
+_TERMINALS: list[_Terminal] = []
+
+
+def restore_terminals() -> None:
+    for term in _TERMINALS:
+        term.restore()
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class PlainScreen(LineReceiver):
+    """Lines in, lines out: for piped stdin/stdout. Prints nothing but output."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1024 * 1024
+
+    def __init__(self, console: ChatConsole, stdin_is_tty: bool = False) -> None:
+        self.console = console
+        self.stdin_is_tty = stdin_is_tty
+        self.term = _Terminal(0)
+        self.term.save_flags(0, 1)
+        _TERMINALS.append(self.term)
+        self._secret: defer.Deferred[str | None] | None = None
+        self._closed: defer.Deferred[None] = defer.Deferred()
+        self._gone = False
+
+    # Screen
+    def show(self, text: str) -> None:
+        if not self._gone:
+            self.transport.write(text.encode("utf-8", "replace") + b"\n")
+
+    def set_prompt(self, prompt: str) -> None:
+        pass  # a script has no use for prompts
+
+    def can_ask_password(self) -> bool:
+        return self.stdin_is_tty
+
+    def ask_password(self, prompt: str) -> defer.Deferred[str | None]:
+        self.transport.write(prompt.encode())
+        self.term.echo(False)
+        self._secret = defer.Deferred()
+        return self._secret
+
+    def close(self) -> defer.Deferred[None]:
+        self.term.restore()
+        if not self._gone:
+            self.transport.loseConnection()
+        return self._closed
+
+    # StandardIO
+    def lineReceived(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        if self._secret is not None:
+            secret, self._secret = self._secret, None
+            self.term.echo(True)
+            self.transport.write(b"\n")
+            secret.callback(text)
+            return
+        self.console.line(text)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.show(f"A line longer than {self.MAX_LENGTH} bytes was skipped.")
+        self.console.failures += 1
+
+    def readConnectionLost(self) -> None:
+        if self._secret is not None:
+            secret, self._secret = self._secret, None
+            self.term.echo(True)
+            secret.callback(None)
+        self.console.end_of_input()
+
+    def writeConnectionLost(self) -> None:
+        self._gone = True
+        self.console.interrupt()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._gone = True
+        self.term.restore()
+        if not self._closed.called:
+            self._closed.callback(None)
+        if not self.console.done.called:
+            self.console.interrupt()
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class TerminalScreen(protocol.Protocol):
+    """A terminal in raw mode with a prompt that survives incoming messages.
+
+    Output is printed above the prompt: erase the prompt (and the half-typed
+    line), print, draw them again with the cursor where it was.
+    """
+
+    def __init__(self, console: ChatConsole, fd: int = 0,
+                 columns: Callable[[], int] | None = None) -> None:
+        self.console = console
+        self.term = _Terminal(fd)
+        self.term.save_flags(0, 1)
+        _TERMINALS.append(self.term)
+        self.columns = columns or self.term.columns
+        self.keys = lineedit.KeyDecoder()
+        self.editor = lineedit.LineEditor()
+        self.prompt = "qq> "
+        self._row = 0  # the cursor's row within the drawn prompt, for erase
+        self._secret: list[str] | None = None
+        self._secret_prompt = ""
+        self._secret_done: defer.Deferred[str | None] | None = None
+        self._closed: defer.Deferred[None] = defer.Deferred()
+        self._gone = False
+
+    # drawing
+    def _draw(self) -> str:
+        if self._secret is not None:
+            seq, self._row = lineedit.draw(self._secret_prompt, "", 0, self.columns())
+        else:
+            seq, self._row = lineedit.draw(self.prompt, self.editor.text, self.editor.cursor,
+                                           self.columns())
+        return seq
+
+    def _write(self, text: str) -> None:
+        if not self._gone:
+            self.transport.write(text.encode("utf-8", "replace"))
+
+    def show(self, text: str) -> None:
+        erase = lineedit.erase(self._row)
+        self._write(erase + text.replace("\n", "\r\n") + "\r\n" + self._draw())
+
+    def set_prompt(self, prompt: str) -> None:
+        self.prompt = prompt
+        if self.transport is not None:
+            self._write(lineedit.erase(self._row) + self._draw())
+
+    def can_ask_password(self) -> bool:
+        return True
+
+    def ask_password(self, prompt: str) -> defer.Deferred[str | None]:
+        self._secret, self._secret_prompt = [], prompt
+        self._secret_done = defer.Deferred()
+        self._write(lineedit.erase(self._row) + self._draw())
+        return self._secret_done
+
+    def close(self) -> defer.Deferred[None]:
+        if not self._gone:
+            self._write(lineedit.erase(self._row))
+            self._row = 0
+            self.transport.loseConnection()
+        else:
+            self.term.restore()
+        return self._closed
+
+    # StandardIO
+    def connectionMade(self) -> None:
+        self.term.raw()
+        self._write(self._draw())
+
+    def dataReceived(self, data: bytes) -> None:
+        for key in self.keys.feed(data):
+            if self._secret is not None:
+                self._secret_key(key)
+            else:
+                self._key(key)
+
+    def _key(self, key: str) -> None:
+        event = self.editor.handle(key)
+        if event == "enter":
+            line = self.editor.take()
+            seq, _ = lineedit.draw(self.prompt, line, len(line), self.columns())
+            self._write(lineedit.erase(self._row) + seq + "\r\n")
+            self._row = 0
+            self._write(self._draw())
+            self.console.line(line)
+        elif event in ("interrupt", "eof"):
+            self.console.interrupt()
+        elif event == "suspend":
+            self._suspend()
+        elif event == "redraw":
+            self._write("\x1b[H\x1b[2J" + self._draw())
+        else:
+            self._write(lineedit.erase(self._row) + self._draw())
+
+    def _secret_key(self, key: str) -> None:
+        assert self._secret is not None
+        result: str | None = None
+        if len(key) == 1:
+            self._secret.append(key)
+            return
+        if key == "<backspace>":
+            if self._secret:
+                self._secret.pop()
+            return
+        if key == "<kill-line>":
+            self._secret.clear()
+            return
+        if key == "<enter>":
+            result = "".join(self._secret)
+        elif key not in ("<ctrl-c>", "<ctrl-d>"):
+            return
+        done = self._secret_done
+        self._secret, self._secret_done = None, None
+        self._write(lineedit.erase(self._row) + self._secret_prompt + "\r\n")
+        self._row = 0
+        self._write(self._draw())
+        if done is not None:
+            done.callback(result)
+        if key == "<ctrl-c>":
+            self.console.interrupt()
+
+    def _suspend(self) -> None:
+        """Ctrl-Z: give the terminal back, stop, and take it again on resume."""
+        self._write(lineedit.erase(self._row))
+        self.term.restore_mode()
+        os.kill(os.getpid(), signal.SIGTSTP)
+        self.term.raw()
+        self._write(self._draw())
+
+    def readConnectionLost(self) -> None:
+        self.console.interrupt()  # the terminal went away
+
+    def writeConnectionLost(self) -> None:
+        self._gone = True
+        self.console.interrupt()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._gone = True
+        self.term.restore()
+        if not self._closed.called:
+            self._closed.callback(None)
+        if not self.console.done.called:
+            self.console.interrupt()

@@ -1,0 +1,272 @@
+"""Server frames as lines a person reads: times, names with ids, group names, sentences.
+
+Pure functions of (frame, roster, now): the console decides when to print, this
+module only decides what. Text from other users is cleaned of control
+characters so nobody can move the reader's cursor or clear their screen.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime, tzinfo
+from typing import Any
+
+from qqchat_client.roster import Roster
+
+Frame = dict[str, Any]
+
+_INDENT = "    "
+
+
+def clean(text: str) -> str:
+    """Make untrusted text safe for a terminal: controls become ``^X`` or ``\\uXXXX``.
+
+    Newlines are kept (the caller indents continuation lines); tabs become spaces.
+    """
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append(ch)
+        elif ch == "\t":
+            out.append(" ")
+        elif ch < " " or ch == "\x7f":
+            out.append("^" + chr(ord(ch) ^ 0x40))
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _body(text: Any) -> str:
+    lines = clean(str(text)).split("\n")
+    return ("\n" + _INDENT).join(lines)
+
+
+def stamp(ts_ms: Any, now: float, tz: tzinfo | None = None) -> str:
+    """``HH:MM`` for today, ``YYYY-MM-DD HH:MM`` for older (history, backlog)."""
+    if not isinstance(ts_ms, (int, float)) or isinstance(ts_ms, bool):
+        ts_ms = now * 1000
+    when = datetime.fromtimestamp(ts_ms / 1000, tz)
+    today = datetime.fromtimestamp(now, tz).date()
+    if when.date() == today:
+        return when.strftime("%H:%M")
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def _user(roster: Roster, uid: Any, name: Any = None) -> str:
+    uid = uid if isinstance(uid, int) and not isinstance(uid, bool) else None
+    return clean(roster.user_label(uid, name if isinstance(name, str) else None))
+
+
+def _group(roster: Roster, gid: Any) -> str:
+    gid = gid if isinstance(gid, int) and not isinstance(gid, bool) else None
+    return clean(roster.group_label(gid))
+
+
+def render_message(frame: Frame, roster: Roster, now: float, tz: tzinfo | None = None) -> str:
+    """``[12:34] alice (1): hi``, with ``[devs g3]`` or ``[broadcast]`` before the sender,
+    and ``you -> bob (2)`` for one's own messages (history)."""
+    sender = frame.get("from")
+    mine = roster.me is not None and sender == roster.me
+    where = ""
+    gid = frame.get("group")
+    if isinstance(gid, int) and not isinstance(gid, bool):
+        name = roster.group_names.get(gid)
+        where = f"[{clean(name)} g{gid}] " if name else f"[group g{gid}] "
+    elif frame.get("broadcast"):
+        where = "[broadcast] "
+    if mine:
+        who = "you"
+        if frame.get("to") is not None and not where:
+            who += " -> " + _user(roster, frame["to"])
+    else:
+        who = _user(roster, sender, frame.get("name"))
+    return f"[{stamp(frame.get('ts'), now, tz)}] {where}{who}: {_body(frame.get('text', ''))}"
+
+
+def render_push(frame: Frame, roster: Roster, now: float, tz: tzinfo | None = None
+                ) -> str | None:
+    """One line (or a few) for a server push; None for frames the console handles itself."""
+    typ = frame.get("type")
+    if typ == "message":
+        return render_message(frame, roster, now, tz)
+    if typ in ("synced", "pong"):
+        return None
+    if typ == "error":
+        return render_error(frame)
+    at = f"[{stamp(None, now, tz)}] * "
+    if typ == "presence":
+        state = "online" if frame.get("online") else "offline"
+        return f"{at}{_user(roster, frame.get('user'), frame.get('name'))} is {state}."
+    if typ == "friend_request":
+        uid = frame.get("from")
+        return (f"{at}{_user(roster, uid, frame.get('name'))} wants to be your friend: "
+                f"type 'accept {uid}' or 'decline {uid}'.")
+    if typ == "friend_added":
+        return f"{at}{_user(roster, frame.get('user'), frame.get('name'))} is now your friend."
+    if typ == "friend_declined":
+        return (f"{at}{_user(roster, frame.get('user'), frame.get('name'))} "
+                "declined your friend request.")
+    if typ == "friend_removed":
+        return (f"{at}{_user(roster, frame.get('user'), frame.get('name'))} "
+                "removed you from their friends.")
+    if typ in ("group_joined", "group_left"):
+        verb = "joined" if typ == "group_joined" else "left"
+        return (f"{at}{_user(roster, frame.get('user'), frame.get('name'))} {verb} "
+                f"{_group(roster, frame.get('group'))}.")
+    if typ == "server_shutdown":
+        return f"{at}The server is shutting down."
+    if typ == "kicked":
+        reason = clean(str(frame.get("reason") or "the server ended the session"))
+        return f"{at}You were logged out: {reason}."
+    return f"{at}The server sent an event this client does not know: {clean(str(typ))}."
+
+
+def render_error(frame: Frame, command: str | None = None) -> str:
+    """An error frame as a sentence: ``login failed: wrong user or password.``"""
+    message = clean(str(frame.get("message") or frame.get("code") or "unknown error")).strip()
+    if message[-1:] not in (".", "!", "?"):
+        message += "."
+    if command:
+        return f"{command} failed: {message}"
+    return f"Server error: {message}"
+
+
+def _online(flag: Any) -> str:
+    return "online" if flag else "offline"
+
+
+def render_friends(roster: Roster) -> str:
+    if not roster.friends:
+        return "Friends: none"
+    items = [f"{clean(roster.names.get(uid, 'user'))} ({uid}, {_online(on)})"
+             for uid, on in sorted(roster.friends.items())]
+    return "Friends: " + ", ".join(items)
+
+
+def render_groups_line(roster: Roster) -> str:
+    if not roster.groups:
+        return "Groups: none"
+    items = [f"{clean(g.name)} (g{gid}, {len(g.members)} "
+             f"member{'s' if len(g.members) != 1 else ''})"
+             for gid, g in sorted(roster.groups.items())]
+    return "Groups: " + ", ".join(items)
+
+
+def render_requests(roster: Roster) -> str:
+    if not roster.requests:
+        return "Friend requests: none"
+    items = [f"{_user(roster, uid, name)}" for uid, name in sorted(roster.requests.items())]
+    return "Friend requests: " + ", ".join(items) + " (accept ID or decline ID)"
+
+
+def render_summary(roster: Roster, offline_count: int) -> str:
+    """What the user sees once login and its backlog are done."""
+    return "\n".join([
+        render_friends(roster),
+        render_groups_line(roster),
+        render_requests(roster),
+        f"Offline messages: {offline_count}",
+    ])
+
+
+def _group_detail(roster: Roster, info: Frame) -> str:
+    gid = info.get("id")
+    head = f"Group {clean(str(info.get('name', '')))} (g{gid})"
+    if isinstance(info.get("creator"), int):
+        head += f", created by {_user(roster, info['creator'])}"
+    if info.get("desc"):
+        head += f": {_body(info['desc'])}"
+    lines = [head]
+    members = [m for m in info.get("members") or [] if isinstance(m, dict)]
+    online = sum(1 for m in members if m.get("online"))
+    lines.append(f"  {len(members)} member{'s' if len(members) != 1 else ''}, {online} online:")
+    for m in members:
+        lines.append(f"  {_user(roster, m.get('id'), m.get('name'))} "
+                     f"{clean(str(m.get('role', 'member')))}, {_online(m.get('online'))}")
+    return "\n".join(lines)
+
+
+def render_reply(request: Frame, reply: Frame, roster: Roster, now: float,
+                 tz: tzinfo | None = None) -> str | None:
+    """The success reply to one of the user's commands, as text; None when silent.
+
+    ``roster`` has already learnt from the reply, so names from it are known here.
+    """
+    typ = request.get("type")
+    if typ == "register":
+        return (f"Registered {clean(str(reply.get('name')))} with id {reply.get('id')}. "
+                f"Log in with: login {clean(str(reply.get('name')))}")
+    if typ == "login":
+        return f"Logged in as {_user(roster, roster.me, roster.my_name)}."
+    if typ == "logout":
+        return "Logged out."
+    if typ == "who":
+        users = [u for u in reply.get("users") or [] if isinstance(u, dict)]
+        total = reply.get("total", len(users))
+        text = f"Online now ({total}): " + (", ".join(
+            _user(roster, u.get("id"), u.get("name")) for u in users) or "nobody")
+        if isinstance(total, int) and total > len(users):
+            text += f" (showing {len(users)})"
+        return text
+    if typ in ("chat", "broadcast", "group_chat"):
+        echo: Frame = {"from": roster.me, "text": request.get("text", ""),
+                       "ts": reply.get("ts")}
+        if typ == "chat":
+            echo["to"] = request.get("to")
+        elif typ == "group_chat":
+            echo["group"] = request.get("group")
+        else:
+            echo["broadcast"] = True
+        line = render_message(echo, roster, now, tz)
+        if reply.get("duplicate"):
+            line += " (already sent)"
+        return line
+    if typ == "friend_add":
+        if reply.get("status") == "accepted":
+            return f"{_user(roster, request.get('to'))} is now your friend."
+        return f"Friend request sent to {_user(roster, request.get('to'))}."
+    if typ == "friend_accept":
+        return f"{_user(roster, request.get('from'))} is now your friend."
+    if typ == "friend_decline":
+        return f"Declined the friend request from {_user(roster, request.get('from'))}."
+    if typ == "friend_remove":
+        return f"{_user(roster, request.get('id'))} is no longer your friend."
+    if typ == "friends":
+        return render_friends(roster)
+    if typ == "group_create":
+        info = reply.get("group") or {}
+        return (f"Created group {_group(roster, info.get('id'))}. "
+                f"Others join with: joingroup {info.get('id')}")
+    if typ == "group_join":
+        info = reply.get("group") or {}
+        n = len(info.get("members") or [])
+        return f"Joined group {_group(roster, info.get('id'))}, {n} member{'s' if n != 1 else ''}."
+    if typ == "group_leave":
+        return f"Left {_group(roster, request.get('group'))}."
+    if typ == "group_info":
+        return _group_detail(roster, reply.get("group") or {})
+    if typ == "groups":
+        if not roster.groups:
+            return "You are in no groups. Create one with: creategroup NAME"
+        lines = []
+        for gid, g in sorted(roster.groups.items()):
+            online = sum(1 for m in g.members.values() if m.online)
+            n = len(g.members)
+            lines.append(f"g{gid} {clean(g.name)}: {n} member{'s' if n != 1 else ''}, "
+                         f"{online} online, you are {clean(g.role or 'member')}")
+        return "\n".join(lines)
+    if typ == "history":
+        where = (_group(roster, request["group"]) if "group" in request
+                 else _user(roster, request.get("with")))
+        messages = [m for m in reply.get("messages") or [] if isinstance(m, dict)]
+        if not messages:
+            return f"No messages with {where}."
+        n = len(messages)
+        lines = [f"History with {where}, {n} message{'s' if n != 1 else ''}:"]
+        lines += [render_message(m, roster, now, tz) for m in messages]
+        if reply.get("more"):
+            lines.append("(older messages not shown; ask for more with a bigger N)")
+        return "\n".join(lines)
+    return None

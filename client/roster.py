@@ -1,0 +1,214 @@
+"""What the client knows about users and groups, learnt from every frame it sees.
+
+The protocol has no "look up a user by name" request, so names typed in commands
+and shown on screen come from here: the login summary, friend lists, group
+members, ``who`` results and message senders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Frame = dict[str, Any]
+
+
+@dataclass
+class Member:
+    name: str
+    role: str = "member"
+    online: bool = False
+
+
+@dataclass
+class Group:
+    id: int
+    name: str
+    desc: str = ""
+    role: str | None = None
+    creator: int | None = None
+    members: dict[int, Member] = field(default_factory=dict)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class Roster:
+    """The logged-in user, their friends, groups and pending requests, and every name seen."""
+
+    def __init__(self) -> None:
+        self.me: int | None = None
+        self.my_name: str | None = None
+        self.names: dict[int, str] = {}
+        self.friends: dict[int, bool] = {}  # id -> online
+        self.groups: dict[int, Group] = {}  # the groups I am a member of
+        self.group_names: dict[int, str] = {}  # every group seen, mine or not
+        self.requests: dict[int, str] = {}  # pending requests to me: id -> name
+
+    # -- queries ------------------------------------------------------------
+
+    def user_label(self, uid: int | None, name: str | None = None) -> str:
+        """``alice (1)``, or ``user 1`` when the name was never seen."""
+        if uid is None:
+            return name or "someone"
+        name = name or self.names.get(uid)
+        return f"{name} ({uid})" if name else f"user {uid}"
+
+    def group_label(self, gid: int | None) -> str:
+        """``devs (g3)``, or ``group g3`` for a group never seen."""
+        if gid is None:
+            return "a group"
+        name = self.group_names.get(gid)
+        return f"{name} (g{gid})" if name else f"group g{gid}"
+
+    def resolve(self, name: str) -> int | None:
+        """A user id for a name seen before: exact match, else a unique case-insensitive one."""
+        exact = [uid for uid, n in self.names.items() if n == name]
+        if exact:
+            return exact[0]
+        folded = name.casefold()
+        loose = [uid for uid, n in self.names.items() if n.casefold() == folded]
+        return loose[0] if len(loose) == 1 else None
+
+    # -- learning -----------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the session (logout, kick); names stay, they never change."""
+        self.me = self.my_name = None
+        self.friends.clear()
+        self.groups.clear()
+        self.requests.clear()
+
+    def _name(self, uid: Any, name: Any) -> None:
+        uid = _int(uid)
+        if uid is not None and isinstance(name, str) and name:
+            self.names[uid] = name
+
+    def _group(self, info: Any, mine: bool | None = None) -> Group | None:
+        """Record a group object from a reply; ``mine`` None means: decide from members."""
+        if not isinstance(info, dict) or _int(info.get("id")) is None:
+            return None
+        gid = info["id"]
+        name = info.get("name") if isinstance(info.get("name"), str) else f"g{gid}"
+        group = Group(gid, name, info.get("desc") or "", info.get("role"),
+                      _int(info.get("creator")))
+        for m in info.get("members") or []:
+            if isinstance(m, dict) and _int(m.get("id")) is not None:
+                self._name(m["id"], m.get("name"))
+                group.members[m["id"]] = Member(str(m.get("name", "")),
+                                                str(m.get("role", "member")),
+                                                bool(m.get("online")))
+        self.group_names[gid] = name
+        if mine is None:
+            mine = self.me is not None and self.me in group.members
+        if mine:
+            if group.role is None and self.me in group.members:
+                group.role = group.members[self.me].role
+            old = self.groups.get(gid)
+            if old is not None and group.creator is None:
+                group.creator = old.creator
+            self.groups[gid] = group
+        return group
+
+    def _set_online(self, uid: int, online: bool) -> None:
+        if uid in self.friends:
+            self.friends[uid] = online
+        for group in self.groups.values():
+            if uid in group.members:
+                group.members[uid].online = online
+
+    def learn_reply(self, request: Frame, reply: Frame) -> None:
+        """Update from a successful reply to ``request``."""
+        typ = request.get("type")
+        if typ == "login":
+            self.reset()
+            user = reply.get("user") or {}
+            self.me, self.my_name = _int(user.get("id")), user.get("name")
+            self._name(self.me, self.my_name)
+            self.learn_friends(reply.get("friends"))
+            for g in reply.get("groups") or []:
+                self._group(g, mine=True)
+            for r in reply.get("requests") or []:
+                if isinstance(r, dict) and _int(r.get("from")) is not None:
+                    self._name(r["from"], r.get("name"))
+                    self.requests[r["from"]] = str(r.get("name", ""))
+        elif typ == "logout":
+            self.reset()
+        elif typ == "register":
+            self._name(reply.get("id"), reply.get("name"))
+        elif typ == "who":
+            for u in reply.get("users") or []:
+                if isinstance(u, dict):
+                    self._name(u.get("id"), u.get("name"))
+        elif typ == "friends":
+            self.learn_friends(reply.get("friends"))
+        elif typ in ("friend_add", "friend_accept"):
+            friend = reply.get("friend")
+            if isinstance(friend, dict) and _int(friend.get("id")) is not None:
+                self._name(friend["id"], friend.get("name"))
+                self.friends[friend["id"]] = bool(friend.get("online"))
+                self.requests.pop(friend["id"], None)
+        elif typ == "friend_decline":
+            self.requests.pop(_int(request.get("from")) or 0, None)
+        elif typ == "friend_remove":
+            self.friends.pop(_int(request.get("id")) or 0, None)
+        elif typ in ("group_create", "group_join", "group_info"):
+            self._group(reply.get("group"), mine=True if typ != "group_info" else None)
+        elif typ == "group_leave":
+            self.groups.pop(_int(request.get("group")) or 0, None)
+        elif typ == "groups":
+            self.groups.clear()
+            for g in reply.get("groups") or []:
+                self._group(g, mine=True)
+        elif typ == "history":
+            for m in reply.get("messages") or []:
+                if isinstance(m, dict):
+                    self._name(m.get("from"), m.get("name"))
+
+    def learn_friends(self, friends: Any) -> None:
+        if not isinstance(friends, list):
+            return
+        self.friends.clear()
+        for f in friends:
+            if isinstance(f, dict) and _int(f.get("id")) is not None:
+                self._name(f["id"], f.get("name"))
+                self.friends[f["id"]] = bool(f.get("online"))
+
+    def learn_push(self, frame: Frame) -> None:
+        """Update from a server push (a frame with no ``req``)."""
+        typ = frame.get("type")
+        if typ == "message":
+            self._name(frame.get("from"), frame.get("name"))
+        elif typ == "presence":
+            self._name(frame.get("user"), frame.get("name"))
+            uid = _int(frame.get("user"))
+            if uid is not None:
+                self._set_online(uid, bool(frame.get("online")))
+        elif typ == "friend_request":
+            self._name(frame.get("from"), frame.get("name"))
+            uid = _int(frame.get("from"))
+            if uid is not None:
+                self.requests[uid] = str(frame.get("name", ""))
+        elif typ in ("friend_added", "friend_declined", "friend_removed"):
+            self._name(frame.get("user"), frame.get("name"))
+            uid = _int(frame.get("user"))
+            if uid is None:
+                return
+            if typ == "friend_added":
+                self.friends[uid] = bool(frame.get("online", True))
+                self.requests.pop(uid, None)
+            elif typ == "friend_removed":
+                self.friends.pop(uid, None)
+        elif typ in ("group_joined", "group_left"):
+            self._name(frame.get("user"), frame.get("name"))
+            uid, gid = _int(frame.get("user")), _int(frame.get("group"))
+            group = self.groups.get(gid) if gid is not None else None
+            if group is None or uid is None:
+                return
+            if typ == "group_joined":
+                group.members[uid] = Member(str(frame.get("name", "")), "member", True)
+            else:
+                group.members.pop(uid, None)
+        elif typ == "kicked":
+            self.reset()

@@ -1,0 +1,263 @@
+"""Helpers for the unit tests: no threads, no sockets, no running reactor.
+
+Deferreds here fire synchronously: the database pool runs its "thread" work
+inline and time only moves when a test advances a ``task.Clock``. That keeps
+every unit test deterministic and lets it assert on exact interleavings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+from twisted.enterprise import adbapi
+from twisted.internet import defer, task
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from qqchat import db
+from qqchat.dispatch import Dispatcher
+from qqchat.passwords import Hasher
+from qqchat.relay.hub import SessionHub
+from qqchat.relay.local import LocalRelay
+from qqchat.services.accounts import AccountService
+from qqchat.services.friends import FriendService
+from qqchat.services.groups import GroupService
+from qqchat.services.limits import Limits
+from qqchat.services.messages import MessageService
+from qqchat.services.presence import PresenceService
+from qqchat.services.users import UserDirectory
+from qqchat.session import Session
+from qqchat.storage.log import MessageLog
+from qqchat.storage.store import Store
+
+T = TypeVar("T")
+
+__all__ = [
+    "Client",
+    "FakeConnection",
+    "InlineReactor",
+    "InlineThreadPool",
+    "Services",
+    "build_services",
+    "frames",
+    "make_store",
+    "result_of",
+    "run",
+]
+
+
+def result_of(d: defer.Deferred[T]) -> T:
+    """The result of a Deferred that has already fired; re-raises its failure.
+
+    Plain-pytest stand-in for trial's ``successResultOf``: a test that expects
+    a synchronous answer fails loudly if the Deferred is still pending.
+    """
+    box: list[Any] = []
+    d.addBoth(box.append)
+    if not box:
+        raise AssertionError(f"Deferred {d!r} has not fired")
+    value = box[0]
+    if isinstance(value, Failure):
+        value.raiseException()
+    return value
+
+
+def run(clock: task.Clock, coro: Coroutine[Any, Any, T]) -> T:
+    """Drive a service coroutine to completion.
+
+    ``clock.advance(0)`` lets the group-commit log flush (it schedules itself
+    with ``callLater(0)``); the threadless store does the rest synchronously.
+    """
+    d = defer.Deferred.fromCoroutine(coro)
+    clock.advance(0)
+    return result_of(d)
+
+
+class InlineThreadPool:
+    """A thread pool that runs work at once on the calling thread.
+
+    Swapped into adbapi so real SQL runs without threads and results arrive
+    before the call that asked for them returns.
+    """
+
+    def callInThreadWithCallback(self, onResult: Callable[[bool, Any], None],
+                                 f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        try:
+            result = f(*a, **kw)
+        except BaseException:
+            onResult(False, Failure())
+        else:
+            onResult(True, result)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class InlineReactor(MemoryReactorClock):
+    """A memory reactor whose ``callFromThread`` runs inline, as adbapi's
+    results would otherwise wait for a real reactor turn."""
+
+    def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
+        f(*a, **kw)
+
+
+def make_store() -> tuple[adbapi.ConnectionPool, Store]:
+    """A real sqlite3 pool on ``:memory:`` with the daemon's schema, running inline.
+
+    One connection (cp_min = cp_max = 1) so the in-memory database is shared by
+    every interaction, as the daemon's sqlite pool does with its file.
+    """
+    pool = adbapi.ConnectionPool("sqlite3", ":memory:", check_same_thread=False,
+                                 cp_min=1, cp_max=1, cp_reactor=InlineReactor(),
+                                 cp_noisy=False)
+    pool.threadpool = InlineThreadPool()
+    pool.start()
+    statements = db.schema_statements("sqlite")
+
+    def apply(txn: Any) -> None:
+        for stmt in statements:
+            txn.execute(stmt)
+
+    result_of(pool.runInteraction(apply))
+    return pool, Store(pool, "sqlite")
+
+
+@dataclass
+class Services:
+    """Everything ``qqchat.app.build`` wires, minus the network and the pool service."""
+
+    clock: task.Clock
+    pool: adbapi.ConnectionPool
+    store: Store
+    log: MessageLog
+    hub: SessionHub
+    relay: LocalRelay
+    users: UserDirectory
+    presence: PresenceService
+    accounts: AccountService
+    messages: MessageService
+    friends: FriendService
+    groups: GroupService
+    dispatcher: Dispatcher
+    limits: Limits = field(default_factory=Limits)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def build_services(clock: task.Clock, limits: Limits | None = None,
+                   kick_on_duplicate: bool = True) -> Services:
+    """Wire the layers exactly as ``qqchat.app.build`` does, on the inline store.
+
+    Password hashing runs inline at the cheapest cost the daemon accepts, so a
+    register or login completes within the call.
+    """
+    limits = limits or Limits()
+    pool, store = make_store()
+    log = MessageLog(store, clock)
+    hub = SessionHub()
+    relay = LocalRelay(hub)
+    users = UserDirectory(store)
+    presence = PresenceService(store, relay)
+    hasher = Hasher(lambda f, *a: defer.maybeDeferred(f, *a), 4)
+    accounts = AccountService(store, hasher, relay, presence, users, clock, limits,
+                              kick_on_duplicate=kick_on_duplicate)
+    messages = MessageService(store, log, relay, users, limits)
+    friends = FriendService(store, relay, users, clock)
+    groups = GroupService(store, relay, clock, limits)
+    dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits)
+    return Services(clock, pool, store, log, hub, relay, users, presence, accounts, messages,
+                    friends, groups, dispatcher, limits)
+
+
+class FakeConnection:
+    """What a Session needs from the network layer, recording what it is given."""
+
+    def __init__(self, peer: str = "127.0.0.1:4321") -> None:
+        self.peer = peer
+        self.lines: list[bytes] = []
+        self.closed = False
+
+    def send_line(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def frames(self) -> list[dict[str, Any]]:
+        """Every frame written so far, decoded."""
+        return [orjson.loads(line) for line in self.lines]
+
+    def take(self) -> list[dict[str, Any]]:
+        """The frames written since the last ``take``."""
+        out = self.frames()
+        self.lines.clear()
+        return out
+
+
+def frames(transport: StringTransport) -> list[dict[str, Any]]:
+    """Decode and clear what a protocol wrote to its StringTransport.
+
+    Every frame must be one JSON object on one ``\\n``-terminated line.
+    """
+    data = transport.value()
+    transport.clear()
+    if not data:
+        return []
+    assert data.endswith(b"\n"), data
+    return [orjson.loads(line) for line in data.split(b"\n")[:-1]]
+
+
+class Client:
+    """A logged-in-or-not user as the dispatcher sees it: one Session on a FakeConnection.
+
+    ``request`` returns the reply frame (or None when the handler wrote its own)
+    and leaves pushes in ``conn`` for the test to inspect.
+    """
+
+    def __init__(self, services: Services, peer: str = "127.0.0.1:4321") -> None:
+        self.services = services
+        self.conn = FakeConnection(peer)
+        self.session = Session(self.conn)
+        self.id: int | None = None
+
+    def request(self, msg: Any) -> dict[str, Any] | None:
+        d = self.services.dispatcher.dispatch(self.session, msg)
+        self.services.clock.advance(0)
+        return result_of(d)
+
+    def ok(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A request expected to succeed: its reply echoes ``req`` and is no error."""
+        msg = {"req": "r", **msg}
+        reply = self.request(msg)
+        assert reply is not None and reply["type"] != "error", reply
+        assert reply["req"] == msg["req"], reply
+        return reply
+
+    def register(self, name: str, password: str = "secret-pw") -> int:
+        self.id = int(self.ok({"type": "register", "name": name, "password": password})["id"])
+        return self.id
+
+    def login(self, name: str, password: str = "secret-pw") -> list[dict[str, Any]]:
+        """Log in; returns what the connection received: the login reply, the backlog
+        and the ``synced`` marker."""
+        self.conn.take()
+        reply = self.request({"type": "login", "name": name, "password": password,
+                              "req": "login"})
+        assert reply is None, reply  # the handler writes its reply before the backlog
+        got = self.conn.take()
+        assert got and got[0]["type"] == "login", got
+        self.id = int(got[0]["user"]["id"])
+        return got
+
+    def signup(self, name: str) -> Client:
+        """Register and log in, discarding the login frames."""
+        self.register(name)
+        self.login(name)
+        return self
