@@ -114,7 +114,7 @@ class ChatConsole:
         keepalive.clock = self.clock
         keepalive.start(KEEPALIVE_IDLE / 2, now=False)
         self._keepalive = keepalive
-        if self.proto is not None and not self.proto.connected_:
+        if self.proto is not None and not self.proto.is_open:
             self.connection_lost(Failure(error.ConnectionDone()))
 
     def show(self, text: str) -> None:
@@ -321,13 +321,13 @@ class ChatConsole:
 
     def _ping(self) -> None:
         proto = self.proto
-        if proto is not None and proto.connected_ and not self._closing \
+        if proto is not None and proto.is_open and not self._closing \
                 and self.clock.seconds() - proto.last_sent >= KEEPALIVE_IDLE:
             self._background({"type": "ping"})
 
     def _background(self, request: Frame) -> None:
         """A request the user did not type: its reply (or loss) is not shown."""
-        if self.proto is not None and self.proto.connected_:
+        if self.proto is not None and self.proto.is_open:
             self.proto.request(request).addErrback(lambda _: None)
 
     # -- leaving ----------------------------------------------------------------------
@@ -344,7 +344,7 @@ class ChatConsole:
 
     async def _leave(self) -> None:
         proto = self.proto
-        if proto is None or not proto.connected_:
+        if proto is None or not proto.is_open:
             return
         self._flush_ack()  # sent before the logout, so the server has it when we go
         if self.roster.me is not None:
@@ -359,7 +359,7 @@ class ChatConsole:
                 self.roster.reset()
                 if not self.raw:
                     self.show("Logged out.")
-        if proto.connected_:
+        if proto.is_open:
             lost = proto.lost
             proto.transport.loseConnection()
             timer = self.clock.callLater(QUIT_TIMEOUT, proto.transport.abortConnection)
@@ -400,7 +400,7 @@ class ChatConsole:
             self._keepalive.stop()
         if self._ack_call is not None and self._ack_call.active():
             self._ack_call.cancel()
-        if self.proto is not None and self.proto.connected_:
+        if self.proto is not None and self.proto.is_open:
             self.proto.transport.abortConnection()
         d = self.screen.close() if self.screen is not None else defer.succeed(None)
         d.addErrback(lambda _: None)
@@ -502,7 +502,7 @@ class PlainScreen(LineReceiver):
         return self.stdin_is_tty
 
     def ask_password(self, prompt: str) -> defer.Deferred[str | None]:
-        self.transport.write(prompt.encode())
+        self._tell_terminal(prompt)
         self.term.echo(False)
         self._secret = defer.Deferred()
         return self._secret
@@ -513,13 +513,19 @@ class PlainScreen(LineReceiver):
             self.transport.loseConnection()
         return self._closed
 
+    @staticmethod
+    def _tell_terminal(text: str) -> None:
+        """Password prompts go to stderr: stdout may be a file or a pipe."""
+        with contextlib.suppress(OSError):
+            os.write(2, text.encode())
+
     # StandardIO
     def lineReceived(self, line: bytes) -> None:
         text = line.rstrip(b"\r").decode("utf-8", "replace")
         if self._secret is not None:
             secret, self._secret = self._secret, None
             self.term.echo(True)
-            self.transport.write(b"\n")
+            self._tell_terminal("\n")
             secret.callback(text)
             return
         self.console.line(text)

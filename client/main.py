@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default=os.environ.get("QQCHAT_HOST", "127.0.0.1"),
                         help="daemon address (default: %(default)s, env QQCHAT_HOST)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("QQCHAT_PORT", "6000")),
+    parser.add_argument("--port", type=int, default=os.environ.get("QQCHAT_PORT", "6000"),
                         help="daemon port (default: %(default)s, env QQCHAT_PORT)")
     parser.add_argument("--user", default=os.environ.get("QQCHAT_USER"),
                         help="log in as this name or id at start (env QQCHAT_USER)")

@@ -37,21 +37,18 @@ class ChatClientProtocol(LineReceiver):
         self._pending: dict[int, defer.Deferred[Frame]] = {}
         self._next_req = 1
         self.lost: defer.Deferred[None] = defer.Deferred()
-        self.connected_ = False
+        #: between connectionMade and connectionLost (Protocol.connected is never reset)
+        self.is_open = False
         #: when the last request went out, so keepalive pings are only sent when idle
         self.last_sent = clock.seconds()
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     def connectionMade(self) -> None:
-        self.connected_ = True
+        self.is_open = True
 
     def request(self, frame: Frame) -> defer.Deferred[Frame]:
         """Send ``frame`` with a fresh ``req``; fires with the reply (maybe an error frame),
         or fails with ConnectionLost."""
-        if not self.connected_:
+        if not self.is_open:
             return defer.fail(error.ConnectionLost("not connected"))
         req = self._next_req
         self._next_req += 1
@@ -92,7 +89,7 @@ class ChatClientProtocol(LineReceiver):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.connected_ = False
+        self.is_open = False
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(error.ConnectionLost("connection lost before the reply"))

@@ -66,11 +66,12 @@ class ChatClient(LineReceiver):
     def send(self, frame: Frame) -> None:
         self.transport.write(json.dumps(frame).encode() + b"\n")
 
-    async def call(self, type: str, wait: float = DEFAULT_WAIT, **fields: Any) -> Frame:
+    async def call(self, type: str, wait: float = DEFAULT_WAIT, req: Any = None,
+                   **fields: Any) -> Frame:
         """Send a request and return its reply frame, whatever it is (errors included)."""
         from twisted.internet import reactor
 
-        req = next(self._reqs)
+        req = next(self._reqs) if req is None else req
         d: defer.Deferred[Frame] = defer.Deferred()
         self._replies[req] = d
         self.send({"type": type, "req": req, **fields})
