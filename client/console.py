@@ -44,6 +44,8 @@ Frame = dict[str, Any]
 
 #: the daemon closes connections silent for 300 s by default; stay well inside that
 KEEPALIVE_IDLE = 60.0
+#: how many message ids are remembered to drop duplicate pushes
+SEEN_MAX = 10_000
 #: how long quitting waits for the logout reply and for the socket to close
 QUIT_TIMEOUT = 5.0
 
@@ -97,6 +99,9 @@ class ChatConsole:
         self._max_seen = 0
         self._acked = 0
         self._ack_call: Any = None
+        #: recent message ids, so a message pushed twice (a retry) is shown once
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
         self._keepalive: task.LoopingCall | None = None
 
     # -- wiring ---------------------------------------------------------------
@@ -266,6 +271,8 @@ class ChatConsole:
             return False
         # the backlog follows this reply: a new user means new message ids to ack
         self._max_seen = self._acked = 0
+        self._seen.clear()
+        self._seen_order.clear()
         self.roster.learn_reply(request, reply)
         self._set_prompt()
         if not self.raw:
@@ -284,6 +291,8 @@ class ChatConsole:
     def push(self, frame: Frame) -> None:
         """A frame from the server that is not a reply."""
         typ = frame.get("type")
+        if typ == "message" and self._already_seen(frame.get("id")):
+            return
         self.roster.learn_push(frame)
         if typ == "synced":
             synced, self._synced, self._syncing = self._synced, None, False
@@ -304,6 +313,17 @@ class ChatConsole:
             text = render_push(frame, self.roster, self.clock.seconds(), self.tz)
             if text:
                 self.show(text)
+
+    def _already_seen(self, mid: Any) -> bool:
+        if not isinstance(mid, int) or isinstance(mid, bool):
+            return False
+        if mid in self._seen:
+            return True
+        self._seen.add(mid)
+        self._seen_order.append(mid)
+        if len(self._seen_order) > SEEN_MAX:
+            self._seen.discard(self._seen_order.popleft())
+        return False
 
     def _schedule_ack(self) -> None:
         if self._ack_call is None and self._max_seen > self._acked:

@@ -103,6 +103,16 @@ def test_live_messages_are_acked_per_burst() -> None:
     assert h.sent() == []
 
 
+def test_a_message_pushed_twice_is_shown_once() -> None:
+    h = Harness()
+    h.console.line("login alice")
+    h.receive(type="login", req=1, **LOGIN_REPLY)
+    h.receive(type="synced", count=0)
+    for _ in range(2):
+        h.receive(type="message", id=12, **{"from": 2}, name="bob", to=1, text="once", ts=0)
+    assert sum(line.endswith("bob (2): once") for line in h.screen.shown) == 1
+
+
 def test_end_of_input_logs_out_and_exit_status_counts_failures() -> None:
     h = Harness()
     h.console.line("login alice")

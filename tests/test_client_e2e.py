@@ -150,12 +150,17 @@ def test_raw_prints_json_lines(daemon: DaemonProcess) -> None:
     assert PASSWORD not in done.stdout
 
 
-def test_lost_connection_is_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["killed", "stopped"])
+def test_lost_connection_is_reported(tmp_path: Path, how: str) -> None:
     with DaemonProcess(tmp_path) as daemon:
         register(daemon.port, "alice")
         client = logged_in(daemon.port, "alice")
         with client:
-            daemon.kill()
+            if how == "killed":
+                daemon.kill()
+            else:
+                daemon.stop()
+                client.expect(r"\* The server is shutting down\.$")
             client.expect(rf"^Connection to 127\.0\.0\.1:{daemon.port} lost")
             assert client.wait() == 1
 
