@@ -218,7 +218,6 @@ def _screen_until(sock: Path, done: Callable[[list[str]], bool]) -> list[str]:
         time.sleep(0.1)
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_incoming_message_keeps_half_typed_line_tmux(daemon: DaemonProcess) -> None:
     ids = register(daemon.port, "alice", "bob")
     # a short path: a unix socket's path must fit in about 100 bytes

@@ -7,11 +7,11 @@ import sys
 from importlib.metadata import files
 from pathlib import Path
 
-import twisted.plugins
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
 import qqchat
+import twisted.plugins
 
 BIN = Path(sys.executable).parent
 
