@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS messages (
     group_id    BIGINT      NULL,
     body        TEXT        NOT NULL,
     ts          BIGINT      NOT NULL,
-    cid         VARCHAR(64) NULL,
+    -- binary: client ids compare byte for byte (a PAD SPACE collation would make 'x' = 'x ')
+    cid         VARBINARY(256) NULL,
     UNIQUE KEY messages_cid (sender, cid),
     KEY messages_recipient (recipient, id),
     KEY messages_conv (sender, recipient, id),

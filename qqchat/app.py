@@ -15,7 +15,12 @@ from twisted.internet import defer, endpoints, threads
 
 from qqchat.dispatch import Dispatcher
 from qqchat.net.listener import ChatListenerService
-from qqchat.net.protocol import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LINE, ChatFactory
+from qqchat.net.protocol import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LINE,
+    DEFAULT_SEND_BUFFER,
+    ChatFactory,
+)
 from qqchat.passwords import DEFAULT_COST, Hasher
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
@@ -40,6 +45,7 @@ class Settings:
     hash_cost: int = DEFAULT_COST
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_line: int = DEFAULT_MAX_LINE
+    max_send_buffer: int = DEFAULT_SEND_BUFFER
     kick_on_duplicate: bool = True
     limits: Limits = field(default_factory=Limits)
 
@@ -89,7 +95,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     groups = GroupService(store, relay, reactor, limits)
     dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits)
 
-    factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line)
+    factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line,
+                          settings.max_send_buffer)
     endpoint = endpoints.serverFromString(reactor, settings.listen)
     listener = ChatListenerService(endpoint, factory, database.ready, reactor, on_fatal)
     listener.setServiceParent(daemon)

@@ -152,18 +152,21 @@ class Dispatcher:
         uid = None if name is not None else _int(msg, "id", required=False)
         if name is None and uid is None:
             raise ChatError("missing_field", "login needs 'name' or 'id'", field="name")
-        body, acked = await self.accounts.login(session, password, name=name, user_id=uid)
+        body = await self.accounts.login(session, password, name=name, user_id=uid)
         # the reply goes out before the backlog, which follows as message pushes
         session.send(reply_frame("login", msg.get("req", _MISSING), body))
         try:
-            await self.messages.sync(session, acked)
+            await self.messages.sync(session)
         except Exception as e:
-            # the login itself succeeded and was answered: report this as a push
+            # Logged in, but the backlog could not be read. Ending the connection is
+            # the one safe answer: live pushes plus a cumulative ack would otherwise
+            # acknowledge the unsent backlog away.
             code = e.code if isinstance(e, ChatError) else "internal"
             if code == "internal":
                 self.log.failure("backlog for {uid} failed", uid=session.user_id)
-            session.send(error_frame(code, "offline messages could not be loaded now; "
-                                           "they will be sent at your next login"))
+            session.send(error_frame(code, "offline messages could not be loaded; "
+                                           "closing, log in again"))
+            session.conn.close()
         return None
 
     async def handle_logout(self, session: Session, msg: Frame) -> Frame:

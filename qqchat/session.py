@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from twisted.internet import defer
+
 from qqchat.codec import encode
 
 
@@ -16,16 +18,21 @@ class Connection(Protocol):
 
     def close(self) -> None: ...
 
+    def writable(self) -> defer.Deferred[None]:
+        """Fires once the client has read enough that more may be written."""
+        ...
+
 
 class Session:
     """One client connection and, once logged in, its user.
 
-    Message pushes go through ``deliver`` so that while the login backlog is
-    being sent, live messages are held and then sent after it, in id order and
-    without duplicates.
+    From login until the backlog has been sent, live pushes are held, then sent
+    after it: messages the backlog already carried are dropped, so the client
+    sees every message once, and nothing lands before the login reply.
     """
 
-    __slots__ = ("_held", "closed", "conn", "max_sent", "name", "syncing", "user_id")
+    __slots__ = ("_held", "acked", "closed", "conn", "max_sent", "name", "syncing",
+                 "user_id")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -33,10 +40,12 @@ class Session:
         self.name: str | None = None
         #: highest message id written to this connection; acks may not pass it
         self.max_sent = 0
+        #: highest message id known to be acknowledged durably
+        self.acked = 0
         self.syncing = False
         #: set by the network layer when the connection is gone
         self.closed = False
-        self._held: list[tuple[int, bytes]] = []
+        self._held: list[tuple[int | None, bytes]] = []
 
     @property
     def peer(self) -> str:
@@ -57,17 +66,27 @@ class Session:
         if msg_id > self.max_sent:
             self.max_sent = msg_id
 
+    def notify(self, line: bytes) -> None:
+        """Push an event that is not a stored message (presence, friend request...)."""
+        if self.syncing:
+            self._held.append((None, line))
+        else:
+            self.conn.send_line(line)
+
     def begin_sync(self) -> None:
         self.syncing = True
         self._held = []
 
     def end_sync(self) -> None:
-        """Send what arrived live during the backlog, minus what the backlog covered."""
+        """Send what arrived during the backlog, in arrival order, minus what the
+        backlog carried (every message committed before it was read is in it)."""
         held, self._held = self._held, []
         self.syncing = False
         backlog_end = self.max_sent
-        for msg_id, line in sorted(held, key=lambda item: item[0]):
-            if msg_id > backlog_end:
+        for msg_id, line in held:
+            if msg_id is None:
+                self.conn.send_line(line)
+            elif msg_id > backlog_end:
                 self.deliver(msg_id, line)
 
     def kick(self, reason: str) -> None:
@@ -81,5 +100,6 @@ class Session:
         self.user_id = None
         self.name = None
         self.max_sent = 0
+        self.acked = 0
         self.syncing = False
         self._held = []

@@ -38,6 +38,9 @@ class Options(usage.Options):
          f"Password hash cost, log2 of scrypt's N ({MIN_COST}-{MAX_COST})."],
         ["idle-timeout", None, "300", "Seconds of silence before a connection is closed."],
         ["max-line", None, "65536", "Longest request line in bytes."],
+        ["max-send-buffer", None, str(4 * 1024 * 1024),
+         "Bytes that may wait for a client that does not read before it is cut off "
+         "(its messages stay stored for its next login)."],
         ["duplicate-login", None, "kick",
          "When a logged-in user logs in again: 'kick' the old session or 'reject' the new."],
     ]
@@ -82,6 +85,7 @@ class Options(usage.Options):
             hash_cost=cost,
             idle_timeout=self._number("idle-timeout", float, 1),
             max_line=self._number("max-line", int, 1024),
+            max_send_buffer=self._number("max-send-buffer", int, 64 * 1024),
             kick_on_duplicate=self["duplicate-login"] == "kick",
         )
 

@@ -206,3 +206,34 @@ def test_fuzzed_lines_each_get_an_answer_and_others_keep_chatting(
     if fuzz.fuzzer.transport is None or not fuzz.fuzzer.transport.connected:
         pytest.fail("the fuzzing connection was closed by the server")
     return defer.ensureDeferred(fuzz.check(batch))
+
+
+@pytest.mark.logged_errors_ok
+@pytest_twisted.ensureDeferred
+async def test_database_that_stops_answering_gives_unavailable_then_recovers(
+        own_mariadb: MariaDB) -> None:
+    import os
+    import signal
+
+    daemon, port = await start_daemon(Settings(listen="tcp:0:interface=127.0.0.1",
+                                               db=own_mariadb.url("qq_down"), hash_cost=4))
+    assert own_mariadb.pid is not None
+    try:
+        c = await connect(port)
+        await c.ok("register", name="alice", password="password1")
+        await c.login("alice", "password1")
+        os.kill(own_mariadb.pid, signal.SIGSTOP)  # hangs, as a wedged server would
+        try:
+            frame = await c.call("chat", to=c.user_id, text="hello?", wait=40)
+            assert frame["code"] == "unavailable"
+        finally:
+            os.kill(own_mariadb.pid, signal.SIGCONT)
+        # the pool reconnects by itself: no restart
+        sent = await c.ok("chat", to=c.user_id, text="back again")
+        history = await c.ok("history", **{"with": c.user_id})
+        assert sent["id"] in [m["id"] for m in history["messages"]]
+        c.close()
+    finally:
+        from twisted.internet import reactor
+
+        await defer.maybeDeferred(daemon.stopService).addTimeout(20, reactor)

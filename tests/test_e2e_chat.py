@@ -134,3 +134,15 @@ async def test_history_pages_backwards(server: Running) -> None:
     assert (await alice.call("history", limit=3))["code"] == "missing_field"
     assert (await alice.call("history", **{"with": bob.user_id, "limit": 0}))["code"] == \
         "bad_field"
+
+
+@pytest_twisted.ensureDeferred
+async def test_cids_are_compared_exactly(server: Running) -> None:
+    alice = await server.user("alice")
+    bob = await server.user("bob")
+    ids = [(await alice.ok("chat", to=bob.user_id, text=f"t{n}", cid=cid))["id"]
+           for n, cid in enumerate(["x", "x ", "X", 7, "7"])]
+    # "x", "x " and "X" differ; 7 and "7" are the same client id
+    assert len(set(ids[:4])) == 4 and ids[4] == ids[3]
+    got = await bob.messages(4)
+    assert [m["text"] for m in got] == ["t0", "t1", "t2", "t3"]

@@ -190,6 +190,9 @@ class FakeConnection:
     def close(self) -> None:
         self.closed = True
 
+    def writable(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
     def frames(self) -> list[dict[str, Any]]:
         """Every frame written so far, decoded."""
         return [orjson.loads(line) for line in self.lines]

@@ -55,27 +55,28 @@ class ChatListenerService(Service):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        """Graceful stop: no new clients; finish the requests in hand and commit them;
+        tell every client ``server_shutdown`` and close; let logouts reach storage."""
         super().stopService()
         if self.port is not None:
             yield self.port.stopListening()
         live = list(self.factory.live)
-        waits = []
+        in_hand = defer.DeferredList([p.stop_reading() for p in live])
+        yield self._bounded(in_hand)
+        yield self._bounded(self.factory.dispatcher.messages.idle())
+        closed = []
         for p in live:
             d: defer.Deferred[None] = defer.Deferred()
             p.notifyOnClose(d)
-            waits.append(d)
+            closed.append(d)
             p.send_frame({"type": "server_shutdown"})
-            p.transport.loseConnection()
-        if waits:
-            timer = self.clock.callLater(self.grace, self._abort, live)
-            yield defer.DeferredList(waits)
-            if timer.active():
-                timer.cancel()
-        # let connection_lost cleanups (presence) reach the database before it closes
-        yield self.factory.dispatcher.drain()
+            p.close()  # cut after a grace period if the client does not read
+        yield defer.DeferredList(closed)
+        # logouts (presence to friends) and anything they queued reach the database
+        yield self._bounded(self.factory.dispatcher.drain())
 
-    @staticmethod
-    def _abort(live: list[Any]) -> None:
-        for p in live:
-            if not p.session.closed:
-                p.transport.abortConnection()
+    def _bounded(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        d.addTimeout(self.grace, self.clock)
+        d.addErrback(lambda f: self.log.warn("graceful stop step timed out: {f}",
+                                             f=f.getErrorMessage()))
+        return d

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from qqchat.codec import DecodeError, decode, encode
 from qqchat.dispatch import Dispatcher, error_frame
@@ -17,6 +18,32 @@ from qqchat.session import Session
 
 DEFAULT_MAX_LINE = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
+#: how long a closing connection may take to flush before it is cut
+CLOSE_GRACE = 5.0
+
+
+@implementer(IPushProducer)
+class _WriteWatch:
+    """Registered on the transport to learn when the client stops reading.
+
+    The transport pauses its producer once its send buffer passes its high-water
+    mark; the protocol then stops reading requests and counts what it still has
+    to write. A separate object, because the protocol's own pause/resume is
+    busy keeping requests in order.
+    """
+
+    def __init__(self, proto: ChatProtocol) -> None:
+        self.proto = proto
+
+    def pauseProducing(self) -> None:
+        self.proto._write_blocked()
+
+    def resumeProducing(self) -> None:
+        self.proto._write_unblocked()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class ChatProtocol(LineReceiver, TimeoutMixin):
@@ -24,7 +51,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     Requests are handled one at a time, in order: while one waits on storage the
     protocol pauses itself (and so the socket), which keeps replies in request
-    order and bounds what a pipelining client can make us buffer.
+    order and bounds what a pipelining client can make us buffer. A client that
+    stops reading is cut off once ``max_send_buffer`` bytes wait for it; what was
+    meant for it stays in the message log for its next login.
     """
 
     delimiter = b"\n"
@@ -37,24 +66,95 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.session = Session(self)
         self.peer = "?"
         self._on_close: list[defer.Deferred[None]] = []
-
-    def notifyOnClose(self, d: defer.Deferred[None]) -> None:
-        """Fire ``d`` once the connection is gone (for graceful stop)."""
-        if self.session.closed:
-            d.callback(None)
-        else:
-            self._on_close.append(d)
+        self._pauses: set[str] = set()
+        self._inflight: defer.Deferred[Any] | None = None
+        self._blocked_bytes: int | None = None  # None while the client keeps up
+        self._writable: list[defer.Deferred[None]] = []
+        self._abort_call: IDelayedCall | None = None
+        self._lost = False
+        self.stopping = False
 
     # -- Connection, as the session sees it -------------------------------
 
     def send_line(self, line: bytes) -> None:
+        if self.session.closed:
+            return
+        if self._blocked_bytes is not None:
+            self._blocked_bytes += len(line)
+            if self._blocked_bytes > self.factory.max_send_buffer:
+                self.log.info("{peer} is not reading; disconnecting", peer=self.peer)
+                self.session.closed = True
+                self.transport.abortConnection()
+                return
         self.transport.write(line)
 
     def send_frame(self, frame: dict[str, Any]) -> None:
-        self.transport.write(encode(frame))
+        self.send_line(encode(frame))
 
     def close(self) -> None:
+        """Close after flushing, but never wait on a client that does not read."""
+        if self._lost:
+            return
+        # with a producer registered the transport would wait for it forever
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if self._abort_call is None and not self.session.closed:
+            self._abort_call = self.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if not self.session.closed:
+            self.transport.abortConnection()
+
+    def writable(self) -> defer.Deferred[None]:
+        if self._blocked_bytes is None or self.session.closed:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._writable.append(d)
+        return d
+
+    def notifyOnClose(self, d: defer.Deferred[None]) -> None:
+        """Fire ``d`` once the connection is gone (for graceful stop)."""
+        if self._lost:
+            d.callback(None)
+        else:
+            self._on_close.append(d)
+
+    # -- flow control -----------------------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses:
+            self.pauseProducing()
+        self._pauses.add(reason)
+
+    def _unpause(self, reason: str) -> None:
+        self._pauses.discard(reason)
+        if not self._pauses and not self.session.closed and not self.transport.disconnecting:
+            self.resumeProducing()
+
+    def _write_blocked(self) -> None:
+        # the transport calls this on every write past its high-water mark
+        if self._blocked_bytes is None:
+            self._blocked_bytes = 0
+            self._pause("write")
+
+    def _write_unblocked(self) -> None:
+        self._blocked_bytes = None
+        waiting, self._writable = self._writable, []
+        for d in waiting:
+            d.callback(None)
+        self._unpause("write")
+
+    def stop_reading(self) -> defer.Deferred[None]:
+        """For graceful stop: read no more requests; fires when the one in hand is done."""
+        self.stopping = True
+        self._pause("stop")
+        done: defer.Deferred[None] = defer.Deferred()
+        if self._inflight is None:
+            done.callback(None)
+        else:
+            self._inflight.addBoth(lambda r: (done.callback(None), r)[1])
+        return done
 
     # -- Twisted callbacks ------------------------------------------------
 
@@ -62,6 +162,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         addr: IAddress = self.transport.getPeer()
         self.peer = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
         self.factory.live.add(self)
+        self.transport.registerProducer(_WriteWatch(self), True)
         self.setTimeout(self.factory.idle_timeout)
         self.log.info("connection open from {peer}", peer=self.peer)
 
@@ -81,39 +182,47 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         d.addCallback(self._replied, fired)
         d.addErrback(self._crashed)
         if not fired:
-            self.pauseProducing()
-            d.addBoth(self._resume)
+            self._inflight = d
+            self._pause("request")
+            d.addBoth(self._request_done)
 
     def _replied(self, frame: dict[str, Any] | None, fired: list[bool]) -> None:
         fired.append(True)
-        if frame is not None and not self.session.closed:
+        if frame is not None:
             self.send_frame(frame)
 
     def _crashed(self, failure: Failure) -> None:
         self.log.failure("reply to {peer} failed", failure, peer=self.peer)
 
-    def _resume(self, _: object) -> None:
-        if not self.session.closed and not self.transport.disconnecting:
-            self.resumeProducing()
+    def _request_done(self, result: object) -> object:
+        self._inflight = None
+        self._unpause("request")
+        return result
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.send_frame(error_frame(
             "line_too_long", f"a line is at most {self.MAX_LENGTH} bytes; closing"))
-        self.transport.loseConnection()
+        self.close()
 
     def timeoutConnection(self) -> None:
         self.send_frame(error_frame("idle_timeout", "no data for too long; closing"))
         self.log.info("idle timeout for {peer}", peer=self.peer)
-        self.transport.loseConnection()
+        self.close()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = True
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
         self.session.closed = True
         self.factory.live.discard(self)
         self.log.info("connection closed from {peer}", peer=self.peer)
         self.factory.dispatcher.connection_lost(self.session)
-        waiting, self._on_close = self._on_close, []
+        waiting, self._writable = self._writable, []
         for d in waiting:
+            d.callback(None)  # the waiter sees session.closed and gives up
+        closed, self._on_close = self._on_close, []
+        for d in closed:
             d.callback(None)
 
 
@@ -122,11 +231,13 @@ class ChatFactory(protocol.Factory):
 
     def __init__(self, dispatcher: Dispatcher, clock: IReactorTime,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 max_line: int = DEFAULT_MAX_LINE) -> None:
+                 max_line: int = DEFAULT_MAX_LINE,
+                 max_send_buffer: int = DEFAULT_SEND_BUFFER) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_line = max_line
+        self.max_send_buffer = max_send_buffer
         self.live: set[ChatProtocol] = set()
 
     def buildProtocol(self, addr: IAddress) -> ChatProtocol:

@@ -45,7 +45,7 @@ class LocalRelay:
         for uid in user_ids:
             session = get(uid)
             if session is not None:
-                session.send_line(line)
+                session.notify(line)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         get = self.hub.get

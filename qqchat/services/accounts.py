@@ -60,11 +60,11 @@ class AccountService:
         return {"id": uid, "name": name}
 
     async def login(self, session: Session, password: str, name: str | None = None,
-                    user_id: int | None = None) -> tuple[dict[str, Any], int]:
+                    user_id: int | None = None) -> dict[str, Any]:
         """Check credentials and make this the user's session.
 
-        Returns the reply body (profile, friends, groups, requests) and the user's
-        acknowledged position, from which the caller sends the backlog.
+        Returns the reply body (profile, friends, groups, requests); the caller
+        then sends the backlog (``MessageService.sync``).
         """
         if session.user_id is not None:
             raise ChatError("already_logged_in", "this connection is logged in; log out first")
@@ -95,7 +95,7 @@ class AccountService:
             raise
         self.log.info("login {uid} {name} from {peer}", uid=row.id, name=row.name,
                       peer=session.peer)
-        return body, row.acked
+        return body
 
     async def _summary(self, uid: int, name: str) -> dict[str, Any]:
         friends = await self._store.friends_of(uid)

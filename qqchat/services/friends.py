@@ -51,9 +51,10 @@ class FriendService:
         if outcome == "accepted":
             # they had asked us first: the two requests meet and both become friends
             self._tell(to, {"type": "friend_added", "user": me, "name": my_name, "online": True})
-            return {"status": "accepted", "friend": await self._friend_entry(to, other_name)}
+            return {"status": "accepted", "user": to, "name": other_name,
+                    "friend": await self._friend_entry(to, other_name)}
         self._tell(to, {"type": "friend_request", "from": me, "name": my_name, "ts": now})
-        return {"status": "requested"}
+        return {"status": "requested", "user": to, "name": other_name}
 
     async def accept(self, session: Session, requester: int) -> dict[str, Any]:
         me = session.user_id
@@ -72,7 +73,7 @@ class FriendService:
         if not await self._store.delete_request(requester, me):
             raise ChatError("no_request", f"{name} has not asked to be your friend")
         self._tell(requester, {"type": "friend_declined", "user": me, "name": session.name})
-        return {"user": requester}
+        return {"user": requester, "name": name}
 
     async def remove(self, session: Session, other: int) -> dict[str, Any]:
         me = session.user_id
@@ -81,7 +82,7 @@ class FriendService:
         if not await self._store.remove_friend(me, other):
             raise ChatError("not_friend", f"{name} is not your friend")
         self._tell(other, {"type": "friend_removed", "user": me, "name": session.name})
-        return {"user": other}
+        return {"user": other, "name": name}
 
     async def list(self, session: Session) -> dict[str, Any]:
         assert session.user_id is not None

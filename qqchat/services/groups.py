@@ -63,14 +63,15 @@ class GroupService:
     async def leave(self, session: Session, gid: int) -> dict[str, Any]:
         uid = session.user_id
         assert uid is not None
+        group = await self._store.group(gid)
+        if group is None:
+            raise ChatError("no_such_group", f"there is no group {gid}")
         if not await self._store.leave_group(gid, uid):
-            if await self._store.group(gid) is None:
-                raise ChatError("no_such_group", f"there is no group {gid}")
             raise ChatError("not_member", f"you are not a member of group {gid}")
         members = await self._store.group_member_ids(gid)
         self._relay.notify(members, encode({"type": "group_left", "group": gid, "user": uid,
                                             "name": session.name}))
-        return {"group": gid}
+        return {"group": {"id": gid, "name": group[1]}}
 
     def _tell_members(self, info: dict[str, Any], except_uid: int,
                       frame: dict[str, Any]) -> None:

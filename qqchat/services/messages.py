@@ -59,12 +59,19 @@ class MessageService:
             raise ChatError("too_long", f"a message is at most {self._limits.text_max} "
                                         "characters")
 
-    async def _store_message(self, session: Session, message: NewMessage
+    @staticmethod
+    def _sender(session: Session) -> tuple[int, str]:
+        """The acting user, read once: a kick during an await must not change it."""
+        if session.user_id is None or session.name is None:
+            raise ChatError("not_logged_in", "log in first")
+        return session.user_id, session.name
+
+    async def _store_message(self, name: str, message: NewMessage
                              ) -> tuple[Stored, bytes | None]:
         stored = await self._log.append(message)
-        if stored.duplicate:
+        if stored.duplicate or stored.rejected:
             return stored, None
-        row: MessageRow = (stored.id, message.kind, message.sender, session.name or "",
+        row: MessageRow = (stored.id, message.kind, message.sender, name,
                            message.recipient, message.group_id, message.body, stored.ts)
         return stored, encode(message_frame(row))
 
@@ -75,76 +82,89 @@ class MessageService:
             body["duplicate"] = True
         return body
 
+    # Pushes happen in the same callback that reports the commit, with no await in
+    # between: batches commit in id order, so one node's pushes leave in id order.
+
     async def chat(self, session: Session, to: int, text: str, cid: str | None
                    ) -> dict[str, Any]:
         self._check_text(text)
+        uid, name = self._sender(session)
         if await self._users.name_of(to) is None:
             raise ChatError("no_such_user", f"there is no user {to}")
-        assert session.user_id is not None
         stored, line = await self._store_message(
-            session, NewMessage(KIND_DIRECT, session.user_id, text, recipient=to, cid=cid))
+            name, NewMessage(KIND_DIRECT, uid, text, recipient=to, cid=cid))
         if line is not None:
             self._relay.deliver((to,), stored.id, line)
         return self._reply(stored)
 
     async def broadcast(self, session: Session, text: str, cid: str | None) -> dict[str, Any]:
         self._check_text(text)
-        assert session.user_id is not None
+        uid, name = self._sender(session)
         stored, line = await self._store_message(
-            session, NewMessage(KIND_BROADCAST, session.user_id, text, cid=cid))
+            name, NewMessage(KIND_BROADCAST, uid, text, cid=cid))
         if line is not None:
-            self._relay.deliver_all(stored.id, line, exclude=session.user_id)
+            self._relay.deliver_all(stored.id, line, exclude=uid)
         return self._reply(stored)
 
     async def group_chat(self, session: Session, gid: int, text: str, cid: str | None
                          ) -> dict[str, Any]:
         self._check_text(text)
-        uid = session.user_id
-        assert uid is not None
-        members = await self._store.group_member_ids(gid)
-        if uid not in members:
-            if not members and await self._store.group(gid) is None:
+        uid, name = self._sender(session)
+        # membership is checked, and the recipients read, inside the log transaction
+        stored, line = await self._store_message(
+            name, NewMessage(KIND_GROUP, uid, text, group_id=gid, cid=cid))
+        if stored.rejected:
+            if await self._store.group(gid) is None:
                 raise ChatError("no_such_group", f"there is no group {gid}")
             raise ChatError("not_member", f"you are not a member of group {gid}")
-        stored, line = await self._store_message(
-            session, NewMessage(KIND_GROUP, uid, text, group_id=gid, cid=cid))
-        if line is not None:
-            self._relay.deliver([m for m in members if m != uid], stored.id, line)
+        if line is not None and stored.members:
+            self._relay.deliver([m for m in stored.members if m != uid], stored.id, line)
         return self._reply(stored)
 
     def idle(self) -> defer.Deferred[None]:
         return self._log.idle()
 
     async def ack(self, session: Session, message_id: int) -> dict[str, Any]:
+        uid, _ = self._sender(session)
+        if message_id <= session.acked:
+            return {"id": message_id}  # already durable: a repeated ack is harmless
         if message_id > session.max_sent:
             raise ChatError("bad_ack", f"message {message_id} has not been delivered to you")
-        assert session.user_id is not None
-        await self._log.ack(session.user_id, message_id)
+        await self._log.ack(uid, message_id)
+        if message_id > session.acked:
+            session.acked = message_id
         return {"id": message_id}
 
-    async def sync(self, session: Session, acked: int) -> int:
+    async def sync(self, session: Session) -> int:
         """Send what the user has not acked, in pages, then ``synced`` and the live
-        messages held meanwhile. Returns how many backlog messages were sent."""
-        uid = session.user_id
-        assert uid is not None
+        messages held meanwhile. Returns how many backlog messages were sent.
+
+        Pending acks (say, from a session this login just replaced) are committed
+        first, so the backlog never repeats what the client was told is acked.
+        """
+        uid, _ = self._sender(session)
+        await self._log.ack(uid, 0)
+        after = session.acked = await self._store.acked(uid)
         page = self._limits.backlog_page
-        after, count = acked, 0
-        try:
-            while True:
-                rows = await self._store.undelivered(uid, after, page)
-                if session.closed or session.user_id != uid:
-                    return count
-                for row in rows:
-                    session.send_line(encode(message_frame(row)))
-                count += len(rows)
-                if rows:
-                    after = session.max_sent = rows[-1][0]
-                if len(rows) < page:
-                    break
-        finally:
-            if session.user_id == uid:
-                session.send({"type": "synced", "count": count})
-                session.end_sync()
+        count = 0
+        while True:
+            rows = await self._store.undelivered(uid, after, page)
+            if session.closed or session.user_id != uid:
+                return count
+            for row in rows:
+                session.send_line(encode(message_frame(row)))
+                after = session.max_sent = row[0]
+                count += 1
+                writable = session.conn.writable()
+                if not writable.called:
+                    # the client reads slower than we write: wait rather than buffer
+                    await writable
+                    if session.closed or session.user_id != uid:
+                        return count
+            if len(rows) < page:
+                break
+        session.send({"type": "synced", "count": count})
+        session.end_sync()
         return count
 
     async def history(self, session: Session, with_user: int | None, group: int | None,

@@ -127,6 +127,9 @@ def make_pool(config: DatabaseConfig, reactor: Any) -> adbapi.ConnectionPool:
         db=config.database,
         charset="utf8mb4",
         connect_timeout=5,
+        # a server that stops answering must give `unavailable`, not a hung request
+        read_timeout=10,
+        write_timeout=10,
         cp_min=config.pool_min,
         cp_max=config.pool_max,
         cp_reconnect=config.reconnect,

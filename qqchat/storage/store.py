@@ -46,9 +46,14 @@ class NewMessage:
 
 @dataclass(slots=True)
 class Stored:
+    """The outcome of one append. For a new group message, ``members`` is the group's
+    membership read inside the writing transaction: exactly who it belongs to."""
+
     id: int
     ts: int
     duplicate: bool
+    rejected: bool = False
+    members: list[int] | None = None
 
 
 # (id, kind, sender, sender_name, recipient, group_id, body, ts)
@@ -242,17 +247,27 @@ class Store:
 
     # -- groups -----------------------------------------------------------
 
+    def _locked_head(self, t: Any) -> int:
+        """The log head, read so that a message batch in flight is waited for: a new
+        member's ``since_id`` is then exactly the last message not meant for them."""
+        if self.dialect == "mysql":
+            t.execute("SELECT last_id FROM log_seq WHERE id = 1 LOCK IN SHARE MODE")
+        else:
+            t.execute("SELECT last_id FROM log_seq WHERE id = 1")
+        return int(t.fetchone()[0])
+
     def create_group(self, name: str, desc: str, creator: int, now: int) -> defer.Deferred[int]:
         q_group = self._q(
             "INSERT INTO chat_groups (name, descr, creator, created_at) VALUES (?, ?, ?, ?)")
         q_member = self._q(
             "INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
-            "SELECT ?, ?, ?, last_id, ? FROM log_seq WHERE id = 1")
+            "VALUES (?, ?, ?, ?, ?)")
 
         def txn(t: Any) -> int:
+            head = self._locked_head(t)
             t.execute(q_group, (name, desc, creator, now))
             gid = int(t.lastrowid)
-            t.execute(q_member, (gid, creator, "creator", now))
+            t.execute(q_member, (gid, creator, "creator", head, now))
             return gid
 
         return self._run(txn)
@@ -266,9 +281,10 @@ class Store:
         q_member = self._q("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?")
         q_ins = self._q(
             "INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
-            "SELECT ?, ?, ?, last_id, ? FROM log_seq WHERE id = 1")
+            "VALUES (?, ?, ?, ?, ?)")
 
         def txn(t: Any) -> str:
+            head = self._locked_head(t)
             t.execute(q_group, (gid,))
             if not t.fetchone():
                 return "no_group"
@@ -276,7 +292,7 @@ class Store:
             if t.fetchone():
                 return "already"
             try:
-                t.execute(q_ins, (gid, user_id, "member", now))
+                t.execute(q_ins, (gid, user_id, "member", head, now))
             except self._integrity_error:
                 return "already"
             return "joined"
@@ -351,6 +367,7 @@ class Store:
             "INSERT INTO messages (id, kind, sender, recipient, group_id, body, ts, cid) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         q_ack = self._q("UPDATE users SET acked = ? WHERE id = ? AND acked < ?")
+        q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
         ack_rows = [(mid, uid, mid) for uid, mid in acks]
 
         def txn(t: Any) -> list[Stored]:
@@ -361,7 +378,17 @@ class Store:
                 next_id = int(t.fetchone()[0]) - len(messages) + 1
                 rows = []
                 by_cid: dict[tuple[int, str], Stored] = {}
+                # read under the log_seq lock: a join either committed before (and
+                # the joiner gets the message) or gets a since_id past it
+                members: dict[int, list[int]] = {}
                 for m in messages:
+                    if m.group_id is not None and m.group_id not in members:
+                        t.execute(q_members, (m.group_id,))
+                        members[m.group_id] = [int(r[0]) for r in t.fetchall()]
+                    group = members.get(m.group_id) if m.group_id is not None else None
+                    if group is not None and m.sender not in group:
+                        results.append(Stored(0, now, False, rejected=True))
+                        continue
                     if m.cid is not None:
                         key = (m.sender, m.cid)
                         seen = by_cid.get(key)
@@ -373,7 +400,7 @@ class Store:
                         if seen is not None:
                             results.append(Stored(seen.id, seen.ts, True))
                             continue
-                    stored = Stored(next_id, now, False)
+                    stored = Stored(next_id, now, False, members=group)
                     if m.cid is not None:
                         by_cid[(m.sender, m.cid)] = stored
                     rows.append((next_id, m.kind, m.sender, m.recipient, m.group_id, m.body,

@@ -1,0 +1,295 @@
+"""Command line: ``python -m bench WORKLOAD [options]``.
+
+Each run gets a fresh daemon and database (unless --connect), and prints one
+summary line; with --runs K the median and spread (min-max) follow. --json
+prints one JSON object on stdout instead (the lines go to stderr). The exit
+status is 0 only if every run delivered everything it should with no error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog")
+DEFAULT_COST = 14  # the daemon's default password-hash cost
+CHEAPEST_COST = 4  # the cheapest it accepts
+SETUP_COST = 4  # for workloads that only need users to exist
+
+# Per workload defaults for options that mean different amounts in each.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "chat": {"messages": 1000, "warmup": 20},
+    "group": {"messages": 100, "warmup": 5},
+    "backlog": {"messages": 10_000, "warmup": 0},
+    "login": {"messages": 0, "warmup": 0},
+    "idle": {"messages": 0, "warmup": 0},
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Drive a qqchat daemon on loopback with verified traffic and report "
+                    "throughput, latency and the daemon's CPU time and memory. "
+                    "See docs/benchmarks.md.")
+    p.add_argument("workload", choices=WORKLOAD_NAMES)
+    g = p.add_argument_group("daemon and database")
+    g.add_argument("--db", choices=("sqlite", "mysql"), default="sqlite",
+                   help="sqlite: a temporary file; mysql: a throwaway MariaDB (or --db-url)")
+    g.add_argument("--db-url", help="use this mysql://USER:PASS@HOST:PORT/DB instead of "
+                                    "starting MariaDB (loopback only)")
+    g.add_argument("--connect", metavar="HOST:PORT",
+                   help="drive a running daemon instead of starting one (needs --pid)")
+    g.add_argument("--pid", type=int, help="the running daemon's pid, for CPU and memory")
+    g.add_argument("--hash-cost", type=int,
+                   help="password-hash cost of the daemon we start (login: default both "
+                        f"{DEFAULT_COST} and {CHEAPEST_COST}; others: {SETUP_COST})")
+    g.add_argument("--no-pin", action="store_true",
+                   help="do not pin the daemon to CPU 0 and the generator to CPU 1")
+    r = p.add_argument_group("runs and output")
+    r.add_argument("--runs", type=int, default=1, help="repeat K times; report median and "
+                                                       "spread")
+    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    r.add_argument("--py-spy", metavar="PATH",
+                   help="profile the daemon with py-spy over each measured window; raw "
+                        "stacks to PATH (PATH.N with --runs); summarise with "
+                        "python -m bench.pyspy PATH")
+    r.add_argument("--deadline", type=float, default=900.0,
+                   help="hard limit for one run, seconds (default 900)")
+    r.add_argument("--op-timeout", type=float, default=60.0,
+                   help="longest wait for any one reply or delivery, seconds (default 60)")
+    w = p.add_argument_group("workload sizes")
+    w.add_argument("--pairs", type=int, default=50, help="chat: sender/receiver pairs (50)")
+    w.add_argument("--messages", type=int,
+                   help="chat: per pair (1000); group: sent (100); backlog: stored (10000)")
+    w.add_argument("--warmup", type=int,
+                   help="messages per sender before the measured window (chat 20, group 5)")
+    w.add_argument("--text-size", type=int, default=64, help="message text length (64)")
+    w.add_argument("--ack-every", type=int, default=16,
+                   help="receivers ack cumulatively every N messages (16)")
+    w.add_argument("--users", type=int,
+                   help="login: users (1000; 200 at a cost of 10 or more)")
+    w.add_argument("--members", type=int, default=200, help="group: members (200)")
+    w.add_argument("--clients", type=int, default=20_000,
+                   help="idle: most clients to log in (20000; capped by fd limits)")
+    w.add_argument("--hold", type=float, default=2.0,
+                   help="idle: seconds to hold the clients before checking them (2)")
+    w.add_argument("--senders", type=int, default=20,
+                   help="backlog: users filling the backlog concurrently (20)")
+    w.add_argument("--cross", action="store_true",
+                   help="chat: the two ends of each pair on two nodes through Redis")
+    args = p.parse_args(argv)
+    for key, value in DEFAULTS[args.workload].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for key in ("runs", "pairs", "members", "clients", "senders", "ack_every", "text_size"):
+        if getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be at least 1")
+    if args.messages < 0 or args.warmup < 0:
+        p.error("--messages and --warmup cannot be negative")
+    if args.workload in ("chat", "group", "backlog") and args.messages < 1:
+        p.error("--messages must be at least 1")
+    if args.text_size > 4000:
+        p.error("--text-size is at most 4000 (the daemon's limit)")
+    if args.connect and args.pid is None:
+        p.error("--connect needs --pid (the daemon's CPU time and memory are read from /proc)")
+    if args.pid is not None and not args.connect:
+        p.error("--pid goes with --connect")
+    return args
+
+
+def machine_info(pinned: tuple[int | None, int | None]) -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "daemon_cpu": pinned[0], "generator_cpu": pinned[1]}
+
+
+def case_list(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The cases of one invocation: login runs at two hash costs, others at one."""
+    if args.workload == "login":
+        costs = [args.hash_cost] if args.hash_cost is not None else [DEFAULT_COST,
+                                                                     CHEAPEST_COST]
+        if args.connect:
+            costs = [args.hash_cost]  # the running daemon has whatever it has
+        return [{"cost": c, "users": args.users or (200 if (c or 0) >= 10 else 1000)}
+                for c in costs]
+    return [{"cost": args.hash_cost if args.hash_cost is not None else SETUP_COST,
+             "users": args.users}]
+
+
+def case_label(args: argparse.Namespace, case: dict[str, Any]) -> str:
+    db = "connect" if args.connect else (args.db if not args.db_url else "mysql-url")
+    w = args.workload
+    if w == "login":
+        cost = "?" if case["cost"] is None else case["cost"]
+        return f"{db} cost={cost} users={case['users']}"
+    if w == "chat":
+        return f"{db} pairs={args.pairs} msgs={args.messages}"
+    if w == "group":
+        return f"{db} members={args.members} msgs={args.messages}"
+    if w == "idle":
+        return f"{db} cap={args.clients}"
+    return f"{db} msgs={args.messages} senders={args.senders}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.workload == "chat" and args.cross:
+        print("chat --cross needs cluster mode (--redis), which the daemon does not have "
+              "yet; nothing was run", file=sys.stderr)
+        return 2
+
+    from bench import daemon as dmod
+
+    host, port = "127.0.0.1", 0
+    try:
+        if args.connect:
+            host, _, port_s = args.connect.rpartition(":")
+            port = int(port_s)
+            host = dmod.check_loopback(host or "127.0.0.1")
+        if args.db_url:
+            if not args.db_url.startswith(("mysql://", "mariadb://")):
+                raise ValueError("--db-url takes a mysql:// URL (--db sqlite needs none)")
+            from urllib.parse import urlsplit
+            dmod.check_loopback(urlsplit(args.db_url).hostname or "127.0.0.1")
+            args.db = "mysql"
+    except ValueError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+
+    args.own_fd_limit = dmod.raise_fd_limit()
+    plan = dmod.cpu_plan(not args.no_pin)
+    if plan[1] is not None:
+        os.sched_setaffinity(0, {plan[1]})
+
+    # the reactor must be chosen before anything imports the default one
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import defer, reactor, task
+
+    out: dict[str, Any] = {"workload": args.workload, "db": args.db, "cases": [],
+                           "machine": machine_info(plan)}
+    out["machine"]["reactor"] = type(reactor).__name__
+    status = {"code": 0}
+
+    async def run_all(_reactor: Any) -> None:
+        try:
+            out["ok"] = await _run_cases(reactor, args, host, port, plan, out)
+        except dmod.BenchSetupError as e:
+            print(f"bench: {e}", file=sys.stderr)
+            out["ok"] = False
+            out["setup_error"] = str(e)
+            status["code"] = 2
+
+    try:
+        task.react(lambda r: defer.Deferred.fromCoroutine(run_all(r)))
+    except SystemExit as e:
+        if e.code:  # run_all itself failed: react printed the traceback
+            status["code"] = status["code"] or 1
+    if args.json:
+        import json
+
+        print(json.dumps(out, indent=1, sort_keys=False))
+    if status["code"]:
+        return status["code"]
+    return 0 if out.get("ok") else 1
+
+
+async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: int,
+                     plan: tuple[int | None, int | None], out: dict[str, Any]) -> bool:
+    from bench import daemon as dmod
+    from bench.stats import aggregate, median_line, run_line
+
+    log = sys.stderr if args.json else sys.stdout
+    all_ok = True
+    if args.connect:
+        assert args.pid is not None
+        if plan[0] is not None:
+            dmod.pin_process(args.pid, plan[0])
+        given = dmod.Daemon(host, port, args.pid)
+        if not given.alive():
+            raise dmod.BenchSetupError(f"no process {args.pid}")
+    with dmod.Databases(args.db, args.db_url, plan[1]) as dbs:
+        cases = case_list(args)
+        for case in cases:
+            label = case_label(args, case)
+            runs: list[dict[str, Any]] = []
+            for i in range(1, args.runs + 1):
+                args.profile_path = ""
+                if args.py_spy:
+                    args.profile_path = args.py_spy + (
+                        f".cost{case['cost']}" if len(cases) > 1 else "") + (
+                        f".{i}" if args.runs > 1 else "")
+                if args.connect:
+                    result = await one_run(reactor, given, args, case)
+                else:
+                    with dmod.workdir() as wd, dbs.fresh(wd) as url:
+                        daemon = dmod.start_daemon(url, case["cost"], wd, plan[0])
+                        try:
+                            result = await one_run(reactor, daemon, args, case)
+                        finally:
+                            daemon.stop()
+                runs.append(result)
+                all_ok = all_ok and bool(result.get("ok")) and not result.get("errors")
+                print(run_line(args.workload, label, result, i, args.runs), file=log,
+                      flush=True)
+            agg = aggregate(runs)
+            if args.runs > 1:
+                print(median_line(args.workload, label, agg, args.runs), file=log, flush=True)
+            out["cases"].append({"label": label, "hash_cost": case["cost"], "runs": runs,
+                                 **agg})
+    return all_ok
+
+
+async def one_run(reactor: Any, daemon: Any, args: argparse.Namespace,
+                  case: dict[str, Any]) -> dict[str, Any]:
+    """One measured run against ``daemon``, bounded by --deadline; never raises for
+    what goes wrong in the traffic: that is counted in the result's errors."""
+    from twisted.internet import defer, task
+
+    from bench.client import RequestError, abort_all
+    from bench.workloads import WORKLOADS, RunContext, SetupError
+
+    args.case_cost = case["cost"]
+    args.users = case["users"]
+    ctx = RunContext(reactor, daemon, args, profile_path=args.profile_path)
+    d = defer.Deferred.fromCoroutine(WORKLOADS[args.workload](ctx))
+    d.addTimeout(args.deadline, reactor)
+    try:
+        await d
+    except defer.TimeoutError:
+        ctx.errors.add("deadline", f"run not finished in {args.deadline:.0f} s")
+    except SetupError as e:
+        ctx.errors.add("setup_failed", str(e))
+    except RequestError as e:
+        ctx.errors.add(e.kind, e.detail)
+    except Exception as e:
+        traceback.print_exc()
+        ctx.errors.add("generator_crash", repr(e))
+    finally:
+        ctx.errors.muted = True
+        abort_all(ctx.conns)
+        await task.deferLater(reactor, 0.05, lambda: None)
+        ctx.errors.muted = False
+    if not daemon.alive():
+        ctx.errors.add("daemon_exited", daemon.output_tail(10))
+    res = ctx.result
+    res["ok"] = bool(res.get("ok")) and ctx.errors.total == 0
+    res["errors"] = ctx.errors.total
+    res["error_kinds"] = dict(ctx.errors.counts)
+    if ctx.errors.examples:
+        res["error_examples"] = ctx.errors.examples
+    return res

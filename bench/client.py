@@ -1,0 +1,342 @@
+"""The generator's side of the wire protocol: one lean connection class.
+
+Replies are matched to requests by ``req`` and handed to a plain callback (no
+Deferred on the hot path, so the generator costs little per message); pushes
+go to ``on_message`` or are classified. Nothing is dropped silently: every
+frame the workload did not expect is counted in ``Errors`` under a kind that
+says what it was.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+Frame = dict[str, Any]
+ReplyCallback = Callable[[Frame], None]
+
+#: pushes a workload may ignore: nothing in the benchmarks depends on them
+HARMLESS_PUSHES = frozenset({"presence", "group_joined", "group_left", "friend_request",
+                             "friend_added", "friend_declined", "friend_removed"})
+
+
+class Errors:
+    """Counts of everything that went wrong, by kind, with a few examples."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.examples: list[str] = []
+        #: set while the generator tears a run down: what breaks then is its doing
+        self.muted = False
+
+    def add(self, kind: str, detail: Any = None, n: int = 1) -> None:
+        if self.muted:
+            return
+        self.counts[kind] += n
+        if len(self.examples) < 10:
+            self.examples.append(kind if detail is None else f"{kind}: {detail}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class RequestError(Exception):
+    """A request got an error frame, timed out, or lost its connection."""
+
+    def __init__(self, kind: str, detail: Any = None) -> None:
+        super().__init__(kind if detail is None else f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def error_kind(reply: Frame) -> str:
+    return f"reply_error:{reply.get('code')}"
+
+
+class Conn(LineReceiver):
+    """One client connection."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 16 * 1024 * 1024
+
+    def __init__(self, errors: Errors) -> None:
+        self.errors = errors
+        self._next_req = 0
+        self._pending: dict[int, ReplyCallback] = {}
+        #: live and backlog ``message`` pushes
+        self.on_message: Callable[[Frame], None] | None = None
+        #: the ``synced`` push after a login's backlog
+        self.on_synced: Callable[[Frame], None] | None = None
+        self.user_id: int | None = None
+        self.name = ""
+        self.closing = False
+        self.connected_ok = False
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    # -- sending ----------------------------------------------------------
+
+    def call(self, frame: Frame, callback: ReplyCallback) -> None:
+        """Send a request; ``callback`` gets its reply or error frame (or a synthetic
+        ``connection_lost`` error frame if the connection goes first)."""
+        self._next_req += 1
+        req = self._next_req
+        frame["req"] = req
+        self._pending[req] = callback
+        self.transport.write(orjson.dumps(frame, option=orjson.OPT_APPEND_NEWLINE))
+
+    def request(self, frame: Frame, clock: IReactorTime, timeout: float
+                ) -> defer.Deferred[Frame]:
+        """Send a request; the Deferred fires with the success reply, or fails with
+        RequestError (error frame, timeout, lost connection)."""
+        d: defer.Deferred[Frame] = defer.Deferred()
+        typ = frame.get("type")
+
+        def done(reply: Frame) -> None:
+            if d.called:
+                return
+            if reply.get("type") == "error":
+                d.errback(RequestError(error_kind(reply), f"{typ}: {reply.get('message')}"))
+            else:
+                d.callback(reply)
+
+        self.call(frame, done)
+
+        def timed_out(f: Failure) -> Failure:
+            if f.check(defer.TimeoutError, defer.CancelledError):
+                raise RequestError("timeout", f"no reply to {typ} in {timeout:.0f} s")
+            return f
+
+        d.addTimeout(timeout, clock)
+        d.addErrback(timed_out)
+        return d
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def abort(self) -> None:
+        """Drop the connection at once (end of run): not an error."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- receiving --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected_ok = True
+        # one small request at a time: Nagle would hold it for the peer's delayed ACK
+        self.transport.setTcpNoDelay(True)
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            msg = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self.errors.add("bad_json_from_server", line[:80])
+            return
+        if not isinstance(msg, dict):
+            self.errors.add("non_object_from_server", line[:80])
+            return
+        req = msg.get("req")
+        if req is not None:
+            callback = self._pending.pop(req, None)
+            if callback is None:
+                self.errors.add("unexpected_reply", line[:80])
+            else:
+                callback(msg)
+            return
+        typ = msg.get("type")
+        if typ == "message":
+            if self.on_message is None:
+                self.errors.add("unexpected_message", line[:120])
+            else:
+                self.on_message(msg)
+        elif typ == "synced":
+            if self.on_synced is None:
+                self.errors.add("unexpected_synced")
+            else:
+                self.on_synced(msg)
+        elif typ in HARMLESS_PUSHES:
+            pass
+        elif typ == "error":
+            self.errors.add(f"push_error:{msg.get('code')}", msg.get("message"))
+        else:
+            self.errors.add(f"push:{typ}", line[:80])
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.errors.add("line_too_long_from_server")
+        self.abort()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if not self.closing:
+            self.errors.add("connection_lost", f"user {self.name}: {reason.getErrorMessage()}")
+        pending, self._pending = self._pending, {}
+        for callback in pending.values():
+            callback({"type": "error", "code": "connection_lost",
+                      "message": "connection closed before the reply"})
+        if not self.lost.called:
+            self.lost.callback(None)
+
+
+# -- setting up many connections ----------------------------------------------------
+
+
+async def bounded(items: Iterable[Any], fn: Callable[[Any], defer.Deferred[Any]],
+                  limit: int) -> list[tuple[bool, Any]]:
+    """Run ``fn`` over ``items`` with at most ``limit`` in flight; (ok, value) each."""
+    sem = defer.DeferredSemaphore(limit)
+    ds = [sem.run(fn, item) for item in items]
+    return list(await defer.DeferredList(ds, consumeErrors=True))
+
+
+def connect_one(reactor: IReactorTCP, host: str, port: int, errors: Errors,
+                timeout: float) -> defer.Deferred[Conn]:
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=int(timeout))
+    return endpoints.connectProtocol(endpoint, Conn(errors))
+
+
+async def connect_many(reactor: Any, host: str, port: int, n: int, errors: Errors,
+                       timeout: float, concurrency: int = 100,
+                       stop_after_failures: int | None = None) -> list[Conn]:
+    """Open ``n`` connections, ``concurrency`` at a time (the daemon's accept queue
+    is short; a flood would measure SYN retries). Failures are counted; with
+    ``stop_after_failures`` the rest are not attempted once that many failed."""
+    conns: list[Conn] = []
+    failures = 0
+
+    def one(_: int) -> defer.Deferred[None]:
+        if stop_after_failures is not None and failures >= stop_after_failures:
+            return defer.succeed(None)
+        d = connect_one(reactor, host, port, errors, timeout)
+
+        def ok(conn: Conn) -> None:
+            conns.append(conn)
+
+        def failed(f: Failure) -> None:
+            nonlocal failures
+            failures += 1
+            errors.add("connect_failed", f.getErrorMessage())
+
+        d.addCallbacks(ok, failed)
+        return d
+
+    await bounded(range(n), one, concurrency)
+    return conns
+
+
+def user_name(prefix: str, i: int) -> str:
+    return f"{prefix}{i}"
+
+
+PASSWORD = "bench-password"
+
+
+async def register_users(conns: Sequence[Conn], names: Sequence[str], clock: IReactorTime,
+                         errors: Errors, timeout: float, window: int = 8) -> dict[str, int]:
+    """Register ``names`` spread over ``conns``, a few requests in flight per
+    connection; returns name -> user id of those that succeeded."""
+    ids: dict[str, int] = {}
+    shares = [list(names[i::len(conns)]) for i in range(len(conns))]
+
+    async def one_conn(k: int) -> None:
+        conn, share = conns[k], shares[k]
+
+        def reg(name: str) -> defer.Deferred[None]:
+            d = conn.request({"type": "register", "name": name, "password": PASSWORD},
+                             clock, timeout)
+
+            def ok(reply: Frame) -> None:
+                if reply.get("name") != name or not isinstance(reply.get("id"), int):
+                    errors.add("bad_register_reply", reply)
+                else:
+                    ids[name] = reply["id"]
+
+            def failed(f: Failure) -> None:
+                e = f.value
+                errors.add(e.kind if isinstance(e, RequestError) else "register_failed",
+                           f.getErrorMessage())
+
+            d.addCallbacks(ok, failed)
+            return d
+
+        await bounded(share, reg, window)
+
+    await defer.DeferredList([defer.Deferred.fromCoroutine(one_conn(k))
+                              for k in range(len(conns))], consumeErrors=True)
+    return ids
+
+
+def login(conn: Conn, name: str, clock: IReactorTime, timeout: float,
+          on_backlog: Callable[[Frame], None] | None = None
+          ) -> defer.Deferred[tuple[Frame, Frame]]:
+    """Log in and wait for ``synced``; fires with (login reply, synced push).
+    Backlog messages go to ``on_backlog`` (none are expected without one)."""
+    d: defer.Deferred[tuple[Frame, Frame]] = defer.Deferred()
+    state: dict[str, Frame] = {}
+
+    def on_synced(msg: Frame) -> None:
+        conn.on_synced = None
+        if "reply" not in state:
+            conn.errors.add("synced_before_login_reply")
+        if not d.called:
+            d.callback((state.get("reply", {}), msg))
+
+    def replied(reply: Frame) -> None:
+        if d.called:
+            return
+        if reply.get("type") == "error":
+            conn.on_synced = None
+            d.errback(RequestError(error_kind(reply), f"login {name}: {reply.get('message')}"))
+            return
+        user = reply.get("user") or {}
+        if user.get("name") != name or not isinstance(user.get("id"), int):
+            conn.errors.add("bad_login_reply", reply)
+        conn.user_id, conn.name = user.get("id"), name
+        state["reply"] = reply
+
+    conn.on_synced = on_synced
+    conn.on_message = on_backlog
+    conn.call({"type": "login", "name": name, "password": PASSWORD}, replied)
+
+    def timed_out(f: Failure) -> Failure:
+        if f.check(defer.TimeoutError, defer.CancelledError):
+            raise RequestError("timeout", f"login {name}: no synced in {timeout:.0f} s")
+        return f
+
+    d.addTimeout(timeout, clock)
+    d.addErrback(timed_out)
+    return d
+
+
+async def login_many(conns: Sequence[Conn], names: Sequence[str], clock: IReactorTime,
+                     errors: Errors, timeout: float, concurrency: int = 100) -> list[Conn]:
+    """Log ``conns[i]`` in as ``names[i]``; returns those logged in."""
+    ok: list[Conn] = []
+
+    def one(i: int) -> defer.Deferred[None]:
+        d = login(conns[i], names[i], clock, timeout)
+
+        def done(_: object) -> None:
+            ok.append(conns[i])
+
+        def failed(f: Failure) -> None:
+            e = f.value
+            errors.add(e.kind if isinstance(e, RequestError) else "login_failed",
+                       f.getErrorMessage())
+
+        d.addCallbacks(done, failed)
+        return d
+
+    await bounded(range(len(conns)), one, concurrency)
+    return ok
+
+
+def abort_all(conns: Iterable[Conn]) -> None:
+    for conn in conns:
+        conn.abort()
