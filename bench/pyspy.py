@@ -18,6 +18,7 @@ import argparse
 import collections
 import functools
 import linecache
+import os
 import re
 import sys
 from pathlib import Path
@@ -31,8 +32,11 @@ _BLOCKING = re.compile(r"\.(poll|wait|acquire|select|sleep|get)\(|^\s*time\.slee
 def _source_path(file: str) -> str | None:
     if Path(file).is_absolute():
         return file
-    for base in sys.path:
-        candidate = Path(base or ".") / file
+    # installed packages first: the daemon runs those, not a source tree in the cwd
+    cwd = os.getcwd()
+    bases = [b for b in sys.path if b and b != cwd] + [cwd]
+    for base in bases:
+        candidate = Path(base) / file
         if candidate.is_file():
             return str(candidate)
     return None

@@ -11,7 +11,7 @@ import unicodedata
 from datetime import datetime, tzinfo
 from typing import Any
 
-from qqchat_client.roster import Roster
+from qqchat_client.roster import Roster, left_group, reply_user
 
 Frame = dict[str, Any]
 
@@ -224,15 +224,18 @@ def render_reply(request: Frame, reply: Frame, roster: Roster, now: float,
             line += " (already sent)"
         return line
     if typ == "friend_add":
+        other = _user(roster, reply_user(request, reply, "to"), reply.get("name"))
         if reply.get("status") == "accepted":
-            return f"{_user(roster, request.get('to'))} is now your friend."
-        return f"Friend request sent to {_user(roster, request.get('to'))}."
+            return f"{other} is now your friend."
+        return f"Friend request sent to {other}."
     if typ == "friend_accept":
         return f"{_user(roster, request.get('from'))} is now your friend."
     if typ == "friend_decline":
-        return f"Declined the friend request from {_user(roster, request.get('from'))}."
+        other = _user(roster, reply_user(request, reply, "from"), reply.get("name"))
+        return f"Declined the friend request from {other}."
     if typ == "friend_remove":
-        return f"{_user(roster, request.get('id'))} is no longer your friend."
+        other = _user(roster, reply_user(request, reply, "id"), reply.get("name"))
+        return f"{other} is no longer your friend."
     if typ == "friends":
         return render_friends(roster)
     if typ == "group_create":
@@ -244,7 +247,7 @@ def render_reply(request: Frame, reply: Frame, roster: Roster, now: float,
         n = len(info.get("members") or [])
         return f"Joined group {_group(roster, info.get('id'))}, {n} member{'s' if n != 1 else ''}."
     if typ == "group_leave":
-        return f"Left {_group(roster, request.get('group'))}."
+        return f"Left {_group(roster, left_group(request, reply))}."
     if typ == "group_info":
         return _group_detail(roster, reply.get("group") or {})
     if typ == "groups":

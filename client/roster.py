@@ -34,6 +34,19 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def reply_user(request: Frame, reply: Frame, field: str) -> int | None:
+    """The other user of a friend reply: its ``user``, else the request's ``field``."""
+    uid = _int(reply.get("user"))
+    return uid if uid is not None else _int(request.get(field))
+
+
+def left_group(request: Frame, reply: Frame) -> int | None:
+    """The group a ``group_leave`` reply is about: ``{"id", "name"}``, or the request's."""
+    info = reply.get("group")
+    gid = _int(info.get("id")) if isinstance(info, dict) else _int(info)
+    return gid if gid is not None else _int(request.get("group"))
+
+
 class Roster:
     """The logged-in user, their friends, groups and pending requests, and every name seen."""
 
@@ -144,19 +157,26 @@ class Roster:
         elif typ == "friends":
             self.learn_friends(reply.get("friends"))
         elif typ in ("friend_add", "friend_accept"):
+            self._name(reply.get("user"), reply.get("name"))
             friend = reply.get("friend")
             if isinstance(friend, dict) and _int(friend.get("id")) is not None:
                 self._name(friend["id"], friend.get("name"))
                 self.friends[friend["id"]] = bool(friend.get("online"))
                 self.requests.pop(friend["id"], None)
         elif typ == "friend_decline":
-            self.requests.pop(_int(request.get("from")) or 0, None)
+            self._name(reply.get("user"), reply.get("name"))
+            self.requests.pop(reply_user(request, reply, "from") or 0, None)
         elif typ == "friend_remove":
-            self.friends.pop(_int(request.get("id")) or 0, None)
+            self._name(reply.get("user"), reply.get("name"))
+            self.friends.pop(reply_user(request, reply, "id") or 0, None)
         elif typ in ("group_create", "group_join", "group_info"):
             self._group(reply.get("group"), mine=True if typ != "group_info" else None)
         elif typ == "group_leave":
-            self.groups.pop(_int(request.get("group")) or 0, None)
+            info = reply.get("group")
+            if isinstance(info, dict) and isinstance(info.get("name"), str) \
+                    and _int(info.get("id")) is not None:
+                self.group_names[info["id"]] = info["name"]
+            self.groups.pop(left_group(request, reply) or 0, None)
         elif typ == "groups":
             self.groups.clear()
             for g in reply.get("groups") or []:

@@ -22,6 +22,7 @@ from qqchat.net.protocol import (
     ChatFactory,
 )
 from qqchat.passwords import DEFAULT_COST, Hasher
+from qqchat.relay.base import Relay
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
 from qqchat.services.accounts import AccountService
@@ -47,6 +48,9 @@ class Settings:
     max_line: int = DEFAULT_MAX_LINE
     max_send_buffer: int = DEFAULT_SEND_BUFFER
     kick_on_duplicate: bool = True
+    #: redis://HOST:PORT/N turns on cluster mode; None is a single node
+    redis: str | None = None
+    node_id: str | None = None
     limits: Limits = field(default_factory=Limits)
 
 
@@ -62,6 +66,7 @@ class ChatDaemon(MultiService):
         self.dispatcher: Dispatcher
         self.hub: SessionHub
         self.log: MessageLog
+        self.relay: Relay
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -81,7 +86,15 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     store = Store(pool, db_config.dialect)
     log = MessageLog(store, reactor)
     hub = SessionHub()
-    relay = LocalRelay(hub)
+    relay: Relay
+    if settings.redis:
+        from qqchat.relay.redis import RedisRelay, parse_redis_url
+
+        cluster = RedisRelay(parse_redis_url(settings.redis), hub, reactor, settings.node_id)
+        cluster.setServiceParent(daemon)  # stopped after the listener: logouts reach Redis
+        relay = cluster
+    else:
+        relay = LocalRelay(hub)
     limits = settings.limits
     users = UserDirectory(store)
     presence = PresenceService(store, relay)
@@ -94,6 +107,10 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     friends = FriendService(store, relay, users, reactor)
     groups = GroupService(store, relay, reactor, limits)
     dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits)
+    if settings.redis:
+        cluster.resync = lambda s: defer.Deferred.fromCoroutine(messages.resync(s))
+        cluster.gone_offline = lambda uid, name: defer.Deferred.fromCoroutine(
+            presence.announce(uid, name, False))
 
     factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line,
                           settings.max_send_buffer)
@@ -102,5 +119,5 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     listener.setServiceParent(daemon)
 
     daemon.database, daemon.listener, daemon.dispatcher = database, listener, dispatcher
-    daemon.hub, daemon.log = hub, log
+    daemon.hub, daemon.log, daemon.relay = hub, log, relay
     return daemon

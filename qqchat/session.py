@@ -31,8 +31,8 @@ class Session:
     sees every message once, and nothing lands before the login reply.
     """
 
-    __slots__ = ("_held", "acked", "closed", "conn", "max_sent", "name", "syncing",
-                 "user_id")
+    __slots__ = ("_held", "acked", "closed", "conn", "max_sent", "name", "seen", "syncing",
+                 "token", "user_id")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -46,6 +46,11 @@ class Session:
         #: set by the network layer when the connection is gone
         self.closed = False
         self._held: list[tuple[int | None, bytes]] = []
+        #: identifies this login cluster-wide (set by the relay when it claims the user)
+        self.token = ""
+        #: in cluster mode, ids delivered above ``acked``: pushes from several nodes can
+        #: arrive out of order or twice, so acks are checked against this set
+        self.seen: set[int] | None = None
 
     @property
     def peer(self) -> str:
@@ -62,9 +67,19 @@ class Session:
         if self.syncing:
             self._held.append((msg_id, line))
             return
+        if self.seen is not None:
+            if msg_id in self.seen or msg_id <= self.acked:
+                return
+            self.seen.add(msg_id)
         self.conn.send_line(line)
         if msg_id > self.max_sent:
             self.max_sent = msg_id
+
+    def acknowledged(self, msg_id: int) -> None:
+        if msg_id > self.acked:
+            self.acked = msg_id
+            if self.seen:
+                self.seen = {i for i in self.seen if i > msg_id}
 
     def notify(self, line: bytes) -> None:
         """Push an event that is not a stored message (presence, friend request...)."""
@@ -103,3 +118,6 @@ class Session:
         self.acked = 0
         self.syncing = False
         self._held = []
+        self.token = ""
+        if self.seen is not None:
+            self.seen = set()

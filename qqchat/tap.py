@@ -41,6 +41,10 @@ class Options(usage.Options):
         ["max-send-buffer", None, str(4 * 1024 * 1024),
          "Bytes that may wait for a client that does not read before it is cut off "
          "(its messages stay stored for its next login)."],
+        ["redis", None, None,
+         "Cluster mode: redis://[:PASSWORD@]HOST:PORT/N. Daemons sharing --db (MySQL) and "
+         "--redis form one service."],
+        ["node-id", None, None, "This daemon's name in the cluster (default: random)."],
         ["duplicate-login", None, "kick",
          "When a logged-in user logs in again: 'kick' the old session or 'reject' the new."],
     ]
@@ -76,6 +80,15 @@ class Options(usage.Options):
             check_driver(parse_database_url(self["db"], pool_min, pool_max))
         except DatabaseURLError as e:
             raise usage.UsageError(str(e)) from None
+        if self["redis"]:
+            from qqchat.relay.redis import parse_redis_url
+
+            try:
+                parse_redis_url(self["redis"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+            if self["db"].startswith("sqlite"):
+                raise usage.UsageError("--redis (cluster mode) needs a shared --db mysql://...")
         listen = self["listen"] or f"tcp:{port}:interface={self['interface']}"
         self.settings = Settings(
             listen=listen,
@@ -87,6 +100,8 @@ class Options(usage.Options):
             max_line=self._number("max-line", int, 1024),
             max_send_buffer=self._number("max-send-buffer", int, 64 * 1024),
             kick_on_duplicate=self["duplicate-login"] == "kick",
+            redis=self["redis"] or None,
+            node_id=self["node-id"] or None,
         )
 
 

@@ -255,7 +255,8 @@ def test_replies() -> None:
     assert reply({"type": "who"}, {"total": 2, "offset": 0, "users": [
         {"id": 1, "name": "alice"}, {"id": 9, "name": "zed"}]}) == (
         "Online now (2): alice (1), zed (9)")
-    assert reply({"type": "friend_add", "to": 3}, {"status": "requested"}) == (
+    assert reply({"type": "friend_add", "to": 3},
+                 {"status": "requested", "user": 3, "name": "carol"}) == (
         "Friend request sent to carol (3).")
     info = {"id": 8, "name": "ops", "desc": "on call", "creator": 1,
             "members": [{"id": 1, "name": "alice", "role": "creator", "online": True}]}
@@ -266,10 +267,41 @@ def test_replies() -> None:
         "Group ops (g8), created by alice (1): on call\n"
         "  1 member, 1 online:\n"
         "  alice (1) creator, online")
-    assert reply({"type": "group_leave", "group": 8}, {"group": 8}, r) == "Left ops (g8)."
+    assert reply({"type": "group_leave", "group": 8}, {"group": {"id": 8, "name": "ops"}},
+                 r) == "Left ops (g8)."
     assert 8 not in r.groups
     assert reply({"type": "history", "with": 2, "limit": 20}, {"messages": [], "more": False}
                  ) == "No messages with bob (2)."
+
+
+def test_friend_replies_name_users_never_seen_before() -> None:
+    r = roster()
+    assert reply({"type": "friend_add", "to": 7},
+                 {"status": "requested", "user": 7, "name": "zed"}, r) == (
+        "Friend request sent to zed (7).")
+    assert r.resolve("zed") == 7 and 7 not in r.friends
+    accepted = {"status": "accepted", "user": 8, "name": "yan",
+                "friend": {"id": 8, "name": "yan", "online": True}}
+    assert reply({"type": "friend_add", "to": 8}, accepted, r) == "yan (8) is now your friend."
+    assert r.friends[8] is True
+    assert reply({"type": "friend_decline", "from": 5}, {"user": 5, "name": "dave"}, r) == (
+        "Declined the friend request from dave (5).")
+    assert 5 not in r.requests
+    assert reply({"type": "friend_remove", "id": 9}, {"user": 9, "name": "xia"}, r) == (
+        "xia (9) is no longer your friend.")
+    r.friends[9] = True
+    reply({"type": "friend_remove", "id": 9}, {"user": 9, "name": "xia"}, r)
+    assert 9 not in r.friends
+
+
+def test_group_leave_reply_names_the_group() -> None:
+    r = roster()
+    # a group this client never saw: the reply carries its name
+    assert reply({"type": "group_leave", "group": 12}, {"group": {"id": 12, "name": "ops"}},
+                 r) == "Left ops (g12)."
+    assert reply({"type": "group_leave", "group": 4}, {"group": {"id": 4, "name": "devs"}},
+                 r) == "Left devs (g4)."
+    assert 4 not in r.groups and r.group_names[4] == "devs"
 
 
 # -- line editing -------------------------------------------------------------------------

@@ -189,3 +189,36 @@ def test_quit_does_not_wait_forever_for_the_server() -> None:
     h.drop()
     assert h.status() == 0
     assert not any("error" in line.lower() for line in h.screen.shown), h.screen.shown
+
+
+def test_backlog_that_cannot_be_read_ends_the_session_without_acks() -> None:
+    h = Harness()
+    h.console.line("login alice")
+    h.console.line("who")
+    h.sent()
+    h.receive(type="login", req=1, **LOGIN_REPLY)
+    # the server could not read the backlog: an error push, then it closes
+    h.receive(type="error", code="unavailable",
+              message="offline messages could not be loaded; closing, log in again")
+    h.drop()
+    assert h.sent() == []  # no ack, and the queued command was never sent
+    assert "Server error: offline messages could not be loaded; closing, log in again." \
+        in h.screen.shown
+    assert h.screen.shown[-1].startswith("Connection to chat.example:6000 lost:")
+    assert not any(line.startswith("Offline messages") for line in h.screen.shown)
+    assert h.status() == 1
+
+
+def test_pushes_held_during_the_backlog_are_shown_after_it() -> None:
+    h = Harness()
+    h.console.line("login alice")
+    h.receive(type="login", req=1, **LOGIN_REPLY)
+    h.receive(type="message", id=3, **{"from": 2}, name="bob", to=1, text="old", ts=0)
+    h.receive(type="synced", count=1)
+    h.receive(type="presence", user=2, name="bob", online=True)
+    h.receive(type="message", id=4, **{"from": 2}, name="bob", to=1, text="new", ts=0)
+    shown = h.screen.shown
+    summary = shown.index("Offline messages: 1")
+    assert any(line.endswith("bob (2) is online.") for line in shown[summary:])
+    h.clock.advance(0)
+    assert [f for f in h.sent() if f["type"] == "ack"][-1]["id"] == 4

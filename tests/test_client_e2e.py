@@ -79,6 +79,9 @@ def test_group_chat_shows_group_name(daemon: DaemonProcess) -> None:
         bob.expect(rf"^  alice \({ids['alice']}\) creator, online$")
         bob.send(f"history g{gid}")
         bob.expect(rf"^{TIME} \[devs g{gid}\] alice \({ids['alice']}\): hello devs$")
+        bob.send(f"leavegroup {gid}")
+        bob.expect(rf"^Left devs \(g{gid}\)\.$")
+        alice.expect(rf"\* bob \({ids['bob']}\) left devs \(g{gid}\)\.$")
         assert alice.finish() == 0, alice.transcript
         assert bob.finish() == 0, bob.transcript
 
@@ -88,7 +91,7 @@ def test_friend_request_flow(daemon: DaemonProcess) -> None:
     a, b = ids["alice"], ids["bob"]
     with logged_in(daemon.port, "alice") as alice, logged_in(daemon.port, "bob") as bob:
         alice.send(f"addfriend {b}")
-        alice.expect(rf"^Friend request sent to user {b}\.$")
+        alice.expect(rf"^Friend request sent to bob \({b}\)\.$")
         bob.expect(rf"\* alice \({a}\) wants to be your friend: type 'accept {a}'")
         bob.send("accept alice")
         bob.expect(rf"^alice \({a}\) is now your friend\.$")

@@ -14,6 +14,10 @@ from qqchat.session import Session
 
 
 class Relay(Protocol):
+    #: True when pushes reach a session in log order (one node); False when they
+    #: can cross (several nodes), and acks must be checked against what was seen
+    ordered: bool
+
     async def claim(self, session: Session, kick: bool) -> bool:
         """Make ``session`` its user's one session, kicking any other if ``kick``.
 
@@ -21,7 +25,7 @@ class Relay(Protocol):
         ``kick`` is False.
         """
 
-    def release(self, session: Session) -> bool:
+    async def release(self, session: Session) -> bool:
         """Forget ``session``; True if it was its user's current session."""
 
     def deliver(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> None:

@@ -11,6 +11,8 @@ from qqchat.session import Session
 class LocalRelay:
     """Delivers straight to this node's sessions."""
 
+    ordered = True
+
     def __init__(self, hub: SessionHub) -> None:
         self.hub = hub
 
@@ -25,7 +27,7 @@ class LocalRelay:
         self.hub.attach(session)
         return True
 
-    def release(self, session: Session) -> bool:
+    async def release(self, session: Session) -> bool:
         return self.hub.detach(session)
 
     def deliver(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> None:

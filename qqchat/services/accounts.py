@@ -79,7 +79,12 @@ class AccountService:
             raise ChatError("closed", "connection closed during login")
         session.user_id, session.name = row.id, row.name
         session.begin_sync()
-        if not await self._relay.claim(session, self.kick_on_duplicate):
+        try:
+            claimed = await self._relay.claim(session, self.kick_on_duplicate)
+        except BaseException:
+            session.reset()
+            raise
+        if not claimed:
             session.reset()
             raise ChatError("already_online", "this user is logged in elsewhere")
         self._users.remember(row.id, row.name)
@@ -90,8 +95,10 @@ class AccountService:
             await self._presence.announce(row.id, row.name, True, session)
         except BaseException:
             if session.user_id == row.id:
-                self._relay.release(session)
-                session.reset()
+                try:
+                    await self._relay.release(session)
+                finally:
+                    session.reset()
             raise
         self.log.info("login {uid} {name} from {peer}", uid=row.id, name=row.name,
                       peer=session.peer)

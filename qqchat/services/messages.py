@@ -130,10 +130,55 @@ class MessageService:
             return {"id": message_id}  # already durable: a repeated ack is harmless
         if message_id > session.max_sent:
             raise ChatError("bad_ack", f"message {message_id} has not been delivered to you")
-        await self._log.ack(uid, message_id)
-        if message_id > session.acked:
-            session.acked = message_id
-        return {"id": message_id}
+        upto = message_id
+        if session.seen is not None:
+            upto = await self._deliverable_upto(session, uid, message_id)
+        if upto > session.acked:
+            await self._log.ack(uid, upto)
+            session.acknowledged(upto)
+        reply: dict[str, Any] = {"id": message_id}
+        if upto != message_id:
+            reply["acked"] = session.acked
+        return reply
+
+    async def _deliverable_upto(self, session: Session, uid: int, message_id: int) -> int:
+        """The highest id up to ``message_id`` below which this session has been sent
+        every message of the user's. With several nodes, a message that committed
+        before a later one may still be on its way; a cumulative ack must not pass it.
+        Ids commit in id order, so every message up to ``message_id`` is readable now.
+        """
+        seen = session.seen or set()
+        after = session.acked
+        while after < message_id:
+            rows = await self._store.undelivered(uid, after, self._limits.backlog_page)
+            for row in rows:
+                if row[0] > message_id:
+                    return message_id
+                if row[0] not in seen:
+                    return row[0] - 1
+                after = row[0]
+            if len(rows) < self._limits.backlog_page:
+                break
+        return message_id
+
+    async def resync(self, session: Session) -> int:
+        """Send what a live session missed while pushes could not reach it (the relay
+        was cut off): the log is the record, publish/subscribe only the fast path."""
+        uid = session.user_id
+        if uid is None or session.syncing:
+            return 0
+        after, count = session.acked, 0
+        while True:
+            rows = await self._store.undelivered(uid, after, self._limits.backlog_page)
+            if session.closed or session.user_id != uid:
+                return count
+            for row in rows:
+                if session.seen is None or row[0] not in session.seen:
+                    session.deliver(row[0], encode(message_frame(row)))
+                    count += 1
+                after = row[0]
+            if len(rows) < self._limits.backlog_page:
+                return count
 
     async def sync(self, session: Session) -> int:
         """Send what the user has not acked, in pages, then ``synced`` and the live
@@ -145,6 +190,8 @@ class MessageService:
         uid, _ = self._sender(session)
         await self._log.ack(uid, 0)
         after = session.acked = await self._store.acked(uid)
+        if not self._relay.ordered:
+            session.seen = set()
         page = self._limits.backlog_page
         count = 0
         while True:
@@ -154,6 +201,8 @@ class MessageService:
             for row in rows:
                 session.send_line(encode(message_frame(row)))
                 after = session.max_sent = row[0]
+                if session.seen is not None:
+                    session.seen.add(after)
                 count += 1
                 writable = session.conn.writable()
                 if not writable.called:

@@ -34,7 +34,7 @@ class PresenceService:
         uid, name = session.user_id, session.name
         if uid is None or name is None:
             return
-        if self._relay.release(session):
+        if await self._relay.release(session):
             try:
                 await self.announce(uid, name, False)
             except ChatError as e:

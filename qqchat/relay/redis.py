@@ -1,0 +1,502 @@
+"""Cluster relay over Redis: presence, one session per user, and cross-node pushes.
+
+The only module that imports txredisapi (pinned in pyproject: its connection API
+changed between minor versions). Two connections, as Redis requires: one
+subscribed, one for commands. Publish/subscribe delivers at most once, so it is
+only the fast path: after every (re)subscribe the node re-asserts its users'
+presence and resyncs each of its sessions from the message log.
+
+Redis keys (prefix ``qq:``):
+
+- ``node:<id>``: this node is alive (refreshed by a heartbeat, expires on its own);
+  ``nodes``: every node that may own users; ``nodeusers:<id>``: whose sessions it holds.
+- ``sess:<uid>``: ``<node>|<token>`` of the user's one session; ``online``: a sorted
+  set of online user ids (the cluster-wide ``who``); ``names``: their names.
+
+Channels: ``qq:u:<uid>`` per online user, subscribed by the node that holds the
+session; ``qq:all`` for broadcasts. Payloads: ``M <id> <line>`` (a stored message),
+``E <line>`` (an event), ``K <token>`` (kick that session), ``B <node> <id> <sender>
+<line>`` (a broadcast).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer, endpoints, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from qqchat.errors import ChatError, UnavailableError
+from qqchat.relay.hub import SessionHub
+from qqchat.session import Session
+
+PREFIX = "qq:"
+HEARTBEAT = 5.0  # seconds between node heartbeats and reaper passes
+NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
+COMMAND_TIMEOUT = 5.0
+MAX_UNSENT = 10_000
+
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local curnode = string.match(cur, '^([^|]*)|')
+  if ARGV[5] == '0' and redis.call('EXISTS', ARGV[6] .. 'node:' .. curnode) == 1 then
+    return {0, cur}
+  end
+  if curnode ~= ARGV[2] then
+    redis.call('SREM', ARGV[6] .. 'nodeusers:' .. curnode, ARGV[1])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[1])
+return {1, cur or ''}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('SREM', KEYS[4], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# re-assert a session after Redis lost or forgot it; 0 if someone else holds the user
+_REASSERT = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[1])
+return 1
+"""
+
+# take a dead node's users offline, once: returns uid, name pairs
+_REAP = """
+if redis.call('EXISTS', ARGV[2] .. 'node:' .. ARGV[1]) == 1 then return {} end
+local gone = {}
+local mark = ARGV[1] .. '|'
+for _, uid in ipairs(redis.call('SMEMBERS', ARGV[2] .. 'nodeusers:' .. ARGV[1])) do
+  local key = ARGV[2] .. 'sess:' .. uid
+  local cur = redis.call('GET', key)
+  if cur and string.sub(cur, 1, #mark) == mark then
+    local name = redis.call('HGET', ARGV[2] .. 'names', uid)
+    redis.call('DEL', key)
+    redis.call('ZREM', ARGV[2] .. 'online', uid)
+    redis.call('HDEL', ARGV[2] .. 'names', uid)
+    table.insert(gone, uid)
+    table.insert(gone, name or '')
+  end
+end
+redis.call('DEL', ARGV[2] .. 'nodeusers:' .. ARGV[1])
+redis.call('SREM', ARGV[2] .. 'nodes', ARGV[1])
+return gone
+"""
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    password: str | None = None
+
+    def describe(self) -> str:
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+def parse_redis_url(url: str) -> RedisConfig:
+    """``redis://[:PASSWORD@]HOST[:PORT][/DB]``."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"unknown Redis URL scheme {parts.scheme!r}: use redis://HOST:PORT/N")
+    try:
+        port = parts.port or 6379
+        db = int(parts.path.lstrip("/") or 0)
+    except ValueError as e:
+        raise ValueError(f"bad Redis URL {url!r}: {e}") from None
+    password = unquote(parts.password) if parts.password else None
+    return RedisConfig(parts.hostname or "127.0.0.1", port, db, password)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    def connectionMade(self) -> Any:
+        # registered before super(): fires after AUTH/SELECT, on every reconnect
+        self.whenConnected().addCallback(self.factory.relay._subscriber_ready)
+        return super().connectionMade()
+
+    def connectionLost(self, why: Any) -> Any:
+        self.factory.relay._subscriber_lost(self)
+        return super().connectionLost(why)
+
+    def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
+        self.factory.relay._received(channel, message)
+
+
+class _SubscriberFactory(txredisapi.RedisFactory):
+    """Not txredisapi's SubscriberFactory: that one takes no password or db."""
+
+    protocol = _Subscriber
+    maxDelay = 2
+
+    def __init__(self, relay: RedisRelay, config: RedisConfig) -> None:
+        super().__init__(None, config.db, 1, isLazy=True, password=config.password,
+                         charset=None, convertNumbers=False)
+        self.relay = relay
+
+    def stopTrying(self) -> Any:
+        # txredisapi gives up for good after one failed AUTH/SELECT (a timeout while
+        # Redis restarts counts); a relay must keep trying until the node stops
+        if self.relay.stopping:
+            return super().stopTrying()
+        return defer.succeed(None)
+
+
+class _CommandFactory(txredisapi.RedisFactory):
+    maxDelay = 2
+
+    def __init__(self, relay: RedisRelay, config: RedisConfig) -> None:
+        super().__init__(None, config.db, 1, isLazy=True, password=config.password,
+                         replyTimeout=COMMAND_TIMEOUT, convertNumbers=False)
+        self.relay = relay
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        self.relay._command_ready()
+
+    def stopTrying(self) -> Any:
+        if self.relay.stopping:
+            return super().stopTrying()
+        return defer.succeed(None)
+
+
+class RedisRelay(Service):
+    """The cluster implementation of ``relay.base.Relay``."""
+
+    ordered = False
+    log = Logger()
+
+    def __init__(self, config: RedisConfig, hub: SessionHub, reactor: Any,
+                 node_id: str | None = None) -> None:
+        self.config = config
+        self.hub = hub
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.node = node_id or secrets.token_hex(6)
+        self.stopping = False
+        #: called with each local session after a (re)subscribe, to resend from the log
+        self.resync: Callable[[Session], Any] | None = None
+        #: called with (uid, name) of users of a dead node, to tell their friends
+        self.gone_offline: Callable[[int, str], Any] | None = None
+        self._sub_factory = _SubscriberFactory(self, config)
+        self._cmd_factory = _CommandFactory(self, config)
+        self._sub: _Subscriber | None = None
+        self._subscribed: set[bytes] = set()
+        self._beat = task.LoopingCall(self._heartbeat)
+        self._beat.clock = reactor
+        self.connected: defer.Deferred[None] = defer.Deferred()
+        self._command_waiters: list[defer.Deferred[None]] = []
+        #: publishes made while Redis was away, sent when it is back (bounded: the log
+        #: is the record, this only saves recipients a wait until their next login)
+        self._unsent: deque[tuple[str, bytes]] = deque(maxlen=MAX_UNSENT)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = endpoints.TCP4ClientEndpoint(self.reactor, self.config.host,
+                                                self.config.port, timeout=5)
+        self._sub_factory.startConnecting(endpoint)
+        self._cmd_factory.startConnecting(endpoint)
+        self._beat.start(HEARTBEAT, now=False)
+        self.log.info("cluster node {node} using {redis}", node=self.node,
+                      redis=self.config.describe())
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._beat.running:
+            self._beat.stop()
+        try:
+            # the listener has logged our users out already; leave no trace
+            yield self._cmd("DEL", self._k(f"node:{self.node}"))
+            yield self._cmd("SREM", self._k("nodes"), self.node)
+        except Exception as e:  # Redis may be down: the reaper will clean up
+            self.log.warn("could not unregister node: {e}", e=e)
+        self.stopping = True
+        yield defer.gatherResults([self._sub_factory.disconnect(),
+                                   self._cmd_factory.disconnect()], consumeErrors=True)
+
+    # -- plumbing -----------------------------------------------------------
+
+    @staticmethod
+    def _k(name: str) -> str:
+        return PREFIX + name
+
+    def _cmd(self, *args: Any) -> defer.Deferred[Any]:
+        """Run one command; fail fast with ``unavailable`` when Redis is away."""
+        if self._cmd_factory.size == 0:
+            return defer.fail(UnavailableError("the cluster relay (Redis)"))
+        d = self._cmd_factory.handler.execute_command(*args)
+        d.addTimeout(COMMAND_TIMEOUT, self.clock)
+        d.addErrback(self._unavailable)
+        return d
+
+    def _eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
+        return self._cmd("EVAL", script, len(keys), *keys, *args)
+
+    def _unavailable(self, failure: Any) -> Any:
+        if failure.check(ChatError):
+            return failure
+        self.log.warn("Redis command failed: {e}", e=failure.getErrorMessage())
+        raise UnavailableError("the cluster relay (Redis)")
+
+    def _publish(self, channel: str, payload: bytes) -> None:
+        """Fire and forget: a lost publish costs latency, never a message."""
+        if self._cmd_factory.size == 0:
+            self._unsent.append((channel, payload))
+            return
+        d = self._cmd_factory.handler.publish(channel, payload)
+        d.addErrback(lambda f: self.log.warn("publish failed: {e}", e=f.getErrorMessage()))
+
+    def _session_keys(self, uid: int, node: str | None = None) -> list[str]:
+        return [self._k(f"sess:{uid}"), self._k("online"), self._k("names"),
+                self._k(f"nodeusers:{node or self.node}")]
+
+    @staticmethod
+    def _user_channel(uid: int) -> bytes:
+        return f"{PREFIX}u:{uid}".encode()
+
+    # -- subscriptions --------------------------------------------------------
+
+    def _subscriber_ready(self, proto: _Subscriber) -> None:
+        self._sub = proto
+        channels = {f"{PREFIX}all".encode()} | {self._user_channel(s.user_id)
+                                                for s in self.hub if s.user_id is not None}
+        self._subscribed = set(channels)
+        d = proto.subscribe(sorted(channels))
+        d.addCallback(lambda _: self._after_resubscribe())
+        d.addErrback(lambda f: self.log.warn("subscribe failed: {e}", e=f.getErrorMessage()))
+
+    def _subscriber_lost(self, proto: _Subscriber) -> None:
+        if self._sub is proto:
+            self._sub = None
+            if not self.stopping:
+                self.log.warn("lost the Redis subscription; reconnecting")
+
+    def _command_ready(self) -> None:
+        if not self.connected.called:
+            self.connected.callback(None)
+        waiting, self._command_waiters = self._command_waiters, []
+        for d in waiting:
+            d.callback(None)
+        unsent, self._unsent = self._unsent, deque(maxlen=MAX_UNSENT)
+        for channel, payload in unsent:
+            self._publish(channel, payload)
+
+    def _command_connection(self) -> defer.Deferred[None]:
+        """Fires once the command connection is up (both reconnect on their own)."""
+        if self._cmd_factory.size:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._command_waiters.append(d)
+        return d
+
+    @defer.inlineCallbacks
+    def _after_resubscribe(self) -> Any:
+        """Everything published while we were away was lost: re-assert presence (Redis
+        may have restarted empty) and resend each local session's messages from the log."""
+        yield self._command_connection()
+        try:
+            yield self._heartbeat()
+        except ChatError:
+            return
+        for session in list(self.hub):
+            uid = session.user_id
+            if uid is None:
+                continue
+            try:
+                mine = yield self._eval(_REASSERT, self._session_keys(uid),
+                                        [uid, f"{self.node}|{session.token}",
+                                         session.name or ""])
+            except ChatError:
+                return
+            if not mine:
+                self.hub.detach(session)
+                session.kick("logged in from another place")
+            elif self.resync is not None:
+                try:
+                    yield self.resync(session)
+                except Exception:
+                    self.log.failure("resync of {uid} failed", uid=uid)
+
+    def _received(self, channel: bytes, message: bytes) -> None:
+        kind, _, rest = message.partition(b" ")
+        if kind == b"M":
+            mid, _, line = rest.partition(b" ")
+            session = self._session_for(channel)
+            if session is not None:
+                session.deliver(int(mid), line)
+        elif kind == b"E":
+            session = self._session_for(channel)
+            if session is not None:
+                session.notify(rest)
+        elif kind == b"K":
+            session = self._session_for(channel)
+            if session is not None and session.token == rest.decode():
+                self.hub.detach(session)
+                session.kick("logged in from another place")
+        elif kind == b"B":
+            node, mid, sender, line = rest.split(b" ", 3)
+            if node.decode() != self.node:
+                self._deliver_local_all(int(mid), line, int(sender))
+
+    def _session_for(self, channel: bytes) -> Session | None:
+        try:
+            uid = int(channel.rsplit(b":", 1)[1])
+        except (IndexError, ValueError):
+            return None
+        return self.hub.get(uid)
+
+    def _subscribe_user(self, uid: int) -> defer.Deferred[Any]:
+        channel = self._user_channel(uid)
+        if channel in self._subscribed:
+            return defer.succeed(None)
+        if self._sub is None:
+            return defer.fail(UnavailableError("the cluster relay (Redis)"))
+        self._subscribed.add(channel)
+        d = self._sub.subscribe([channel])
+        d.addTimeout(COMMAND_TIMEOUT, self.clock)
+        d.addErrback(self._unavailable)
+        return d
+
+    def _unsubscribe_user(self, uid: int) -> None:
+        channel = self._user_channel(uid)
+        if channel in self._subscribed and self.hub.get(uid) is None:
+            self._subscribed.discard(channel)
+            if self._sub is not None:
+                self._sub.unsubscribe([channel]).addErrback(lambda _: None)
+
+    # -- heartbeat and the reaper ---------------------------------------------
+
+    @defer.inlineCallbacks
+    def _heartbeat(self) -> Any:
+        try:
+            yield self._cmd("SET", self._k(f"node:{self.node}"), "1", "PX", NODE_TTL_MS)
+            yield self._cmd("SADD", self._k("nodes"), self.node)
+            nodes = yield self._cmd("SMEMBERS", self._k("nodes"))
+            for raw in nodes:
+                node = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if node == self.node:
+                    continue
+                gone = yield self._eval(_REAP, [], [node, PREFIX])
+                pairs = list(zip(gone[::2], gone[1::2], strict=True))
+                if pairs:
+                    self.log.info("node {node} is gone: {n} users offline", node=node,
+                                  n=len(pairs))
+                for uid, name in pairs:
+                    if self.gone_offline is not None:
+                        n = name.decode() if isinstance(name, bytes) else str(name)
+                        yield self.gone_offline(int(uid), n)
+        except ChatError:
+            pass  # Redis is away: reconnecting; nothing to do until then
+
+    # -- the Relay interface ----------------------------------------------------
+
+    async def claim(self, session: Session, kick: bool) -> bool:
+        uid = session.user_id
+        assert uid is not None
+        session.token = secrets.token_hex(8)
+        await self._subscribe_user(uid)
+        ok, previous = await self._eval(
+            _CLAIM, self._session_keys(uid),
+            [uid, self.node, session.token, session.name or "", 1 if kick else 0, PREFIX])
+        if not ok:
+            session.token = ""
+            if self.hub.get(uid) is None:
+                self._unsubscribe_user(uid)
+            return False
+        old_local = self.hub.get(uid)
+        if old_local is not None and old_local is not session:
+            self.hub.detach(old_local)
+            old_local.kick("logged in from another place")
+        self.hub.attach(session)
+        if previous:
+            prev = previous.decode() if isinstance(previous, bytes) else str(previous)
+            prev_node, _, prev_token = prev.partition("|")
+            if prev_node != self.node:
+                self._publish(self._user_channel(uid).decode(), f"K {prev_token}".encode())
+        return True
+
+    async def release(self, session: Session) -> bool:
+        uid = session.user_id
+        if uid is None or not self.hub.detach(session):
+            return False
+        self._unsubscribe_user(uid)
+        try:
+            return bool(await self._eval(_RELEASE, self._session_keys(uid),
+                                         [uid, f"{self.node}|{session.token}"]))
+        except ChatError:
+            # Redis is away; the entry is re-checked when it is back, or reaped
+            return True
+
+    def deliver(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> None:
+        get = self.hub.get
+        payload = b"M %d " % msg_id + line
+        for uid in user_ids:
+            session = get(uid)
+            if session is not None:
+                session.deliver(msg_id, line)
+            else:
+                self._publish(f"{PREFIX}u:{uid}", payload)
+
+    def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
+        self._deliver_local_all(msg_id, line, exclude)
+        self._publish(f"{PREFIX}all",
+                      b"B %s %d %d " % (self.node.encode(), msg_id, exclude) + line)
+
+    def _deliver_local_all(self, msg_id: int, line: bytes, exclude: int) -> None:
+        for session in self.hub:
+            if session.user_id != exclude:
+                session.deliver(msg_id, line)
+
+    def notify(self, user_ids: Iterable[int], line: bytes) -> None:
+        get = self.hub.get
+        for uid in user_ids:
+            session = get(uid)
+            if session is not None:
+                session.notify(line)
+            else:
+                self._publish(f"{PREFIX}u:{uid}", b"E " + line)
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        ids = sorted(set(user_ids))
+        if not ids:
+            return set()
+        scores = await self._cmd("ZMSCORE", self._k("online"), *ids)
+        return {uid for uid, score in zip(ids, scores, strict=True) if score is not None}
+
+    async def who(self, offset: int, limit: int) -> tuple[int, list[tuple[int, str]]]:
+        total = await self._cmd("ZCARD", self._k("online"))
+        raw = await self._cmd("ZRANGE", self._k("online"), offset, offset + limit - 1)
+        ids = [int(r) for r in raw]
+        if not ids:
+            return int(total), []
+        names = await self._cmd("HMGET", self._k("names"), *ids)
+        page = [(uid, n.decode() if isinstance(n, bytes) else str(n))
+                for uid, n in zip(ids, names, strict=True) if n is not None]
+        return int(total), page
+

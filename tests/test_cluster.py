@@ -1,0 +1,219 @@
+"""Cluster mode: three daemons sharing a real MariaDB and a real Redis (C1-C4, F3, F5).
+
+The daemons run in this process, each with its own pool, relay and node id,
+listening on their own loopback ports; they meet only through MariaDB and Redis.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_twisted
+from chatclient import ChatClient, connect
+from conftest import start_daemon
+from mariadb_server import MariaDB
+from redis_server import RedisServer
+from twisted.internet import defer
+
+from qqchat.app import ChatDaemon, Settings
+
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@dataclass
+class Cluster:
+    daemons: list[ChatDaemon]
+    ports: list[int]
+    settings: Settings
+    clients: list[ChatClient]
+
+    async def client(self, node: int) -> ChatClient:
+        c = await connect(self.ports[node])
+        self.clients.append(c)
+        return c
+
+    async def user(self, name: str, node: int) -> ChatClient:
+        c = await self.client(node)
+        await c.ok("register", name=name, password="password1")
+        await c.login(name, "password1")
+        return c
+
+    async def stop(self, node: int) -> None:
+        from twisted.internet import reactor
+
+        await defer.maybeDeferred(self.daemons[node].stopService).addTimeout(20, reactor)
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster(mariadb: MariaDB, redis: RedisServer) -> AsyncIterator[Cluster]:
+    name = f"qq_cluster_{next(_names)}"
+    mariadb.create_database(name)
+    settings = Settings(listen="tcp:0:interface=127.0.0.1", db=mariadb.url(name),
+                        hash_cost=4, redis=redis.url)
+    daemons, ports = [], []
+    for n in range(3):
+        daemon, port = await start_daemon(Settings(**{**settings.__dict__,
+                                                      "node_id": f"node{n}"}))
+        await daemon.relay.connected  # type: ignore[attr-defined]
+        daemons.append(daemon)
+        ports.append(port)
+    c = Cluster(daemons, ports, settings, [])
+    yield c
+    from twisted.internet import reactor
+
+    for client in c.clients:
+        if client.transport is not None and client.transport.connected:
+            client.close()
+    for daemon in daemons:
+        if daemon.running:
+            await defer.maybeDeferred(daemon.stopService).addTimeout(20, reactor)
+    mariadb.drop_database(name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_across_nodes_both_ways(cluster: Cluster) -> None:
+    alice = await cluster.user("alice", 0)
+    bob = await cluster.user("bob", 1)
+    sent = await alice.ok("chat", to=bob.user_id, text="hi from node 0")
+    got = await bob.push("message")
+    assert (got["id"], got["text"], got["name"]) == (sent["id"], "hi from node 0", "alice")
+    back = await bob.ok("chat", to=alice.user_id, text="hi from node 1")
+    got = await alice.push("message")
+    assert got["id"] == back["id"]
+    await bob.ok("ack", id=sent["id"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_group_and_broadcast_across_nodes(cluster: Cluster) -> None:
+    users = [await cluster.user(f"u{n}", n) for n in range(3)]
+    gid = (await users[0].ok("group_create", name="all-nodes"))["group"]["id"]
+    await users[1].ok("group_join", group=gid)
+    await users[2].ok("group_join", group=gid)
+    sent = await users[1].ok("group_chat", group=gid, text="to the group")
+    for u in (users[0], users[2]):
+        msg = await u.push("message", match=lambda f: f.get("group") == gid)
+        assert msg["id"] == sent["id"]
+    cast = await users[2].ok("broadcast", text="to everyone")
+    for u in users[:2]:
+        msg = await u.push("message", match=lambda f: f.get("broadcast") is True)
+        assert msg["id"] == cast["id"]
+    await users[2].silence()
+    assert [f for f in users[2].pushes if f.get("broadcast")] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_and_who_are_cluster_wide(cluster: Cluster) -> None:
+    alice = await cluster.user("alice", 0)
+    bob = await cluster.user("bob", 2)
+    await alice.ok("friend_add", to=bob.user_id)
+    req = await bob.push("friend_request")
+    assert req["from"] == alice.user_id
+    await bob.ok("friend_accept", **{"from": alice.user_id})
+    await alice.push("friend_added")
+    assert (await alice.ok("friends"))["friends"][0]["online"] is True
+    who = await bob.ok("who")
+    assert sorted(u["name"] for u in who["users"]) == ["alice", "bob"] and who["total"] == 2
+    await bob.ok("logout")
+    off = await alice.push("presence")
+    assert (off["user"], off["online"]) == (bob.user_id, False)
+    again = await cluster.client(1)
+    await again.login("bob", "password1")
+    on = await alice.push("presence")
+    assert (on["user"], on["online"]) == (bob.user_id, True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_on_another_node_kicks_the_first(cluster: Cluster) -> None:
+    first = await cluster.user("alice", 0)
+    second = await cluster.client(1)
+    await second.login("alice", "password1")
+    kicked = await first.push("kicked")
+    assert kicked["reason"]
+    await first.closed
+    bob = await cluster.user("bob", 2)
+    sent = await bob.ok("chat", to=second.user_id, text="which one gets it?")
+    got = await second.push("message")
+    assert got["id"] == sent["id"]
+    who = await bob.ok("who")
+    assert who["total"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_simultaneous_logins_leave_exactly_one_session(cluster: Cluster) -> None:
+    setup = await cluster.client(0)
+    await setup.ok("register", name="alice", password="password1")
+    clients = [await cluster.client(n) for n in range(3)]
+    # a login overtaken by another may be kicked before its reply: either is fine
+    await defer.DeferredList([
+        defer.Deferred.fromCoroutine(c.call("login", name="alice", password="password1"))
+        for c in clients], consumeErrors=True)
+    await clients[0].silence(1.0)
+    alive = [c for c in clients if not c.closed.called]
+    assert len(alive) == 1
+    assert sum(1 for c in clients if any(f.get("type") == "kicked" for f in c.frames)) == 2
+    who = await alive[0].ok("who")
+    assert [u["name"] for u in who["users"]] == ["alice"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_one_node_takes_only_its_users_offline(cluster: Cluster) -> None:
+    a = await cluster.user("alice", 0)
+    b = await cluster.user("bob", 1)
+    c = await cluster.user("carol", 2)
+    await a.ok("friend_add", to=b.user_id)
+    await b.ok("friend_accept", **{"from": a.user_id})
+    await cluster.stop(1)
+    await b.closed
+    off = await a.push("presence")
+    assert (off["user"], off["online"]) == (b.user_id, False)
+    who = await c.ok("who")
+    assert sorted(u["name"] for u in who["users"]) == ["alice", "carol"]
+    # the others still chat across the remaining nodes
+    sent = await a.ok("chat", to=c.user_id, text="still here")
+    assert (await c.push("message"))["id"] == sent["id"]
+
+
+@pytest.mark.logged_errors_ok
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_during_traffic_recovers_without_restarting_daemons(
+        cluster: Cluster, redis: RedisServer) -> None:
+    alice = await cluster.user("alice", 0)
+    bob = await cluster.user("bob", 1)
+    before = await alice.ok("chat", to=bob.user_id, text="before")
+    assert (await bob.push("message"))["id"] == before["id"]
+    await bob.ok("ack", id=before["id"])
+
+    redis.stop()
+    during = await alice.ok("chat", to=bob.user_id, text="while redis is down")
+    newcomer = await cluster.client(2)
+    await newcomer.ok("register", name="carol", password="password1")
+    refused = await newcomer.call("login", name="carol", password="password1")
+    assert refused["code"] == "unavailable"
+    await alice.silence(1.0)
+    redis.start()
+
+    # the relay reconnects, re-subscribes and resends what bob missed from the log
+    got = await bob.push("message", wait=30)
+    assert got["id"] == during["id"]
+    await bob.ok("ack", id=during["id"])
+    after = await alice.ok("chat", to=bob.user_id, text="after")
+    assert (await bob.push("message", wait=30))["id"] == after["id"]
+    for _ in range(60):  # node 2 reconnects on its own schedule: retry as a client would
+        reply = await newcomer.call("login", name="carol", password="password1")
+        if reply["type"] == "login":
+            break
+        assert reply["code"] == "unavailable"
+        await newcomer.silence(0.5)
+    await newcomer.push("synced")
+    who = await newcomer.ok("who")
+    assert sorted(u["name"] for u in who["users"]) == ["alice", "bob", "carol"]
