@@ -51,3 +51,23 @@ def test_mysql_url_without_the_driver_says_how_to_install_it(
     with pytest.raises(usage.UsageError) as info:
         parse("--db", "mysql://qq:pw@127.0.0.1:3306/qqchat")
     assert "qqchat[mysql]" in str(info.value)
+
+
+def test_redis_url_turns_on_cluster_mode_and_needs_a_shared_database() -> None:
+    s = parse("--db", "mysql://qq:pw@127.0.0.1:3306/qqchat", "--redis",
+              "redis://127.0.0.1:6380/2", "--node-id", "n1").settings
+    assert (s.redis, s.node_id) == ("redis://127.0.0.1:6380/2", "n1")
+    with pytest.raises(usage.UsageError, match="shared --db"):
+        parse("--redis", "redis://127.0.0.1:6379/0")
+    with pytest.raises(usage.UsageError, match="Redis URL"):
+        parse("--db", "mysql://qq:pw@127.0.0.1:3306/qqchat", "--redis", "http://x")
+
+
+def test_parse_redis_url() -> None:
+    from qqchat.relay.redis import RedisConfig, parse_redis_url
+
+    assert parse_redis_url("redis://:s3cret@10.0.0.5:7000/3") == RedisConfig(
+        "10.0.0.5", 7000, 3, "s3cret")
+    assert parse_redis_url("redis://localhost") == RedisConfig("localhost", 6379, 0, None)
+    with pytest.raises(ValueError):
+        parse_redis_url("redis://h:1/notanumber")
