@@ -217,23 +217,37 @@ def test_connection_lost_cancels_timer_and_tells_dispatcher() -> None:
 
 
 def test_pipelined_requests_wait_for_the_pending_one() -> None:
-    """Replies leave in request order: while the first is pending the protocol
-    pauses (no second dispatch, socket paused) and resumes when it is answered."""
+    """Replies leave in request order: while the first is pending the second is not
+    dispatched; it is served when the first is answered."""
     dispatcher = FakeDispatcher(hold=True)
     proto, transport, _ = connect(dispatcher)
     proto.dataReceived(line(type="slow", req=1) + line(type="fast", req=2))
     assert [m["req"] for m in dispatcher.requests] == [1]
     assert transport.value() == b""
-    assert transport.producerState == "paused"
 
     dispatcher.release(0)
     assert [f["req"] for f in frames(transport)] == [1]
     # the buffered second line is now dispatched, and is itself pending
     assert [m["req"] for m in dispatcher.requests] == [1, 2]
-    assert transport.producerState == "paused"
 
     dispatcher.release(1)
     assert [f["req"] for f in frames(transport)] == [2]
+    assert transport.producerState == "producing"
+
+
+def test_input_piling_up_behind_a_pending_request_pauses_the_socket() -> None:
+    """A pipelining client cannot make the server buffer without bound: past one
+    line's worth of unread input the socket stops being read until the queue drains."""
+    dispatcher = FakeDispatcher(hold=True)
+    proto, transport, _ = connect(dispatcher)
+    proto.dataReceived(line(type="slow", req=0))
+    assert transport.producerState == "producing"  # one pending request: no syscalls
+    pile = b"".join(line(type="ping", req=n, pad="x" * 1000) for n in range(1, 80))
+    proto.dataReceived(pile)
+    assert transport.producerState == "paused"
+    dispatcher.hold = False
+    dispatcher.release(0)
+    assert [f["req"] for f in frames(transport)] == list(range(80))
     assert transport.producerState == "producing"
 
 
@@ -323,7 +337,6 @@ def test_real_pipelined_chats_reply_in_order_after_commit(real: Any) -> None:
     proto.dataReceived(b"".join(line(type="chat", to=uid, text=f"note {n}", req=10 + n)
                                 for n in range(3)))
     assert transport.value() == b""
-    assert transport.producerState == "paused"
     clock.advance(0)
     got = [f for f in frames(transport) if "req" in f]
     assert [f["req"] for f in got] == [10, 11, 12]

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -72,6 +78,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._writable: list[defer.Deferred[None]] = []
         self._abort_call: IDelayedCall | None = None
         self._lost = False
+        self._socket_paused = False
         self.stopping = False
 
     # -- Connection, as the session sees it -------------------------------
@@ -122,15 +129,36 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     # -- flow control -----------------------------------------------------
 
+    # Waiting on a request only stops the line loop (``self.paused``); the socket
+    # itself is paused only when a reason needs it (the client does not read, the
+    # server is stopping) or unread input piles up. Pausing the socket for every
+    # request would cost two epoll_ctl calls a message.
+
     def _pause(self, reason: str) -> None:
-        if not self._pauses:
-            self.pauseProducing()
         self._pauses.add(reason)
+        self.paused = True
+        if reason != "request":
+            self._pause_socket()
 
     def _unpause(self, reason: str) -> None:
         self._pauses.discard(reason)
-        if not self._pauses and not self.session.closed and not self.transport.disconnecting:
-            self.resumeProducing()
+        if self._pauses or self.session.closed or self.transport.disconnecting:
+            return
+        self.paused = False
+        if self._socket_paused:
+            self._socket_paused = False
+            self.transport.resumeProducing()
+        self.dataReceived(b"")  # the lines that arrived meanwhile
+
+    def _pause_socket(self) -> None:
+        if not self._socket_paused:
+            self._socket_paused = True
+            self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self.paused and len(self._buffer) > self.MAX_LENGTH:
+            self._pause_socket()  # a pipelining client waits in its own buffers
 
     def _write_blocked(self) -> None:
         # the transport calls this on every write past its high-water mark
@@ -162,6 +190,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         addr: IAddress = self.transport.getPeer()
         self.peer = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
         self.factory.live.add(self)
+        # chat lines are small and latency matters: do not let Nagle hold them back
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)
         self.transport.registerProducer(_WriteWatch(self), True)
         self.setTimeout(self.factory.idle_timeout)
         self.log.info("connection open from {peer}", peer=self.peer)
