@@ -215,5 +215,31 @@ async def test_redis_restart_during_traffic_recovers_without_restarting_daemons(
         assert reply["code"] == "unavailable"
         await newcomer.silence(0.5)
     await newcomer.push("synced")
-    who = await newcomer.ok("who")
+    # every node re-asserts its users in the emptied Redis once it is reconnected
+    for _ in range(40):
+        who = await newcomer.ok("who")
+        if len(who["users"]) == 3:
+            break
+        await newcomer.silence(0.5)
     assert sorted(u["name"] for u in who["users"]) == ["alice", "bob", "carol"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_restarted_under_its_old_id_clears_what_it_held(
+        cluster: Cluster, redis: RedisServer) -> None:
+    """A node killed without a goodbye and restarted at once under the same id keeps
+    its heartbeat key alive, so no other node reaps it: it must clear its own past."""
+    from cluster_processes import redis_command
+
+    alice = await cluster.user("alice", 0)
+    # what a node "phoenix" killed a moment ago left behind: alice's session on it
+    redis_command(redis.port, "SET", f"qq:sess:{alice.user_id}", "phoenix|oldtoken")
+    redis_command(redis.port, "SADD", "qq:nodeusers:phoenix", alice.user_id)
+    redis_command(redis.port, "SET", "qq:node:phoenix", "1", "PX", 15000)
+    daemon, _ = await start_daemon(Settings(**{**cluster.settings.__dict__,
+                                               "node_id": "phoenix"}))
+    cluster.daemons.append(daemon)
+    await daemon.relay.connected  # type: ignore[attr-defined]
+    await alice.silence(0.5)
+    who = await alice.ok("who")
+    assert who["users"] == []

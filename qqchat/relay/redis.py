@@ -84,9 +84,12 @@ redis.call('SADD', KEYS[4], ARGV[1])
 return 1
 """
 
-# take a dead node's users offline, once: returns uid, name pairs
+# take a dead node's users offline, once: returns uid, name pairs. ARGV[3] == '1' reaps
+# even a live node: a node restarted under the same id clears what it held before
 _REAP = """
-if redis.call('EXISTS', ARGV[2] .. 'node:' .. ARGV[1]) == 1 then return {} end
+if ARGV[3] ~= '1' and redis.call('EXISTS', ARGV[2] .. 'node:' .. ARGV[1]) == 1 then
+  return {}
+end
 local gone = {}
 local mark = ARGV[1] .. '|'
 for _, uid in ipairs(redis.call('SMEMBERS', ARGV[2] .. 'nodeusers:' .. ARGV[1])) do
@@ -299,6 +302,11 @@ class RedisRelay(Service):
 
     def _command_ready(self) -> None:
         if not self.connected.called:
+            # Before any claim (same connection, so Redis runs it first): users this
+            # node id held in an earlier life, killed without a goodbye, are gone.
+            d = self._reap(self.node, force=True)
+            d.addErrback(lambda f: self.log.warn("startup cleanup failed: {e}",
+                                                 e=f.getErrorMessage()))
             self.connected.callback(None)
         waiting, self._command_waiters = self._command_waiters, []
         for d in waiting:
@@ -402,17 +410,20 @@ class RedisRelay(Service):
                 node = raw.decode() if isinstance(raw, bytes) else str(raw)
                 if node == self.node:
                     continue
-                gone = yield self._eval(_REAP, [], [node, PREFIX])
-                pairs = list(zip(gone[::2], gone[1::2], strict=True))
-                if pairs:
-                    self.log.info("node {node} is gone: {n} users offline", node=node,
-                                  n=len(pairs))
-                for uid, name in pairs:
-                    if self.gone_offline is not None:
-                        n = name.decode() if isinstance(name, bytes) else str(name)
-                        yield self.gone_offline(int(uid), n)
+                yield self._reap(node, force=False)
         except ChatError:
             pass  # Redis is away: reconnecting; nothing to do until then
+
+    @defer.inlineCallbacks
+    def _reap(self, node: str, force: bool) -> Any:
+        gone = yield self._eval(_REAP, [], [node, PREFIX, "1" if force else "0"])
+        pairs = list(zip(gone[::2], gone[1::2], strict=True))
+        if pairs:
+            self.log.info("node {node} is gone: {n} users offline", node=node, n=len(pairs))
+        for uid, name in pairs:
+            if self.gone_offline is not None:
+                n = name.decode() if isinstance(name, bytes) else str(name)
+                yield self.gone_offline(int(uid), n)
 
     # -- the Relay interface ----------------------------------------------------
 
@@ -420,10 +431,14 @@ class RedisRelay(Service):
         uid = session.user_id
         assert uid is not None
         session.token = secrets.token_hex(8)
-        await self._subscribe_user(uid)
-        ok, previous = await self._eval(
-            _CLAIM, self._session_keys(uid),
-            [uid, self.node, session.token, session.name or "", 1 if kick else 0, PREFIX])
+        await self._subscribe_user(uid)  # first, so no push published after the claim is missed
+        try:
+            ok, previous = await self._eval(
+                _CLAIM, self._session_keys(uid),
+                [uid, self.node, session.token, session.name or "", 1 if kick else 0, PREFIX])
+        except ChatError:
+            self._unsubscribe_user(uid)
+            raise
         if not ok:
             session.token = ""
             if self.hub.get(uid) is None:

@@ -69,8 +69,20 @@ class MessageService:
     async def _store_message(self, name: str, message: NewMessage
                              ) -> tuple[Stored, bytes | None]:
         stored = await self._log.append(message)
-        if stored.duplicate or stored.rejected:
+        if stored.rejected:
             return stored, None
+        if stored.duplicate:
+            if self._relay.ordered:
+                return stored, None  # one node: the first try's push went out with its commit
+            # Several nodes: the first try may have committed and then failed before its
+            # push (the sender saw `unavailable`). Push the stored original again;
+            # sessions drop ids they have already been sent.
+            original = await self._store.message(stored.id)
+            if original is None:
+                return stored, None
+            if message.group_id is not None:
+                stored.members = await self._store.group_member_ids(message.group_id)
+            return stored, encode(message_frame(original))
         row: MessageRow = (stored.id, message.kind, message.sender, name,
                            message.recipient, message.group_id, message.body, stored.ts)
         return stored, encode(message_frame(row))

@@ -415,6 +415,11 @@ class Store:
 
         return self._run(txn)
 
+    def message(self, message_id: int) -> defer.Deferred[MessageRow | None]:
+        return self._one(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
+            " WHERE m.id = ?", message_id)
+
     def log_head(self) -> defer.Deferred[int]:
         d = self._one("SELECT last_id FROM log_seq WHERE id = 1")
         d.addCallback(lambda row: int(row[0]))
