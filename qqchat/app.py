@@ -18,6 +18,8 @@ from qqchat.net.listener import ChatListenerService
 from qqchat.net.protocol import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_LINE,
+    DEFAULT_RATE_BURST,
+    DEFAULT_RATE_LIMIT,
     DEFAULT_SEND_BUFFER,
     ChatFactory,
 )
@@ -47,6 +49,8 @@ class Settings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_line: int = DEFAULT_MAX_LINE
     max_send_buffer: int = DEFAULT_SEND_BUFFER
+    rate_limit: float = DEFAULT_RATE_LIMIT
+    rate_burst: int = DEFAULT_RATE_BURST
     kick_on_duplicate: bool = True
     #: redis://HOST:PORT/N turns on cluster mode; None is a single node
     redis: str | None = None
@@ -113,7 +117,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
             presence.announce(uid, name, False))
 
     factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line,
-                          settings.max_send_buffer)
+                          settings.max_send_buffer, settings.rate_limit,
+                          settings.rate_burst)
     endpoint = endpoints.serverFromString(reactor, settings.listen)
     listener = ChatListenerService(endpoint, factory, database.ready, reactor, on_fatal)
     listener.setServiceParent(daemon)

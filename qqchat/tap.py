@@ -41,6 +41,11 @@ class Options(usage.Options):
         ["max-send-buffer", None, str(4 * 1024 * 1024),
          "Bytes that may wait for a client that does not read before it is cut off "
          "(its messages stay stored for its next login)."],
+        ["rate-limit", None, "200",
+         "Requests a second one connection may make (0: no limit); past it, "
+         "requests get a rate_limited error with retry_after."],
+        ["rate-burst", None, "400", "Requests a connection may make at once before "
+                                    "--rate-limit applies."],
         ["redis", None, None,
          "Cluster mode: redis://[:PASSWORD@]HOST:PORT/N. Daemons sharing --db (MySQL) and "
          "--redis form one service."],
@@ -99,6 +104,8 @@ class Options(usage.Options):
             idle_timeout=self._number("idle-timeout", float, 1),
             max_line=self._number("max-line", int, 1024),
             max_send_buffer=self._number("max-send-buffer", int, 64 * 1024),
+            rate_limit=self._number("rate-limit", float, 0),
+            rate_burst=self._number("rate-burst", int, 1),
             kick_on_duplicate=self["duplicate-login"] == "kick",
             redis=self["redis"] or None,
             node_id=self["node-id"] or None,

@@ -339,7 +339,8 @@ class Daemon:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [str(BIN / "twistd"), "-n", "--pidfile=", "qqchat", "--interface", HOST,
                "--port", str(self.port), "--db", self.db, "--redis", self.redis,
-               "--node-id", self.node, "--hash-cost", "4"]
+               "--node-id", self.node, "--hash-cost", "4",
+               "--rate-limit", "0"]  # the tests stream as fast as they can
         env = {k: v for k, v in os.environ.items() if not k.startswith("QQCHAT_")}
         with self.log.open("ab") as out:
             # a file, not a pipe nobody reads: the daemon can never block on its output

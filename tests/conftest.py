@@ -103,7 +103,9 @@ async def start_daemon(settings: Settings) -> tuple[ChatDaemon, int]:
 
 @pytest.fixture
 def settings(db_url: str, request: pytest.FixtureRequest) -> Settings:
-    base = Settings(listen="tcp:0:interface=127.0.0.1", db=db_url, hash_cost=4)
+    # no rate limit: the tests send as fast as they can (test_e2e_flow checks the limit)
+    base = Settings(listen="tcp:0:interface=127.0.0.1", db=db_url, hash_cost=4,
+                    rate_limit=0)
     marker = request.node.get_closest_marker("settings")
     return replace(base, **marker.kwargs) if marker else base
 

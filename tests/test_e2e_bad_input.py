@@ -181,7 +181,7 @@ def fuzz(tmp_path: Path) -> Iterator[Fuzz]:
     async def setup() -> tuple[Any, Fuzz]:
         daemon, port = await start_daemon(Settings(
             listen="tcp:0:interface=127.0.0.1", db=f"sqlite:///{tmp_path}/fuzz.db",
-            hash_cost=4))
+            hash_cost=4, rate_limit=0))
         clients = []
         for name in ["fuzzer", "alice", "bob"]:
             c = await connect(port)

@@ -77,3 +77,22 @@ async def test_graceful_stop_answers_requests_in_hand(db_url: str) -> None:
         again.close()
     finally:
         await defer.maybeDeferred(daemon.stopService).addTimeout(20, reactor)
+
+
+@pytest.mark.settings(rate_limit=5, rate_burst=5)
+@pytest_twisted.ensureDeferred
+async def test_flooding_client_is_rate_limited_and_others_are_not(server: Running) -> None:
+    flood = await server.user("flood")
+    calm = await server.user("calm")
+    replies = await defer.gatherResults([
+        defer.Deferred.fromCoroutine(flood.call("ping", req=f"p{n}")) for n in range(12)])
+    kinds = [r["type"] if r["type"] == "pong" else r["code"] for r in replies]
+    # the burst (less the register and login already spent) is served, the rest refused
+    pongs = kinds.count("pong")
+    assert pongs >= 1 and kinds == ["pong"] * pongs + ["rate_limited"] * (12 - pongs)
+    assert pongs <= 5
+    limited = next(r for r in replies if r["type"] == "error")
+    assert limited["retry_after"] > 0 and limited["req"].startswith("p")
+    assert (await calm.ok("ping"))["type"] == "pong"
+    await flood.silence(limited["retry_after"] + 0.3)
+    assert (await flood.ok("ping"))["type"] == "pong"

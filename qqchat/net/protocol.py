@@ -20,11 +20,16 @@ from zope.interface import implementer
 
 from qqchat.codec import DecodeError, decode, encode
 from qqchat.dispatch import Dispatcher, error_frame
+from qqchat.net.ratelimit import TokenBucket
 from qqchat.session import Session
 
 DEFAULT_MAX_LINE = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
+#: requests a second per connection, and how many may come at once: far above what a
+#: person types, low enough that one connection cannot monopolise a core
+DEFAULT_RATE_LIMIT = 200.0
+DEFAULT_RATE_BURST = 400
 #: how long a closing connection may take to flush before it is cut
 CLOSE_GRACE = 5.0
 
@@ -80,6 +85,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._lost = False
         self._socket_paused = False
         self.stopping = False
+        self._bucket = TokenBucket(factory.rate_limit, factory.rate_burst,
+                                   factory.clock.seconds())
 
     # -- Connection, as the session sees it -------------------------------
 
@@ -206,6 +213,12 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         try:
             msg = decode(line)
         except DecodeError:
+            msg = None
+        wait = self._bucket.take(self.factory.clock.seconds())
+        if wait:
+            self._refuse(msg, wait)
+            return
+        if msg is None:
             self.send_frame(error_frame("bad_json", "each line must be one JSON object"))
             return
         d = self.factory.dispatcher.dispatch(self.session, msg)
@@ -216,6 +229,13 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self._inflight = d
             self._pause("request")
             d.addBoth(self._request_done)
+
+    def _refuse(self, msg: Any, wait: float) -> None:
+        """Too many requests: say so and when to retry; the request is not run."""
+        extra: dict[str, Any] = {"retry_after": round(wait + 0.005, 2)}
+        if isinstance(msg, dict) and "req" in msg and not isinstance(msg["req"], dict | list):
+            extra["req"] = msg["req"]
+        self.send_frame(error_frame("rate_limited", "too many requests; slow down", **extra))
 
     def _replied(self, frame: dict[str, Any] | None, fired: list[bool]) -> None:
         fired.append(True)
@@ -263,12 +283,16 @@ class ChatFactory(protocol.Factory):
     def __init__(self, dispatcher: Dispatcher, clock: IReactorTime,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  max_line: int = DEFAULT_MAX_LINE,
-                 max_send_buffer: int = DEFAULT_SEND_BUFFER) -> None:
+                 max_send_buffer: int = DEFAULT_SEND_BUFFER,
+                 rate_limit: float = DEFAULT_RATE_LIMIT,
+                 rate_burst: int = DEFAULT_RATE_BURST) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_line = max_line
         self.max_send_buffer = max_send_buffer
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
         self.live: set[ChatProtocol] = set()
 
     def buildProtocol(self, addr: IAddress) -> ChatProtocol:
