@@ -493,8 +493,29 @@ def restore_terminals() -> None:
         term.restore()
 
 
+class _StdioEnd:
+    """How either screen ends: the terminal is restored, the console told."""
+
+    console: ChatConsole
+    term: _Terminal
+    _closed: defer.Deferred[None]
+    _gone: bool
+
+    def writeConnectionLost(self) -> None:
+        self._gone = True
+        self.console.interrupt()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._gone = True
+        self.term.restore()
+        if not self._closed.called:
+            self._closed.callback(None)
+        if not self.console.done.called:
+            self.console.interrupt()
+
+
 @implementer(interfaces.IHalfCloseableProtocol)
-class PlainScreen(LineReceiver):
+class PlainScreen(_StdioEnd, LineReceiver):
     """Lines in, lines out: for piped stdin/stdout. Prints nothing but output."""
 
     delimiter = b"\n"
@@ -561,21 +582,10 @@ class PlainScreen(LineReceiver):
             secret.callback(None)
         self.console.end_of_input()
 
-    def writeConnectionLost(self) -> None:
-        self._gone = True
-        self.console.interrupt()
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._gone = True
-        self.term.restore()
-        if not self._closed.called:
-            self._closed.callback(None)
-        if not self.console.done.called:
-            self.console.interrupt()
 
 
 @implementer(interfaces.IHalfCloseableProtocol)
-class TerminalScreen(protocol.Protocol):
+class TerminalScreen(_StdioEnd, protocol.Protocol):
     """A terminal in raw mode with a prompt that survives incoming messages.
 
     Output is printed above the prompt: erase the prompt (and the half-typed
@@ -707,14 +717,3 @@ class TerminalScreen(protocol.Protocol):
     def readConnectionLost(self) -> None:
         self.console.interrupt()  # the terminal went away
 
-    def writeConnectionLost(self) -> None:
-        self._gone = True
-        self.console.interrupt()
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._gone = True
-        self.term.restore()
-        if not self._closed.called:
-            self._closed.callback(None)
-        if not self.console.done.called:
-            self.console.interrupt()

@@ -17,8 +17,9 @@ import pytest
 import pytest_twisted
 from chatclient import ChatClient, connect
 from mariadb_server import MariaDB
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
+from unit_support import Services, build_services
 
 from qqchat.app import ChatDaemon, Settings, build
 
@@ -48,6 +49,19 @@ def no_logged_errors(request: pytest.FixtureRequest) -> Iterator[list[dict[str, 
         f = seen[0].get("log_failure")
         detail = f.getTraceback() if f is not None else seen[0].get("log_format")
         pytest.fail(f"{len(seen)} logged error(s); first: {detail}")
+
+
+@pytest.fixture
+def clock() -> task.Clock:
+    return task.Clock()
+
+
+@pytest.fixture
+def services(clock: task.Clock) -> Iterator[Services]:
+    """Every service over a threadless SQLite store, driven by ``clock``."""
+    s = build_services(clock)
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet import defer, task
-from unit_support import Client, Services, build_services, result_of
+from unit_support import Client, Services, result_of
 
 from qqchat.errors import UnavailableError
-
-
-@pytest.fixture
-def clock() -> task.Clock:
-    return task.Clock()
-
-
-@pytest.fixture
-def services(clock: task.Clock) -> Iterator[Services]:
-    s = build_services(clock)
-    yield s
-    s.close()
 
 
 def user(services: Services, name: str) -> Client:

@@ -8,7 +8,6 @@ helper does that after every request.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,18 +18,6 @@ from qqchat.errors import ChatError
 from qqchat.session import Session
 from qqchat.storage.log import MessageLog
 from qqchat.storage.store import KIND_DIRECT, NewMessage, Stored
-
-
-@pytest.fixture
-def clock() -> task.Clock:
-    return task.Clock()
-
-
-@pytest.fixture
-def services(clock: task.Clock) -> Iterator[Services]:
-    s = build_services(clock)
-    yield s
-    s.close()
 
 
 def user(services: Services, name: str) -> Client:

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 
 from qqchat.errors import ChatError, UnavailableError
 from qqchat.relay.hub import SessionHub
+from qqchat.relay.local import LocalRelay
 from qqchat.session import Session
 
 PREFIX = "qq:"
@@ -196,6 +197,7 @@ class RedisRelay(Service):
                  node_id: str | None = None) -> None:
         self.config = config
         self.hub = hub
+        self._local = LocalRelay(hub)  # for the sessions on this node
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.node = node_id or secrets.token_hex(6)
@@ -370,7 +372,7 @@ class RedisRelay(Service):
         elif kind == b"B":
             node, mid, sender, line = rest.split(b" ", 3)
             if node.decode() != self.node:
-                self._deliver_local_all(int(mid), line, int(sender))
+                self._local.deliver_all(int(mid), line, int(sender))
 
     def _session_for(self, channel: bytes) -> Session | None:
         try:
@@ -479,14 +481,9 @@ class RedisRelay(Service):
                 self._publish(f"{PREFIX}u:{uid}", payload)
 
     def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
-        self._deliver_local_all(msg_id, line, exclude)
+        self._local.deliver_all(msg_id, line, exclude)
         self._publish(f"{PREFIX}all",
                       b"B %s %d %d " % (self.node.encode(), msg_id, exclude) + line)
-
-    def _deliver_local_all(self, msg_id: int, line: bytes, exclude: int) -> None:
-        for session in self.hub:
-            if session.user_id != exclude:
-                session.deliver(msg_id, line)
 
     def notify(self, user_ids: Iterable[int], line: bytes) -> None:
         get = self.hub.get
