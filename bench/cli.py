@@ -39,8 +39,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "See docs/benchmarks.md.")
     p.add_argument("workload", choices=WORKLOAD_NAMES)
     g = p.add_argument_group("daemon and database")
-    g.add_argument("--db", choices=("sqlite", "mysql"), default="sqlite",
-                   help="sqlite: a temporary file; mysql: a throwaway MariaDB (or --db-url)")
+    g.add_argument("--db", choices=("sqlite", "mysql"),
+                   help="sqlite (default): a temporary file; mysql (default with --cross): "
+                        "a throwaway MariaDB (or --db-url)")
     g.add_argument("--db-url", help="use this mysql://USER:PASS@HOST:PORT/DB instead of "
                                     "starting MariaDB (loopback only)")
     g.add_argument("--connect", metavar="HOST:PORT",
@@ -82,8 +83,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--senders", type=int, default=20,
                    help="backlog: users filling the backlog concurrently (20)")
     w.add_argument("--cross", action="store_true",
-                   help="chat: the two ends of each pair on two nodes through Redis")
+                   help="chat: two cluster nodes on one MariaDB and a throwaway Redis; "
+                        "senders on one node, receivers on the other")
     args = p.parse_args(argv)
+    if args.cross:
+        if args.workload != "chat":
+            p.error("--cross goes with chat")
+        if args.connect:
+            p.error("--cross starts its own two nodes; it cannot drive --connect")
+        if args.db == "sqlite":
+            p.error("--cross needs MariaDB (--db mysql or --db-url): cluster nodes share "
+                    "one MySQL database")
+    if args.db is None:
+        args.db = "mysql" if args.cross else "sqlite"
     for key, value in DEFAULTS[args.workload].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -136,7 +148,8 @@ def case_label(args: argparse.Namespace, case: dict[str, Any]) -> str:
         cost = "?" if case["cost"] is None else case["cost"]
         return f"{db} cost={cost} users={case['users']}"
     if w == "chat":
-        return f"{db} pairs={args.pairs} msgs={args.messages}"
+        cross = " cross" if args.cross else ""
+        return f"{db}{cross} pairs={args.pairs} msgs={args.messages}"
     if w == "group":
         return f"{db} members={args.members} msgs={args.messages}"
     if w == "idle":
@@ -146,11 +159,6 @@ def case_label(args: argparse.Namespace, case: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.workload == "chat" and args.cross:
-        print("chat --cross needs cluster mode (--redis), which the daemon does not have "
-              "yet; nothing was run", file=sys.stderr)
-        return 2
-
     from bench import daemon as dmod
 
     host, port = "127.0.0.1", 0
@@ -233,13 +241,17 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
                     args.profile_path = args.py_spy + (
                         f".cost{case['cost']}" if len(cases) > 1 else "") + (
                         f".{i}" if args.runs > 1 else "")
+                observed = {} if dbs.server_pid is None else {"mariadb": dbs.server_pid}
                 if args.connect:
                     result = await one_run(reactor, given, args, case)
+                elif args.cross:
+                    result = await cross_run(reactor, args, case, dbs, plan, observed)
                 else:
                     with dmod.workdir() as wd, dbs.fresh(wd) as url:
                         daemon = dmod.start_daemon(url, case["cost"], wd, plan[0])
                         try:
-                            result = await one_run(reactor, daemon, args, case)
+                            result = await one_run(reactor, daemon, args, case,
+                                                   observed=observed)
                         finally:
                             daemon.stop()
                 runs.append(result)
@@ -254,10 +266,36 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
     return all_ok
 
 
+async def cross_run(reactor: Any, args: argparse.Namespace, case: dict[str, Any], dbs: Any,
+                    plan: tuple[int | None, int | None],
+                    observed: dict[str, int]) -> dict[str, Any]:
+    """chat --cross: a fresh Redis and database, two cluster nodes on them (both on
+    the daemon's CPU; Redis beside the generator and MariaDB), one run."""
+    from bench import daemon as dmod
+
+    nodes = ["bench-a", "bench-b"]
+    with dmod.workdir() as wd, dbs.fresh(wd) as url, dmod.redis_server(plan[1]) as redis:
+        daemons: list[Any] = []
+        try:
+            for node in nodes:
+                daemons.append(dmod.start_daemon(url, case["cost"], wd, plan[0],
+                                                 redis_url=redis.url, node_id=node,
+                                                 name=f"daemon-{node}"))
+            dmod.wait_nodes_ready(daemons, redis.port, nodes)
+            assert redis.proc is not None
+            return await one_run(reactor, daemons[0], args, case, peer=daemons[1],
+                                 observed={**observed, "redis": redis.proc.pid})
+        finally:
+            for daemon in daemons:
+                daemon.stop()
+
+
 async def one_run(reactor: Any, daemon: Any, args: argparse.Namespace,
-                  case: dict[str, Any]) -> dict[str, Any]:
-    """One measured run against ``daemon``, bounded by --deadline; never raises for
-    what goes wrong in the traffic: that is counted in the result's errors."""
+                  case: dict[str, Any], peer: Any = None,
+                  observed: dict[str, int] | None = None) -> dict[str, Any]:
+    """One measured run against ``daemon`` (and with --cross its ``peer`` node),
+    bounded by --deadline; never raises for what goes wrong in the traffic: that is
+    counted in the result's errors."""
     from twisted.internet import defer, task
 
     from bench.client import RequestError, abort_all
@@ -265,7 +303,8 @@ async def one_run(reactor: Any, daemon: Any, args: argparse.Namespace,
 
     args.case_cost = case["cost"]
     args.users = case["users"]
-    ctx = RunContext(reactor, daemon, args, profile_path=args.profile_path)
+    ctx = RunContext(reactor, daemon, args, profile_path=args.profile_path, peer=peer,
+                     observed=dict(observed or {}))
     d = defer.Deferred.fromCoroutine(WORKLOADS[args.workload](ctx))
     d.addTimeout(args.deadline, reactor)
     try:
@@ -284,8 +323,9 @@ async def one_run(reactor: Any, daemon: Any, args: argparse.Namespace,
         abort_all(ctx.conns)
         await task.deferLater(reactor, 0.05, lambda: None)
         ctx.errors.muted = False
-    if not daemon.alive():
-        ctx.errors.add("daemon_exited", daemon.output_tail(10))
+    for node in ctx.daemons:
+        if not node.alive():
+            ctx.errors.add("daemon_exited", node.output_tail(10))
     res = ctx.result
     res["ok"] = bool(res.get("ok")) and ctx.errors.total == 0
     res["errors"] = ctx.errors.total

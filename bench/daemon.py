@@ -199,8 +199,11 @@ def _daemon_setup(cpu: int | None) -> None:
 
 
 def start_daemon(db_url: str, hash_cost: int, workdir: Path, cpu: int | None,
-                 host: str = "127.0.0.1") -> Daemon:
-    """Start ``twistd -n qqchat`` on a free loopback port and wait until it listens."""
+                 host: str = "127.0.0.1", redis_url: str | None = None,
+                 node_id: str | None = None, name: str = "daemon") -> Daemon:
+    """Start ``twistd -n qqchat`` on a free loopback port and wait until it listens.
+    With ``redis_url`` it is a cluster node named ``node_id``; ``name`` names its log
+    in ``workdir`` (two nodes share one workdir)."""
     twistd = Path(sys.executable).parent / "twistd"
     if not twistd.exists():
         found = shutil.which("twistd")
@@ -211,12 +214,15 @@ def start_daemon(db_url: str, hash_cost: int, workdir: Path, cpu: int | None,
     # The installed package, not a source tree on PYTHONPATH; no QQCHAT_* overrides.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("QQCHAT_") and k != "PYTHONPATH"}
-    log_path = workdir / "daemon.log"
+    log_path = workdir / f"{name}.log"
+    cluster = [] if redis_url is None else ["--redis", redis_url] + (
+        ["--node-id", node_id] if node_id else [])
     for _attempt in range(3):
         port = free_port(host)
         cmd = [str(twistd), "-n", "--pidfile=", "qqchat", "--interface", host,
                "--port", str(port), "--db", db_url, "--hash-cost", str(hash_cost),
-               "--idle-timeout", "3600"]
+               # the generator floods on purpose: no per-connection rate limit
+               "--idle-timeout", "3600", "--rate-limit", "0", *cluster]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env,
@@ -274,18 +280,34 @@ def stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
 # -- databases --------------------------------------------------------------------
 
 
-def _load_mariadb_helper() -> ModuleType:
-    """tests/mariadb_server.py starts a throwaway MariaDB; reuse it rather than copy it."""
-    path = REPO / "tests" / "mariadb_server.py"
+def _load_test_helper(file: str, module_name: str, needed_for: str) -> ModuleType:
+    """Load tests/FILE by path (bench is run from the source tree, tests/ is not a
+    package); once per process."""
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = REPO / "tests" / file
     if not path.exists():
-        raise BenchSetupError(f"{path} not found: --db mysql needs the source tree "
-                              "(or give --db-url mysql://...)")
-    spec = importlib.util.spec_from_file_location("qqbench_mariadb_server", path)
+        raise BenchSetupError(f"{path} not found: {needed_for} needs the source tree")
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _load_mariadb_helper() -> ModuleType:
+    """tests/mariadb_server.py starts a throwaway MariaDB; reuse it rather than copy it."""
+    return _load_test_helper("mariadb_server.py", "qqbench_mariadb_server",
+                             "--db mysql (or give --db-url mysql://...)")
+
+
+def _load_redis_helper() -> ModuleType:
+    """tests/redis_server.py starts a throwaway redis-server. It imports its port
+    helper as ``mariadb_server`` (a sibling module in tests/), so that name goes in
+    sys.modules first."""
+    sys.modules.setdefault("mariadb_server", _load_mariadb_helper())
+    return _load_test_helper("redis_server.py", "qqbench_redis_server", "chat --cross")
 
 
 class Databases:
@@ -312,6 +334,11 @@ class Databases:
                 pin_process(self._server.pid, self.cpu)
         return self
 
+    @property
+    def server_pid(self) -> int | None:
+        """The pid of the MariaDB we started (None for SQLite or a given server)."""
+        return None if self._server is None else self._server.pid
+
     def __exit__(self, *exc: object) -> None:
         if self._server is not None:
             self._server.stop()
@@ -334,6 +361,64 @@ class Databases:
         finally:
             with contextlib.suppress(Exception):
                 self._server.drop_database(name)
+
+
+@contextlib.contextmanager
+def redis_server(cpu: int | None) -> Iterator[Any]:
+    """A throwaway redis-server on a free loopback port for one run (fresh, so no
+    keys of an earlier run's nodes and users remain), pinned to ``cpu``; it has
+    ``.url``, ``.port`` and ``.proc``."""
+    helper = _load_redis_helper()
+    server = helper.RedisServer()
+    try:
+        try:
+            server.start()
+        except RuntimeError as e:
+            raise BenchSetupError(str(e)) from None
+        if cpu is not None and server.proc is not None:
+            pin_process(server.proc.pid, cpu)  # beside the generator, like MariaDB
+        yield server
+    finally:
+        server.close()
+
+
+def redis_command(port: int, *args: str, timeout: float = 5.0) -> bytes:
+    """One command to the Redis on 127.0.0.1:``port``; its raw reply line (enough
+    for the integer and status replies the benchmark asks for)."""
+    payload = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() for x in args))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        reply = b""
+        while not reply.endswith(b"\r\n") and len(reply) < 4096:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
+
+
+def wait_nodes_ready(daemons: list[Daemon], redis_port: int, nodes: list[str],
+                     timeout: float = START_TIMEOUT) -> None:
+    """A cluster node listens once its database is up, but serves logins only once
+    its Redis connections are: wait until every node has announced itself (the
+    ``qq:node:<id>`` key its relay sets when both connections are ready)."""
+    deadline = time.monotonic() + timeout
+    waiting = list(zip(daemons, nodes, strict=True))
+    while waiting:
+        for daemon, node in list(waiting):
+            if not daemon.alive():
+                raise BenchSetupError(f"cluster node {node} exited:\n{daemon.output_tail()}")
+            with contextlib.suppress(OSError):
+                if redis_command(redis_port, "EXISTS", f"qq:node:{node}") == b":1\r\n":
+                    waiting.remove((daemon, node))
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise BenchSetupError(f"cluster nodes {[n for _, n in waiting]} not connected "
+                                  f"to Redis after {timeout:.0f} s:\n"
+                                  + "\n".join(d.output_tail() for d, _ in waiting))
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager

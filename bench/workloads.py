@@ -32,7 +32,7 @@ from bench.client import (
     login_many,
     register_users,
 )
-from bench.daemon import Daemon, start_py_spy, stop_py_spy
+from bench.daemon import Daemon, cpu_seconds, start_py_spy, stop_py_spy
 from bench.stats import latency_summary
 
 now = time.perf_counter
@@ -54,35 +54,77 @@ class RunContext:
     prefix: str = field(default_factory=lambda: "b" + secrets.token_hex(4) + "_")
     #: where this run's py-spy profile goes (with --py-spy)
     profile_path: str = ""
+    #: chat --cross: the second cluster node, where the receivers connect
+    peer: Daemon | None = None
+    #: other processes whose CPU time is read over the window: name -> pid
+    #: (the MariaDB and the Redis the benchmark started)
+    observed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def daemons(self) -> list[Daemon]:
+        return [self.daemon] if self.peer is None else [self.daemon, self.peer]
 
 
 class Window:
-    """The measured interval: wall clock and the daemon's CPU time, and with
-    --py-spy a profile of the daemon over exactly this interval."""
+    """The measured interval: wall clock and the daemons' CPU time (summed over the
+    nodes with --cross), the CPU time of the database and Redis we started, and
+    with --py-spy a profile of each daemon over exactly this interval."""
 
     def __init__(self, ctx: RunContext) -> None:
-        self.daemon = daemon = ctx.daemon
-        path = ctx.options.py_spy
-        self.profiler = start_py_spy(daemon.pid, ctx.profile_path) if path else None
-        self.cpu0 = daemon.cpu_seconds()
-        self.main0 = daemon.main_thread_cpu_seconds()
+        self.daemons = daemons = ctx.daemons
+        self.observed = dict(ctx.observed)
+        self.profilers: list[Any] = []
+        if ctx.options.py_spy:
+            for i, daemon in enumerate(daemons):
+                path = ctx.profile_path + ("" if len(daemons) == 1 else f".{'ab'[i]}")
+                self.profilers.append(start_py_spy(daemon.pid, path))
+        self.cpu0 = [d.cpu_seconds() for d in daemons]
+        self.main0 = [d.main_thread_cpu_seconds() for d in daemons]
+        self.other0 = {name: _cpu_or_none(pid) for name, pid in self.observed.items()}
         self.t0 = now()
         self.seconds = 0.0
         self.cpu = 0.0
         self.main_cpu = 0.0
+        self.node_cpu: list[float] = []
+        self.other_cpu: dict[str, float] = {}
 
     def close(self, end: float | None = None) -> None:
         self.seconds = (end if end is not None else now()) - self.t0
-        self.cpu = self.daemon.cpu_seconds() - self.cpu0
-        self.main_cpu = self.daemon.main_thread_cpu_seconds() - self.main0
-        if self.profiler is not None:
-            stop_py_spy(self.profiler)
-            self.profiler = None
+        self.node_cpu = [d.cpu_seconds() - c0 for d, c0 in zip(self.daemons, self.cpu0,
+                                                                 strict=True)]
+        self.cpu = sum(self.node_cpu)
+        self.main_cpu = sum(d.main_thread_cpu_seconds() - m0
+                            for d, m0 in zip(self.daemons, self.main0, strict=True))
+        for name, pid in self.observed.items():
+            c0, c1 = self.other0[name], _cpu_or_none(pid)
+            if c0 is not None and c1 is not None:
+                self.other_cpu[name] = c1 - c0
+        for profiler in self.profilers:
+            stop_py_spy(profiler)
+        self.profilers = []
 
-    def cpu_fields(self) -> dict[str, float]:
-        """Total daemon CPU and the share of its main (reactor) thread."""
-        return {"daemon_cpu_s": round(self.cpu, 3),
-                "daemon_main_thread_cpu_s": round(self.main_cpu, 3)}
+    def cpu_fields(self) -> dict[str, Any]:
+        """Total daemon CPU and the share of its main (reactor) thread; with two
+        nodes, each node's too; and that of the MariaDB and Redis we started."""
+        out: dict[str, Any] = {"daemon_cpu_s": round(self.cpu, 3),
+                               "daemon_main_thread_cpu_s": round(self.main_cpu, 3)}
+        if len(self.node_cpu) > 1:
+            out["daemon_cpu_s_by_node"] = [round(c, 3) for c in self.node_cpu]
+        for name, cpu in self.other_cpu.items():
+            out[f"{name}_cpu_s"] = round(cpu, 3)
+        return out
+
+    def per_op(self, unit: str, count: int) -> dict[str, float | None]:
+        """CPU per operation of the MariaDB and Redis we started (``mariadb_cpu_us_per_msg``...)."""
+        return {f"{name}_cpu_us_per_{unit}": per(cpu, count)
+                for name, cpu in self.other_cpu.items()}
+
+
+def _cpu_or_none(pid: int) -> float | None:
+    try:
+        return cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def text_for(sender: int, seq: int, size: int, tag: str = "m") -> str:
@@ -109,16 +151,24 @@ async def wait_until(reactor: Any, cond: Callable[[], bool], timeout: float) -> 
     return True
 
 
-async def setup_users(ctx: RunContext, n: int, register_conns: int = 32) -> tuple[
-        list[Conn], list[str]]:
-    """Connect ``n`` clients and register ``n`` users over them (not logged in)."""
+async def setup_users(ctx: RunContext, n: int, register_conns: int = 32,
+                      nodes: Sequence[Daemon] | None = None) -> tuple[list[Conn], list[str]]:
+    """Connect ``n`` clients and register ``n`` users over them (not logged in).
+    With ``nodes``, connection k goes to ``nodes[k % len(nodes)]``."""
     opts = ctx.options
     names = [f"{ctx.prefix}{i}" for i in range(n)]
-    conns = await connect_many(ctx.reactor, ctx.daemon.host, ctx.daemon.port, n, ctx.errors,
-                               opts.op_timeout)
-    ctx.conns.extend(conns)
-    if len(conns) < n:
-        raise SetupError(f"only {len(conns)} of {n} connections opened")
+    nodes = list(nodes or [ctx.daemon])
+    per_node = []
+    for j, node in enumerate(nodes):
+        want = len(range(j, n, len(nodes)))
+        got = await connect_many(ctx.reactor, node.host, node.port, want, ctx.errors,
+                                 opts.op_timeout)
+        ctx.conns.extend(got)
+        if len(got) < want:
+            raise SetupError(f"only {len(got)} of {want} connections opened to "
+                             f"{node.host}:{node.port}")
+        per_node.append(got)
+    conns = [per_node[k % len(nodes)][k // len(nodes)] for k in range(n)]
     ids = await register_users(conns[:register_conns], names, ctx.reactor, ctx.errors,
                                opts.op_timeout)
     if len(ids) < n:
@@ -410,12 +460,15 @@ async def run_loops(ctx: RunContext, loops: Sequence[Loop], count: int, record: 
 
 
 async def chat(ctx: RunContext) -> None:
-    """P pairs, M messages each, one at a time per pair."""
+    """P pairs, M messages each, one at a time per pair. With --cross, senders are
+    on one cluster node and receivers on the other."""
     o = ctx.options
     res = ctx.result
     res.update(pairs=o.pairs, messages_per_pair=o.messages, expected=o.pairs * o.messages,
-               delivered=0, warmup_per_pair=o.warmup, text_size=o.text_size)
-    conns, names = await setup_users(ctx, 2 * o.pairs)
+               delivered=0, warmup_per_pair=o.warmup, text_size=o.text_size,
+               nodes=len(ctx.daemons))
+    # conns[2i] sends to conns[2i + 1]: with two nodes, senders on the first
+    conns, names = await setup_users(ctx, 2 * o.pairs, nodes=ctx.daemons)
     await login_all(ctx, conns, names)
     loops = [PairLoop(conns[2 * i], conns[2 * i + 1], ctx.errors, o.text_size, o.ack_every)
              for i in range(o.pairs)]
@@ -434,7 +487,9 @@ async def chat(ctx: RunContext) -> None:
                msgs_per_s=rate(delivered, window.seconds),
                **latency_summary(latencies),
                **window.cpu_fields(),
-               daemon_cpu_us_per_msg=per(window.cpu, delivered))
+               daemon_cpu_us_per_msg=per(window.cpu, delivered),
+               daemon_main_thread_cpu_us_per_msg=per(window.main_cpu, delivered),
+               **window.per_op("msg", delivered))
     res["acks"] = await finish_acks(ctx, [loop.receiver for loop in loops])
     res["ok"] = delivered == res["expected"]
 
