@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     r.add_argument("--py-spy", metavar="PATH",
                    help="profile the daemon with py-spy over each measured window; raw "
-                        "stacks to PATH (PATH.N with --runs); summarise with "
+                        "stacks to PATH (PATH.N with --runs; PATH.a and PATH.b, one per "
+                        "node, with --cross); summarise with "
                         "python -m bench.pyspy PATH")
     r.add_argument("--deadline", type=float, default=900.0,
                    help="hard limit for one run, seconds (default 900)")
