@@ -18,6 +18,7 @@ from qqchat.net.listener import ChatListenerService
 from qqchat.net.protocol import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_LINE,
+    DEFAULT_MAX_PER_ADDRESS,
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_LIMIT,
     DEFAULT_SEND_BUFFER,
@@ -51,6 +52,7 @@ class Settings:
     max_send_buffer: int = DEFAULT_SEND_BUFFER
     rate_limit: float = DEFAULT_RATE_LIMIT
     rate_burst: int = DEFAULT_RATE_BURST
+    max_per_address: int = DEFAULT_MAX_PER_ADDRESS
     kick_on_duplicate: bool = True
     #: redis://HOST:PORT/N turns on cluster mode; None is a single node
     redis: str | None = None
@@ -107,8 +109,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
                     settings.hash_cost)
     accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
                               kick_on_duplicate=settings.kick_on_duplicate)
-    messages = MessageService(store, log, relay, users, limits)
-    friends = FriendService(store, relay, users, reactor)
+    messages = MessageService(store, log, relay, users, limits, reactor)
+    friends = FriendService(store, relay, users, reactor, limits)
     groups = GroupService(store, relay, reactor, limits)
     dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits)
     if settings.redis:
@@ -118,7 +120,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
 
     factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line,
                           settings.max_send_buffer, settings.rate_limit,
-                          settings.rate_burst)
+                          settings.rate_burst, settings.max_per_address)
     endpoint = endpoints.serverFromString(reactor, settings.listen)
     listener = ChatListenerService(endpoint, factory, database.ready, reactor, on_fatal)
     listener.setServiceParent(daemon)

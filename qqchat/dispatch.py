@@ -143,7 +143,7 @@ class Dispatcher:
     async def handle_register(self, session: Session, msg: Frame) -> Frame:
         name, password = _str(msg, "name"), _str(msg, "password")
         assert name is not None and password is not None
-        return await self.accounts.register(name, password)
+        return await self.accounts.register(name, password, session.address)
 
     async def handle_login(self, session: Session, msg: Frame) -> None:
         password = _str(msg, "password")

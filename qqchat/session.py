@@ -13,6 +13,8 @@ class Connection(Protocol):
     """What a session needs from the network layer."""
 
     peer: str
+    #: the client's host, without the port: what per-address limits count
+    address: str
 
     def send_line(self, line: bytes) -> None: ...
 
@@ -55,6 +57,10 @@ class Session:
     @property
     def peer(self) -> str:
         return self.conn.peer
+
+    @property
+    def address(self) -> str:
+        return self.conn.address
 
     def send(self, frame: dict[str, Any]) -> None:
         self.conn.send_line(encode(frame))

@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from qqchat.app import Settings, build
 from qqchat.passwords import DEFAULT_COST, MAX_COST, MIN_COST
+from qqchat.services.limits import Limits
 from qqchat.storage.pool import DatabaseURLError, check_driver, parse_database_url
 
 
@@ -46,6 +47,18 @@ class Options(usage.Options):
          "requests get a rate_limited error with retry_after."],
         ["rate-burst", None, "400", "Requests a connection may make at once before "
                                     "--rate-limit applies."],
+        ["max-conns-per-address", None, "200",
+         "Connections one client address may hold at once (0: no cap). Behind a proxy "
+         "every client has the proxy's address: set 0 and cap at the proxy."],
+        ["user-rate-limit", None, "50",
+         "Messages a second one user may send, across all their connections (0: no "
+         "limit); past it, sends get rate_limited with retry_after."],
+        ["user-rate-burst", None, "200", "Messages a user may send at once before "
+                                         "--user-rate-limit applies."],
+        ["register-rate", None, "10",
+         "Registrations a minute from one client address (0: no limit)."],
+        ["register-burst", None, "20", "Registrations an address may make at once before "
+                                       "--register-rate applies."],
         ["redis", None, None,
          "Cluster mode: redis://[:PASSWORD@]HOST:PORT/N. Daemons sharing --db (MySQL) and "
          "--redis form one service."],
@@ -106,6 +119,13 @@ class Options(usage.Options):
             max_send_buffer=self._number("max-send-buffer", int, 64 * 1024),
             rate_limit=self._number("rate-limit", float, 0),
             rate_burst=self._number("rate-burst", int, 1),
+            max_per_address=self._number("max-conns-per-address", int, 0),
+            limits=Limits(
+                send_rate=self._number("user-rate-limit", float, 0),
+                send_burst=self._number("user-rate-burst", int, 1),
+                register_rate=self._number("register-rate", float, 0),
+                register_burst=self._number("register-burst", int, 1),
+            ),
             kick_on_duplicate=self["duplicate-login"] == "kick",
             redis=self["redis"] or None,
             node_id=self["node-id"] or None,

@@ -22,6 +22,7 @@ from twisted.logger import globalLogPublisher
 from unit_support import Services, build_services
 
 from qqchat.app import ChatDaemon, Settings, build
+from qqchat.services.limits import Limits
 
 BACKENDS = ["sqlite", "mysql"]
 _db_names = itertools.count(1)
@@ -117,9 +118,10 @@ async def start_daemon(settings: Settings) -> tuple[ChatDaemon, int]:
 
 @pytest.fixture
 def settings(db_url: str, request: pytest.FixtureRequest) -> Settings:
-    # no rate limit: the tests send as fast as they can (test_e2e_flow checks the limit)
+    # no rate limits: the tests send and register as fast as they can (test_e2e_flow
+    # and test_e2e_limits check the limits)
     base = Settings(listen="tcp:0:interface=127.0.0.1", db=db_url, hash_cost=4,
-                    rate_limit=0)
+                    rate_limit=0, limits=Limits(send_rate=0, register_rate=0))
     marker = request.node.get_closest_marker("settings")
     return replace(base, **marker.kwargs) if marker else base
 

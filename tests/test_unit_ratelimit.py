@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from unit_support import build_services
 
 from qqchat.net.protocol import ChatFactory
-from qqchat.net.ratelimit import TokenBucket
+from qqchat.ratelimit import KeyedBuckets, TokenBucket
 
 
 def test_bucket_allows_a_burst_then_the_rate() -> None:
@@ -49,3 +49,23 @@ def test_flooding_connection_gets_rate_limited_errors_and_recovers() -> None:
         assert orjson.loads(transport.value()) == {"type": "pong", "req": "again"}
     finally:
         services.close()
+
+
+def test_keyed_buckets_are_separate_and_bounded() -> None:
+    buckets = KeyedBuckets(rate=1, burst=2, max_keys=3)
+    assert [buckets.take("a", 0.0) for _ in range(2)] == [0.0, 0.0]
+    assert buckets.take("a", 0.0) > 0
+    assert buckets.take("b", 0.0) == 0.0  # another key has its own budget
+    buckets.take("c", 0.0)
+    # the table is full; at t=10 every bucket has refilled, so they make room
+    assert buckets.take("d", 10.0) == 0.0
+    assert len(buckets) == 1
+    # a bucket still in debt is kept when refilled ones are dropped
+    for _ in range(3):
+        buckets.take("d", 10.0)
+    buckets.take("e", 10.0)
+    buckets.take("f", 11.5)
+    assert buckets.take("g", 11.5) == 0.0  # prunes "e" only: it has refilled
+    assert len(buckets) == 3
+    assert buckets.take("d", 11.5) == 0.0  # 1.5 tokens back since t=10 ...
+    assert buckets.take("d", 11.5) > 0  # ... not a fresh bucket's 2

@@ -168,8 +168,8 @@ def build_services(clock: task.Clock, limits: Limits | None = None,
     hasher = Hasher(lambda f, *a: defer.maybeDeferred(f, *a), 4)
     accounts = AccountService(store, hasher, relay, presence, users, clock, limits,
                               kick_on_duplicate=kick_on_duplicate)
-    messages = MessageService(store, log, relay, users, limits)
-    friends = FriendService(store, relay, users, clock)
+    messages = MessageService(store, log, relay, users, limits, clock)
+    friends = FriendService(store, relay, users, clock, limits)
     groups = GroupService(store, relay, clock, limits)
     dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits)
     return Services(clock, pool, store, log, hub, relay, users, presence, accounts, messages,
@@ -181,6 +181,7 @@ class FakeConnection:
 
     def __init__(self, peer: str = "127.0.0.1:4321") -> None:
         self.peer = peer
+        self.address = peer.rsplit(":", 1)[0]
         self.lines: list[bytes] = []
         self.closed = False
 

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from qqchat.codec import DecodeError, decode, encode
 from qqchat.dispatch import Dispatcher, error_frame
-from qqchat.net.ratelimit import TokenBucket
+from qqchat.ratelimit import TokenBucket
 from qqchat.session import Session
 
 DEFAULT_MAX_LINE = 64 * 1024
@@ -30,6 +30,8 @@ DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
 #: person types, low enough that one connection cannot monopolise a core
 DEFAULT_RATE_LIMIT = 200.0
 DEFAULT_RATE_BURST = 400
+#: connections one client address may hold at once (0: no cap)
+DEFAULT_MAX_PER_ADDRESS = 200
 #: how long a closing connection may take to flush before it is cut
 CLOSE_GRACE = 5.0
 
@@ -76,6 +78,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self.callLater = factory.clock.callLater  # TimeoutMixin schedules through this
         self.session = Session(self)
         self.peer = "?"
+        self.address = "?"
+        self._counted = False
         self._on_close: list[defer.Deferred[None]] = []
         self._pauses: set[str] = set()
         self._inflight: defer.Deferred[Any] | None = None
@@ -163,6 +167,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             self.transport.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._counted:
+            return  # refused: nothing it says is read
         super().dataReceived(data)
         if self.paused and len(self._buffer) > self.MAX_LENGTH:
             self._pause_socket()  # a pipelining client waits in its own buffers
@@ -195,7 +201,17 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         addr: IAddress = self.transport.getPeer()
-        self.peer = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
+        self.address = str(getattr(addr, "host", "?"))
+        self.peer = f"{self.address}:{getattr(addr, 'port', '?')}"
+        if not self.factory.admit(self.address):
+            self.log.info("refused {peer}: too many connections from its address",
+                          peer=self.peer)
+            self.transport.write(encode(error_frame(
+                "too_many_connections", "too many connections from your address; closing")))
+            self.session.closed = True
+            self.transport.loseConnection()
+            return
+        self._counted = True
         self.factory.live.add(self)
         # chat lines are small and latency matters: do not let Nagle hold them back
         if ITCPTransport.providedBy(self.transport):
@@ -262,6 +278,9 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
+        if not self._counted:
+            return  # refused at the door: it never had a session
+        self.factory.release(self.address)
         self.setTimeout(None)
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
@@ -285,7 +304,8 @@ class ChatFactory(protocol.Factory):
                  max_line: int = DEFAULT_MAX_LINE,
                  max_send_buffer: int = DEFAULT_SEND_BUFFER,
                  rate_limit: float = DEFAULT_RATE_LIMIT,
-                 rate_burst: int = DEFAULT_RATE_BURST) -> None:
+                 rate_burst: int = DEFAULT_RATE_BURST,
+                 max_per_address: int = DEFAULT_MAX_PER_ADDRESS) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -293,7 +313,22 @@ class ChatFactory(protocol.Factory):
         self.max_send_buffer = max_send_buffer
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
+        self.max_per_address = max_per_address
         self.live: set[ChatProtocol] = set()
+        self._per_address: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        """Count a new connection from ``address``, unless it already has its share."""
+        count = self._per_address.get(address, 0)
+        if self.max_per_address and count >= self.max_per_address:
+            return False
+        self._per_address[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        count = self._per_address.pop(address, 1) - 1
+        if count > 0:
+            self._per_address[address] = count
 
     def buildProtocol(self, addr: IAddress) -> ChatProtocol:
         return ChatProtocol(self)

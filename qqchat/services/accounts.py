@@ -10,6 +10,7 @@ from twisted.logger import Logger
 
 from qqchat.errors import ChatError
 from qqchat.passwords import Hasher
+from qqchat.ratelimit import KeyedBuckets
 from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.services.presence import PresenceService
@@ -33,6 +34,7 @@ class AccountService:
         self._users = users
         self._clock = clock
         self._limits = limits
+        self._registrations = KeyedBuckets(limits.register_rate / 60, limits.register_burst)
         self.kick_on_duplicate = kick_on_duplicate
 
     def _check_name(self, name: str) -> None:
@@ -48,9 +50,14 @@ class AccountService:
             raise ChatError("weak_password", f"a password is {lim.password_min}-"
                                              f"{lim.password_max} characters")
 
-    async def register(self, name: str, password: str) -> dict[str, Any]:
+    async def register(self, name: str, password: str, address: str) -> dict[str, Any]:
         self._check_name(name)
         self._check_password(password)
+        # after the cheap checks, before the costly hash: each try may test a name
+        wait = self._registrations.take(address, self._clock.seconds())
+        if wait:
+            raise ChatError("rate_limited", "too many registrations from your address; "
+                                            "try again later", retry_after=round(wait + 0.5))
         pw_hash = await self._hasher.hash(password)
         uid = await self._store.create_user(name, pw_hash, int(self._clock.seconds() * 1000))
         if uid is None:

@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from qqchat.codec import encode
 from qqchat.errors import ChatError
 from qqchat.relay.base import Relay
+from qqchat.services.limits import Limits
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
 from qqchat.storage.store import Store
@@ -16,8 +17,9 @@ from qqchat.storage.store import Store
 
 class FriendService:
     def __init__(self, store: Store, relay: Relay, users: UserDirectory,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, limits: Limits) -> None:
         self._store = store
+        self._max = limits.friends_max
         self._relay = relay
         self._users = users
         self._clock = clock
@@ -33,6 +35,10 @@ class FriendService:
             raise ChatError("no_such_user", f"there is no user {other}")
         return name
 
+    def _full(self) -> ChatError:
+        return ChatError("too_many_friends", "you or they already have the most friends "
+                                             f"a user may have ({self._max})")
+
     def _tell(self, user_id: int, frame: dict[str, Any]) -> None:
         self._relay.notify((user_id,), encode(frame))
 
@@ -45,7 +51,9 @@ class FriendService:
         assert me is not None
         other_name = await self._other(session, to)
         now = self._now()
-        outcome = await self._store.request_friend(me, to, now)
+        outcome = await self._store.request_friend(me, to, now, self._max)
+        if outcome == "full":
+            raise self._full()
         if outcome == "friends":
             raise ChatError("already_friends", f"{other_name} is already your friend")
         if outcome == "accepted":
@@ -60,7 +68,10 @@ class FriendService:
         me = session.user_id
         assert me is not None
         name = await self._other(session, requester)
-        if not await self._store.accept_request(me, requester, self._now()):
+        outcome = await self._store.accept_request(me, requester, self._now(), self._max)
+        if outcome == "full":
+            raise self._full()
+        if outcome == "none":
             raise ChatError("no_request", f"{name} has not asked to be your friend")
         self._tell(requester, {"type": "friend_added", "user": me, "name": session.name,
                                "online": True})

@@ -50,7 +50,11 @@ class GroupService:
     async def join(self, session: Session, gid: int) -> dict[str, Any]:
         uid = session.user_id
         assert uid is not None
-        outcome = await self._store.join_group(gid, uid, self._now())
+        outcome = await self._store.join_group(gid, uid, self._now(),
+                                               self._limits.group_members_max)
+        if outcome == "full":
+            raise ChatError("group_full", f"group {gid} has the most members a group may "
+                                          f"have ({self._limits.group_members_max})")
         if outcome == "no_group":
             raise ChatError("no_such_group", f"there is no group {gid}")
         if outcome == "already":

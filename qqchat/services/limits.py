@@ -19,3 +19,15 @@ class Limits:
     who_default: int = 100
     who_max: int = 500
     backlog_page: int = 1000
+    #: members in one group; joins past it get ``group_full``
+    group_members_max: int = 500
+    #: friends per user; the accept that would pass it gets ``too_many_friends``
+    friends_max: int = 1000
+    #: messages (chat, group chat, broadcast) a second per user, and how many at
+    #: once; 0 is no limit. Unlike the per-connection limit, reconnecting does not
+    #: reset it.
+    send_rate: float = 50.0
+    send_burst: int = 200
+    #: registrations a minute per client address, and how many at once; 0 is no limit
+    register_rate: float = 10.0
+    register_burst: int = 20

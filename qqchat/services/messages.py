@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 
 from qqchat.codec import encode
 from qqchat.errors import ChatError
+from qqchat.ratelimit import KeyedBuckets
 from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.services.users import UserDirectory
@@ -45,12 +47,14 @@ def message_frame(row: MessageRow) -> dict[str, Any]:
 
 class MessageService:
     def __init__(self, store: Store, log: MessageLog, relay: Relay, users: UserDirectory,
-                 limits: Limits) -> None:
+                 limits: Limits, clock: IReactorTime) -> None:
         self._store = store
         self._log = log
         self._relay = relay
         self._users = users
         self._limits = limits
+        self._clock = clock
+        self._sends = KeyedBuckets(limits.send_rate, limits.send_burst)
 
     def _check_text(self, text: str) -> None:
         if not text.strip():
@@ -65,6 +69,16 @@ class MessageService:
         if session.user_id is None or session.name is None:
             raise ChatError("not_logged_in", "log in first")
         return session.user_id, session.name
+
+    def _author(self, session: Session, text: str) -> tuple[int, str]:
+        """The sender of a new message, once the text and their send rate allow it."""
+        self._check_text(text)
+        uid, name = self._sender(session)
+        wait = self._sends.take(uid, self._clock.seconds())
+        if wait:
+            raise ChatError("rate_limited", "you are sending too fast; slow down",
+                            retry_after=round(wait + 0.005, 2))
+        return uid, name
 
     async def _store_message(self, name: str, message: NewMessage
                              ) -> tuple[Stored, bytes | None]:
@@ -99,8 +113,7 @@ class MessageService:
 
     async def chat(self, session: Session, to: int, text: str, cid: str | None
                    ) -> dict[str, Any]:
-        self._check_text(text)
-        uid, name = self._sender(session)
+        uid, name = self._author(session, text)
         if await self._users.name_of(to) is None:
             raise ChatError("no_such_user", f"there is no user {to}")
         stored, line = await self._store_message(
@@ -110,8 +123,7 @@ class MessageService:
         return self._reply(stored)
 
     async def broadcast(self, session: Session, text: str, cid: str | None) -> dict[str, Any]:
-        self._check_text(text)
-        uid, name = self._sender(session)
+        uid, name = self._author(session, text)
         stored, line = await self._store_message(
             name, NewMessage(KIND_BROADCAST, uid, text, cid=cid))
         if line is not None:
@@ -120,8 +132,7 @@ class MessageService:
 
     async def group_chat(self, session: Session, gid: int, text: str, cid: str | None
                          ) -> dict[str, Any]:
-        self._check_text(text)
-        uid, name = self._sender(session)
+        uid, name = self._author(session, text)
         # membership is checked, and the recipients read, inside the log transaction
         stored, line = await self._store_message(
             name, NewMessage(KIND_GROUP, uid, text, group_id=gid, cid=cid))

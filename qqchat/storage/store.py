@@ -170,9 +170,28 @@ class Store:
         d.addCallback(lambda rows: [int(r[0]) for r in rows])
         return d
 
-    def request_friend(self, me: int, other: int, now: int) -> defer.Deferred[str]:
+    def _friend_count(self, t: Any, user_id: int) -> int:
+        t.execute(self._q("SELECT COUNT(*) FROM friends WHERE user_id = ?"), (user_id,))
+        return int(t.fetchone()[0])
+
+    def _lock_users(self, t: Any, a: int, b: int) -> None:
+        """Serialise friendship changes of two users, so that two accepts at once
+        cannot both pass the friend cap (SQLite writes are serial already)."""
+        if self.dialect == "mysql":
+            t.execute("SELECT id FROM users WHERE id IN (%s, %s) ORDER BY id FOR UPDATE",
+                      (a, b))
+            t.fetchall()
+
+    def _full(self, t: Any, a: int, b: int, max_friends: int) -> bool:
+        self._lock_users(t, a, b)
+        return (self._friend_count(t, a) >= max_friends
+                or self._friend_count(t, b) >= max_friends)
+
+    def request_friend(self, me: int, other: int, now: int, max_friends: int
+                       ) -> defer.Deferred[str]:
         """Record a request. Returns "friends" (already), "accepted" (``other`` had asked
-        ``me`` first, so both are friends now) or "requested"."""
+        ``me`` first, so both are friends now), "full" (one of the two has
+        ``max_friends`` friends) or "requested"."""
         q_friend = self._q("SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?")
         q_reverse = self._q("SELECT 1 FROM friend_requests WHERE from_id = ? AND to_id = ?")
         q_dup = q_reverse
@@ -184,6 +203,8 @@ class Store:
                 return "friends"
             t.execute(q_reverse, (other, me))
             if t.fetchone():
+                if self._full(t, me, other, max_friends):
+                    return "full"
                 self._befriend(t, me, other, now)
                 return "accepted"
             t.execute(q_dup, (me, other))
@@ -206,16 +227,20 @@ class Store:
             [(a, b, now), (b, a, now)],
         )
 
-    def accept_request(self, me: int, requester: int, now: int) -> defer.Deferred[bool]:
-        """Turn ``requester``'s pending request into a friendship; False if none."""
+    def accept_request(self, me: int, requester: int, now: int, max_friends: int
+                       ) -> defer.Deferred[str]:
+        """Turn ``requester``'s pending request into a friendship: "accepted", "none"
+        (no such request) or "full" (one of the two has ``max_friends`` friends)."""
         q_req = self._q("SELECT 1 FROM friend_requests WHERE from_id = ? AND to_id = ?")
 
-        def txn(t: Any) -> bool:
+        def txn(t: Any) -> str:
             t.execute(q_req, (requester, me))
             if not t.fetchone():
-                return False
+                return "none"
+            if self._full(t, me, requester, max_friends):
+                return "full"
             self._befriend(t, me, requester, now)
-            return True
+            return "accepted"
 
         return self._run(txn)
 
@@ -275,9 +300,13 @@ class Store:
     def group(self, gid: int) -> defer.Deferred[tuple[int, str, str, int] | None]:
         return self._one("SELECT id, name, descr, creator FROM chat_groups WHERE id = ?", gid)
 
-    def join_group(self, gid: int, user_id: int, now: int) -> defer.Deferred[str]:
-        """Returns "joined", "already" or "no_group"."""
-        q_group = self._q("SELECT 1 FROM chat_groups WHERE id = ?")
+    def join_group(self, gid: int, user_id: int, now: int, max_members: int
+                   ) -> defer.Deferred[str]:
+        """Returns "joined", "already", "full" or "no_group"."""
+        # the group row's lock makes concurrent joins count members one at a time
+        lock = " FOR UPDATE" if self.dialect == "mysql" else ""
+        q_group = self._q("SELECT 1 FROM chat_groups WHERE id = ?" + lock)
+        q_count = self._q("SELECT COUNT(*) FROM group_members WHERE group_id = ?")
         q_member = self._q("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?")
         q_ins = self._q(
             "INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
@@ -291,6 +320,9 @@ class Store:
             t.execute(q_member, (gid, user_id))
             if t.fetchone():
                 return "already"
+            t.execute(q_count, (gid,))
+            if int(t.fetchone()[0]) >= max_members:
+                return "full"
             try:
                 t.execute(q_ins, (gid, user_id, "member", head, now))
             except self._integrity_error:
