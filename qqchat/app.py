@@ -46,6 +46,8 @@ class Settings:
     db: str = "sqlite:///qqchat.db"
     db_pool_min: int = 2
     db_pool_max: int = 10
+    #: seconds to keep trying a MySQL server that is not reachable at start
+    db_wait: float = 30.0
     hash_cost: int = DEFAULT_COST
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_line: int = DEFAULT_MAX_LINE
@@ -86,7 +88,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     daemon = ChatDaemon()
     db_config = parse_database_url(settings.db, settings.db_pool_min, settings.db_pool_max)
     pool = make_pool(db_config, reactor)
-    database = DatabaseService(db_config, pool)
+    database = DatabaseService(db_config, pool, reactor, settings.db_wait)
     database.setServiceParent(daemon)
 
     store = Store(pool, db_config.dialect)

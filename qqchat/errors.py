@@ -24,3 +24,8 @@ class UnavailableError(ChatError):
 
     def __init__(self, what: str) -> None:
         super().__init__("unavailable", f"{what} is unavailable, try again shortly")
+
+
+class StartupError(Exception):
+    """The daemon cannot start for a reason the operator must fix; the message says
+    which (logged without a traceback)."""

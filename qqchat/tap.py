@@ -35,6 +35,9 @@ class Options(usage.Options):
          "(mysql needs: pip install 'qqchat[mysql]')."],
         ["db-pool-min", None, "2", "MySQL pool: connections kept open."],
         ["db-pool-max", None, "10", "MySQL pool: most connections at once."],
+        ["db-wait", None, "30",
+         "Seconds to keep retrying a MySQL server that is unreachable at start, "
+         "before exiting with status 1."],
         ["hash-cost", None, str(DEFAULT_COST),
          f"Password hash cost, log2 of scrypt's N ({MIN_COST}-{MAX_COST})."],
         ["idle-timeout", None, "300", "Seconds of silence before a connection is closed."],
@@ -113,6 +116,7 @@ class Options(usage.Options):
             db=self["db"],
             db_pool_min=pool_min,
             db_pool_max=pool_max,
+            db_wait=self._number("db-wait", float, 0),
             hash_cost=cost,
             idle_timeout=self._number("idle-timeout", float, 1),
             max_line=self._number("max-line", int, 1024),

@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 
+from qqchat.errors import StartupError
 from qqchat.net.protocol import ChatFactory
 
 
@@ -47,7 +48,11 @@ class ChatListenerService(Service):
         self.listening.callback(port)
 
     def _failed(self, failure: Any) -> None:
-        self.log.failure("qqchat could not start", failure)
+        if failure.check(StartupError):
+            # an operator's problem with a clear message, not a bug: no traceback
+            self.log.error("qqchat could not start: {why}", why=failure.getErrorMessage())
+        else:
+            self.log.failure("qqchat could not start", failure)
         self.listening.errback(failure)
         self.listening.addErrback(lambda _: None)
         if self.on_fatal is not None:

@@ -11,9 +11,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from qqchat.db import schema_statements
+from qqchat.errors import StartupError
 
 
 class DatabaseURLError(ValueError):
@@ -139,22 +142,40 @@ def make_pool(config: DatabaseConfig, reactor: Any) -> adbapi.ConnectionPool:
     )
 
 
+class DatabaseUnreachableError(StartupError):
+    """The database did not answer within --db-wait at start."""
+
+
 class DatabaseService(Service):
     """Owns the pool: applies the schema at start, closes the pool at stop.
 
     ``ready`` fires once the schema is in place; the listener waits for it so no
-    client is accepted before the database works.
+    client is accepted before the database works. A MySQL server that is not up
+    yet (both started at boot, say) is retried for ``wait`` seconds; SQLite is not
+    retried, since a file that cannot be opened will not heal by itself.
     """
 
     log = Logger()
+    #: seconds between tries while the database is not reachable at start
+    retry_every = 2.0
 
-    def __init__(self, config: DatabaseConfig, pool: adbapi.ConnectionPool) -> None:
+    def __init__(self, config: DatabaseConfig, pool: adbapi.ConnectionPool,
+                 clock: IReactorTime, wait: float = 30.0) -> None:
         self.config = config
         self.pool = pool
+        self.clock = clock
+        self.wait = wait if config.dialect == "mysql" else 0.0
         self.ready: defer.Deferred[None] = defer.Deferred()
+        self._retry: IDelayedCall | None = None
+        self._deadline = 0.0
 
     def startService(self) -> None:
         super().startService()
+        self._deadline = self.clock.seconds() + self.wait
+        self._try()
+
+    def _try(self) -> None:
+        self._retry = None
         statements = schema_statements(self.config.dialect)
 
         def apply(txn: Any) -> None:
@@ -162,10 +183,33 @@ class DatabaseService(Service):
                 txn.execute(stmt)
 
         d = self.pool.runInteraction(apply)
-        d.addCallback(lambda _: self.log.info("database ready: {db}", db=self.config.describe()))
-        d.chainDeferred(self.ready)
+        d.addCallbacks(self._ready, self._failed)
+
+    def _ready(self, _: object) -> None:
+        self.log.info("database ready: {db}", db=self.config.describe())
+        self.ready.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        if not self.running:
+            return
+        left = self._deadline - self.clock.seconds()
+        reason = failure.getErrorMessage()
+        if left <= 0:
+            if self.wait <= 0:
+                self.ready.errback(failure)
+            else:
+                self.ready.errback(DatabaseUnreachableError(
+                    f"database {self.config.describe()} unreachable for {self.wait:g} s "
+                    f"(--db-wait); last error: {reason}"))
+            return
+        self.log.warn("database {db} not reachable yet ({reason}); retrying for "
+                      "{left:.0f} more seconds", db=self.config.describe(), reason=reason,
+                      left=left)
+        self._retry = self.clock.callLater(min(self.retry_every, left), self._try)
 
     def stopService(self) -> None:
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         if self.pool.running:
             self.pool.close()
