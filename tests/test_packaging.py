@@ -56,3 +56,13 @@ def test_bad_options_exit_non_zero_with_a_reason(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert run.returncode != 0, args
         assert reason in run.stdout + run.stderr, args
+
+
+def test_redis_replies_are_parsed_by_hiredis() -> None:
+    """Without hiredis, txredisapi's parser pauses the socket and waits a reactor turn
+    after every bulk string: a cross-node message would cost three of each."""
+    import txredisapi
+
+    from qqchat.relay.redis import _Subscriber
+
+    assert issubclass(_Subscriber, txredisapi.HiredisProtocol)
