@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,71 @@ def test_sigterm_says_goodbye_and_exits_promptly(tmp_path: Path) -> None:
                      "connection closed from", "Server Shut Down"]:
         assert expected in log, expected
     assert "password1" not in log
+
+
+def test_sigterm_during_traffic_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    daemon = DaemonProcess(tmp_path).start()
+    setup = LineClient(daemon.port)
+    names = ["bob", "s1", "s2", "s3", "s4"]
+    for name in names:
+        setup.send(type="register", name=name, password="password1")
+        assert setup.recv()["type"] == "register"
+    setup.close()
+    replied: dict[int, str] = {}  # message id -> text, for every send that got its reply
+    lock = threading.Lock()
+    enough = threading.Event()
+    failures: list[BaseException] = []
+
+    def stream(name: str) -> None:
+        c = LineClient(daemon.port)
+        c.send(type="login", name=name, password="password1")
+        c.until("synced")
+        try:
+            for n in range(5000):  # bounded; the stop comes long before
+                text = f"{name} {n}"
+                c.send(type="chat", to=1, text=text, req=n)
+                frame = c.recv()
+                if frame.get("code") == "rate_limited":  # past the user's burst
+                    time.sleep(frame["retry_after"])
+                    continue
+                if frame["type"] != "chat":
+                    assert frame == {"type": "server_shutdown"}, frame
+                    return
+                with lock:
+                    replied[frame["id"]] = text
+                    if len(replied) >= 200:
+                        enough.set()
+        except (AssertionError, OSError, ValueError) as e:
+            if "connection closed" not in str(e):
+                failures.append(e)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=stream, args=(n,), daemon=True) for n in names[1:]]
+    for t in threads:
+        t.start()
+    assert enough.wait(30)
+    daemon.stop()  # SIGTERM while four senders are mid-stream
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert failures == []
+
+    daemon = DaemonProcess(tmp_path, port=daemon.port).start()
+    try:
+        bob = LineClient(daemon.port)
+        bob.send(type="login", name="bob", password="password1")
+        assert bob.recv()["type"] == "login"
+        got: dict[int, str] = {}
+        while True:
+            frame = bob.recv()
+            if frame["type"] == "synced":
+                break
+            assert frame["id"] not in got, "delivered twice"
+            got[frame["id"]] = frame["text"]
+        assert frame["count"] == len(got)
+        # every send that was answered is there, as sent; an unanswered one may be too
+        assert {i: got.get(i) for i in replied} == replied
+        bob.close()
+    finally:
+        daemon.stop()
