@@ -10,7 +10,11 @@ from typing import Any
 
 from qqchat_client.commands import help_text
 from qqchat_client.console import ChatConsole, PlainScreen, TerminalScreen, restore_terminals
+from qqchat_client.net import TLSSetupError, describe_tls_failure, tls_options
 from twisted.internet import endpoints, stdio, task
+
+#: seconds for the TCP connection, and then for the TLS handshake
+CONNECT_TIMEOUT = 10
 
 EPILOG = """\
 With a terminal on stdin and stdout the client is interactive: type 'help'.
@@ -38,25 +42,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--password", default=None,
                         help="password for login and register; prefer env QQCHAT_PASSWORD, "
                              "which other local users cannot see in the process list")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS; the server's certificate must be signed by a "
+                             "CA the system trusts and name --host")
+    parser.add_argument("--cafile", metavar="PATH",
+                        help="trust the CA certificate(s) in this PEM file instead of the "
+                             "system's, for a private CA (implies --tls)")
     parser.add_argument("--raw", action="store_true",
                         help="show the JSON lines sent (prefixed '> ') and received, "
                              "instead of readable text")
     return parser
 
 
-async def run(reactor: Any, args: argparse.Namespace) -> None:
+async def run(reactor: Any, args: argparse.Namespace, tls: Any = None) -> None:
     interactive = os.isatty(0) and os.isatty(1)
     password = args.password if args.password is not None else os.environ.get(
         "QQCHAT_PASSWORD")
     address = f"{args.host}:{args.port}"
     console = ChatConsole(reactor, address, password=password, raw=args.raw,
                           interactive=interactive)
-    endpoint = endpoints.HostnameEndpoint(reactor, args.host, args.port, timeout=10)
+    endpoint = endpoints.HostnameEndpoint(reactor, args.host, args.port,
+                                          timeout=CONNECT_TIMEOUT)
+    if tls is not None:
+        endpoint = endpoints.wrapClientTLS(tls, endpoint)
     try:
-        await endpoints.connectProtocol(endpoint, console.protocol())
+        proto = await endpoints.connectProtocol(endpoint, console.protocol())
     except Exception as e:
         sys.stderr.write(f"qqchat-client: cannot connect to {address}: {e}\n")
         raise SystemExit(1) from None
+    if tls is not None:
+        # nothing is shown or sent before the server has proven who it is
+        try:
+            await proto.when_secure().addTimeout(CONNECT_TIMEOUT, reactor)
+        except Exception as e:
+            if proto.transport is not None and proto.is_open:
+                proto.transport.abortConnection()
+            sys.stderr.write(f"qqchat-client: cannot connect to {address}: "
+                             f"{describe_tls_failure(e, args.host, args.cafile)}\n")
+            raise SystemExit(1) from None
 
     screen = TerminalScreen(console) if interactive else PlainScreen(console, os.isatty(0))
     stdio.StandardIO(screen, reactor=reactor)
@@ -78,11 +101,18 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
-        build_parser().error("--port must be 1-65535")
+        parser.error("--port must be 1-65535")
+    tls = None
+    if args.tls or args.cafile:
+        try:
+            tls = tls_options(args.host, args.cafile)
+        except TLSSetupError as e:
+            parser.error(str(e))
     try:
-        task.react(run, (args,))
+        task.react(run, (args, tls))
     finally:
         restore_terminals()
 

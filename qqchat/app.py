@@ -14,7 +14,9 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints, threads
 
 from qqchat.dispatch import Dispatcher
+from qqchat.metrics import Registry, watch_process
 from qqchat.net.listener import ChatListenerService
+from qqchat.net.metrics_http import MetricsService
 from qqchat.net.protocol import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_LINE,
@@ -48,6 +50,8 @@ class Settings:
     db_pool_max: int = 10
     #: seconds to keep trying a MySQL server that is not reachable at start
     db_wait: float = 30.0
+    #: milliseconds between the starts of two message-log transactions at the least
+    commit_interval_ms: float = 0.0
     hash_cost: int = DEFAULT_COST
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_line: int = DEFAULT_MAX_LINE
@@ -59,11 +63,16 @@ class Settings:
     #: redis://HOST:PORT/N turns on cluster mode; None is a single node
     redis: str | None = None
     node_id: str | None = None
+    #: a Twisted endpoint serving GET /metrics (Prometheus text); None: off
+    metrics_listen: str | None = None
     limits: Limits = field(default_factory=Limits)
+    #: PEM paths: serve TLS on ``listen`` (the certificate file may carry its chain)
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class ChatDaemon(MultiService):
-    """The whole daemon. Children start in order (database, listener) and stop in
+    """The whole daemon. Children start in order ([metrics,] database, listener) and stop in
     reverse, one after the other: MultiService would stop them all at once and close
     the pool under the listener's goodbyes and presence updates."""
 
@@ -75,6 +84,8 @@ class ChatDaemon(MultiService):
         self.hub: SessionHub
         self.log: MessageLog
         self.relay: Relay
+        self.registry: Registry
+        self.metrics: MetricsService | None = None
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -86,19 +97,27 @@ class ChatDaemon(MultiService):
 def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None = None
           ) -> ChatDaemon:
     daemon = ChatDaemon()
+    metrics = Registry()
+    watch_process(metrics)
+    if settings.metrics_listen is not None:
+        daemon.metrics = MetricsService(
+            endpoints.serverFromString(reactor, settings.metrics_listen), metrics, on_fatal)
+        daemon.metrics.setServiceParent(daemon)  # first: serves through startup and stop
     db_config = parse_database_url(settings.db, settings.db_pool_min, settings.db_pool_max)
     pool = make_pool(db_config, reactor)
     database = DatabaseService(db_config, pool, reactor, settings.db_wait)
     database.setServiceParent(daemon)
 
     store = Store(pool, db_config.dialect)
-    log = MessageLog(store, reactor)
-    hub = SessionHub()
+    log = MessageLog(store, reactor, metrics=metrics,
+                     min_interval=settings.commit_interval_ms / 1000)
+    hub = SessionHub(metrics=metrics)
     relay: Relay
     if settings.redis:
         from qqchat.relay.redis import RedisRelay, parse_redis_url
 
-        cluster = RedisRelay(parse_redis_url(settings.redis), hub, reactor, settings.node_id)
+        cluster = RedisRelay(parse_redis_url(settings.redis), hub, reactor, settings.node_id,
+                             metrics=metrics)
         cluster.setServiceParent(daemon)  # stopped after the listener: logouts reach Redis
         relay = cluster
     else:
@@ -111,10 +130,10 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
                     settings.hash_cost)
     accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
                               kick_on_duplicate=settings.kick_on_duplicate)
-    messages = MessageService(store, log, relay, users, limits, reactor)
+    messages = MessageService(store, log, relay, users, limits, reactor, metrics=metrics)
     friends = FriendService(store, relay, users, reactor, limits)
     groups = GroupService(store, relay, reactor, limits)
-    dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits)
+    dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits, metrics=metrics)
     if settings.redis:
         cluster.resync = lambda s: defer.Deferred.fromCoroutine(messages.resync(s))
         cluster.gone_offline = lambda uid, name: defer.Deferred.fromCoroutine(
@@ -122,11 +141,17 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
 
     factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line,
                           settings.max_send_buffer, settings.rate_limit,
-                          settings.rate_burst, settings.max_per_address)
+                          settings.rate_burst, settings.max_per_address,
+                          metrics=metrics)
     endpoint = endpoints.serverFromString(reactor, settings.listen)
+    if settings.tls_cert and settings.tls_key:
+        from qqchat.net.tls import tls_endpoint  # pyOpenSSL only when TLS is used
+
+        endpoint = tls_endpoint(endpoint, settings.tls_cert, settings.tls_key)
     listener = ChatListenerService(endpoint, factory, database.ready, reactor, on_fatal)
     listener.setServiceParent(daemon)
 
     daemon.database, daemon.listener, daemon.dispatcher = database, listener, dispatcher
     daemon.hub, daemon.log, daemon.relay = hub, log, relay
+    daemon.registry = metrics
     return daemon

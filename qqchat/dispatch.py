@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qqchat.errors import ChatError
+from qqchat.metrics import Registry
 from qqchat.services.accounts import AccountService
 from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
@@ -73,7 +74,7 @@ class Dispatcher:
 
     def __init__(self, accounts: AccountService, presence: PresenceService,
                  messages: MessageService, friends: FriendService, groups: GroupService,
-                 limits: Limits) -> None:
+                 limits: Limits, metrics: Registry | None = None) -> None:
         self.accounts = accounts
         self.presence = presence
         self.messages = messages
@@ -81,6 +82,11 @@ class Dispatcher:
         self.groups = groups
         self.limits = limits
         self._cleanups: set[defer.Deferred[None]] = set()
+        m = metrics if metrics is not None else Registry()
+        self._requests = m.counter("qqchat_requests_total", "Requests by type ('unknown': a "
+                                   "type the server does not have).", ["type"])
+        self._errors = m.counter("qqchat_errors_sent_total", "Error frames sent, by code.",
+                                 ["code"])
 
     # -- the boundary -----------------------------------------------------
 
@@ -99,6 +105,7 @@ class Dispatcher:
             return defer.succeed(error_frame(code, "field 'type' must be a string",
                                              req=req, field="type"))
         handler: Handler | None = getattr(self, "handle_" + typ, None)
+        self._requests.labels(typ if handler is not None else "unknown").inc()
         if handler is None:
             return defer.succeed(error_frame("unknown_type", f"unknown request type {typ!r}",
                                              req=req))
@@ -164,6 +171,7 @@ class Dispatcher:
             code = e.code if isinstance(e, ChatError) else "internal"
             if code == "internal":
                 self.log.failure("backlog for {uid} failed", uid=session.user_id)
+            self._errors.labels(code).inc()  # sent here, not through the protocol's send_frame
             session.send(error_frame(code, "offline messages could not be loaded; "
                                            "closing, log in again"))
             session.conn.close()

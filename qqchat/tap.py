@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet.endpoints import quoteStringArgument
 from twisted.python import usage
 
 from qqchat.app import Settings, build
@@ -30,11 +31,18 @@ class Options(usage.Options):
         ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."],
         ["listen", None, None, "A Twisted endpoint string; overrides --port/--interface "
                                "(e.g. tcp:6000:interface=::1)."],
+        ["tls-cert", None, None,
+         "Serve TLS: PEM file with the server's certificate, then any intermediate CAs "
+         "(needs --tls-key)."],
+        ["tls-key", None, None, "PEM file with the private key of --tls-cert, unencrypted."],
         ["db", None, "sqlite:///qqchat.db",
          "Database URL: sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DB "
          "(mysql needs: pip install 'qqchat[mysql]')."],
         ["db-pool-min", None, "2", "MySQL pool: connections kept open."],
         ["db-pool-max", None, "10", "MySQL pool: most connections at once."],
+        ["commit-interval-ms", None, "0",
+         "Milliseconds between the starts of two message-log commits at the least: "
+         "under load, fewer and larger commits for a little latency."],
         ["db-wait", None, "30",
          "Seconds to keep retrying a MySQL server that is unreachable at start, "
          "before exiting with status 1."],
@@ -68,6 +76,9 @@ class Options(usage.Options):
         ["node-id", None, None, "This daemon's name in the cluster (default: random)."],
         ["duplicate-login", None, "kick",
          "When a logged-in user logs in again: 'kick' the old session or 'reject' the new."],
+        ["metrics-port", None, None,
+         "Serve Prometheus metrics over HTTP at /metrics on this port (default: off)."],
+        ["metrics-interface", None, "127.0.0.1", "Address for --metrics-port."],
     ]
 
     def __init__(self) -> None:
@@ -85,6 +96,14 @@ class Options(usage.Options):
         if value < low:
             raise usage.UsageError(f"--{key} must be at least {low}")
         return value
+
+    def _metrics_listen(self) -> str | None:
+        if not self["metrics-port"]:
+            return None
+        port = self._number("metrics-port", int, 0)
+        if port > 65535:
+            raise usage.UsageError("--metrics-port must be at most 65535")
+        return f"tcp:{port}:interface={quoteStringArgument(self['metrics-interface'])}"
 
     def postOptions(self) -> None:
         port = self._number("port", int, 0)
@@ -111,12 +130,23 @@ class Options(usage.Options):
             if self["db"].startswith("sqlite"):
                 raise usage.UsageError("--redis (cluster mode) needs a shared --db mysql://...")
         listen = self["listen"] or f"tcp:{port}:interface={self['interface']}"
+        tls_cert, tls_key = self["tls-cert"] or None, self["tls-key"] or None
+        if tls_cert or tls_key or listen.lower().startswith("ssl:"):
+            from qqchat.net.tls import TLSConfigError, check_options
+
+            try:
+                check_options(listen, tls_cert, tls_key)
+            except TLSConfigError as e:
+                raise usage.UsageError(str(e)) from None
         self.settings = Settings(
             listen=listen,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
             db=self["db"],
             db_pool_min=pool_min,
             db_pool_max=pool_max,
             db_wait=self._number("db-wait", float, 0),
+            commit_interval_ms=self._number("commit-interval-ms", float, 0),
             hash_cost=cost,
             idle_timeout=self._number("idle-timeout", float, 1),
             max_line=self._number("max-line", int, 1024),
@@ -133,6 +163,7 @@ class Options(usage.Options):
             kick_on_duplicate=self["duplicate-login"] == "kick",
             redis=self["redis"] or None,
             node_id=self["node-id"] or None,
+            metrics_listen=self._metrics_listen(),
         )
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -38,9 +39,9 @@ def run_client(port: int, script: str, *args: str, password: str | None = PASSWO
                           env=client_env(password))
 
 
-def register(port: int, *names: str) -> dict[str, int]:
+def register(port: int, *names: str, client_args: Sequence[str] = ()) -> dict[str, int]:
     """Register users; their ids by name."""
-    done = run_client(port, "".join(f"register {n}\n" for n in names))
+    done = run_client(port, "".join(f"register {n}\n" for n in names), *client_args)
     assert done.returncode == 0, done.stdout + done.stderr
     ids = {m[1]: int(m[2]) for m in re.finditer(r"Registered (\S+) with id (\d+)", done.stdout)}
     assert set(ids) == set(names), done.stdout

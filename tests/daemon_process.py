@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -37,9 +38,11 @@ class DaemonProcess:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, args: Sequence[str] = ()
+                 ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self.args = list(args)  # more daemon options, e.g. --tls-cert/--tls-key
         self.log_path = self.workdir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -53,7 +56,8 @@ class DaemonProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [str(BIN / "twistd"), "-n", "--pidfile=", "qqchat",
                "--interface", self.host, "--port", str(self.port),
-               "--db", f"sqlite:///{self.workdir / 'chat.db'}", "--hash-cost", "4"]
+               "--db", f"sqlite:///{self.workdir / 'chat.db'}", "--hash-cost", "4",
+               *self.args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("QQCHAT_")}
         with open(self.log_path, "wb") as log:
             # output to a file, not a pipe nobody reads, so the daemon can never block on it

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from qqchat.codec import DecodeError, decode, encode
 from qqchat.dispatch import Dispatcher, error_frame
+from qqchat.metrics import Registry
 from qqchat.ratelimit import TokenBucket
 from qqchat.session import Session
 
@@ -88,6 +89,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._abort_call: IDelayedCall | None = None
         self._lost = False
         self._socket_paused = False
+        #: the plain TCP transport, when lines may be sent on its socket directly
+        self._tcp: tcp.Connection | None = None
         self.stopping = False
         self._bucket = TokenBucket(factory.rate_limit, factory.rate_burst,
                                    factory.clock.seconds())
@@ -104,9 +107,27 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
                 self.session.closed = True
                 self.transport.abortConnection()
                 return
+        if line.startswith(b'{"type":"message"'):
+            self.factory.count_push(line)
+        t = self._tcp
+        if t is not None and not t._tempDataBuffer and not t.dataBuffer and not t.disconnecting:
+            # Nothing queued: hand the line to the kernel now. Through transport.write
+            # it would cost registering the socket for writing and unregistering it
+            # once sent (two epoll_ctl calls and a reactor pass) for every line.
+            try:
+                sent = t.socket.send(line)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own write finds the error and reports it
+            if sent == len(line):
+                return
+            line = line[sent:]
         self.transport.write(line)
 
     def send_frame(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "error":
+            self.factory.errors.labels(frame["code"]).inc()
         self.send_line(encode(frame))
 
     def close(self) -> None:
@@ -206,6 +227,7 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if not self.factory.admit(self.address):
             self.log.info("refused {peer}: too many connections from its address",
                           peer=self.peer)
+            self.factory.errors.labels("too_many_connections").inc()
             self.transport.write(encode(error_frame(
                 "too_many_connections", "too many connections from your address; closing")))
             self.session.closed = True
@@ -216,6 +238,8 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         # chat lines are small and latency matters: do not let Nagle hold them back
         if ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        if isinstance(self.transport, tcp.Connection):
+            self._tcp = self.transport
         self.transport.registerProducer(_WriteWatch(self), True)
         self.setTimeout(self.factory.idle_timeout)
         self.log.info("connection open from {peer}", peer=self.peer)
@@ -305,7 +329,8 @@ class ChatFactory(protocol.Factory):
                  max_send_buffer: int = DEFAULT_SEND_BUFFER,
                  rate_limit: float = DEFAULT_RATE_LIMIT,
                  rate_burst: int = DEFAULT_RATE_BURST,
-                 max_per_address: int = DEFAULT_MAX_PER_ADDRESS) -> None:
+                 max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+                 metrics: Registry | None = None) -> None:
         self.dispatcher = dispatcher
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -316,6 +341,28 @@ class ChatFactory(protocol.Factory):
         self.max_per_address = max_per_address
         self.live: set[ChatProtocol] = set()
         self._per_address: dict[str, int] = {}
+        m = metrics if metrics is not None else Registry()
+        m.gauge("qqchat_connections_open", "Client connections open now.",
+                lambda: len(self.live))
+        self.accepted = m.counter("qqchat_connections_accepted_total",
+                                  "Client connections accepted (refused ones included).")
+        self.errors = m.counter("qqchat_errors_sent_total", "Error frames sent, by code.",
+                                ["code"])
+        pushes = m.counter("qqchat_message_pushes_total",
+                           "Message pushes written to clients (live and backlog), by kind.",
+                           ["kind"])
+        self._pushed = (pushes.labels("direct"), pushes.labels("group"),
+                        pushes.labels("broadcast"))
+
+    def count_push(self, line: bytes) -> None:
+        """Count one ``message`` push by kind, read off its keys: a key cannot occur
+        inside a JSON string, where every quote is escaped."""
+        if b'"to":' in line:
+            self._pushed[0].inc()
+        elif b'"group":' in line:
+            self._pushed[1].inc()
+        else:
+            self._pushed[2].inc()
 
     def admit(self, address: str) -> bool:
         """Count a new connection from ``address``, unless it already has its share."""
@@ -331,4 +378,5 @@ class ChatFactory(protocol.Factory):
             self._per_address[address] = count
 
     def buildProtocol(self, addr: IAddress) -> ChatProtocol:
+        self.accepted.inc()
         return ChatProtocol(self)

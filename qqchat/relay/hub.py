@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from qqchat.metrics import Registry
 from qqchat.session import Session
 
 
 class SessionHub:
     """This node's user-id -> session map. Both relays deliver through it."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Registry | None = None) -> None:
         self._by_user: dict[int, Session] = {}
+        if metrics is not None:
+            metrics.gauge("qqchat_users_logged_in", "Users logged in on this node.",
+                          self.__len__)
 
     def __len__(self) -> int:
         return len(self._by_user)

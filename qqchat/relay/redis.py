@@ -21,6 +21,7 @@ session; ``qq:all`` for broadcasts. Payloads: ``M <id> <line>`` (a stored messag
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -35,6 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from qqchat.errors import ChatError, UnavailableError
+from qqchat.metrics import LATENCY_BUCKETS, Registry
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
 from qqchat.session import Session
@@ -44,6 +46,7 @@ HEARTBEAT = 5.0  # seconds between node heartbeats and reaper passes
 NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
 COMMAND_TIMEOUT = 5.0
 MAX_UNSENT = 10_000
+_TS = re.compile(rb'"ts":(\d+)')  # a key: inside a JSON string a quote is escaped
 
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
@@ -194,7 +197,7 @@ class RedisRelay(Service):
     log = Logger()
 
     def __init__(self, config: RedisConfig, hub: SessionHub, reactor: Any,
-                 node_id: str | None = None) -> None:
+                 node_id: str | None = None, metrics: Registry | None = None) -> None:
         self.config = config
         self.hub = hub
         self._local = LocalRelay(hub)  # for the sessions on this node
@@ -217,6 +220,13 @@ class RedisRelay(Service):
         #: publishes made while Redis was away, sent when it is back (bounded: the log
         #: is the record, this only saves recipients a wait until their next login)
         self._unsent: deque[tuple[str, bytes]] = deque(maxlen=MAX_UNSENT)
+        m = metrics if metrics is not None else Registry()
+        self._lag = m.histogram(
+            "qqchat_relay_lag_seconds", "From a message's log timestamp to its arrival "
+            "through Redis on the node of a recipient (wall clocks of both nodes).",
+            LATENCY_BUCKETS)
+        m.gauge("qqchat_relay_unsent", "Publishes queued while Redis is away (at most "
+                f"{MAX_UNSENT}; older ones are dropped).", lambda: len(self._unsent))
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -357,6 +367,7 @@ class RedisRelay(Service):
         kind, _, rest = message.partition(b" ")
         if kind == b"M":
             mid, _, line = rest.partition(b" ")
+            self._observe_lag(line)
             session = self._session_for(channel)
             if session is not None:
                 session.deliver(int(mid), line)
@@ -372,7 +383,13 @@ class RedisRelay(Service):
         elif kind == b"B":
             node, mid, sender, line = rest.split(b" ", 3)
             if node.decode() != self.node:
+                self._observe_lag(line)
                 self._local.deliver_all(int(mid), line, int(sender))
+
+    def _observe_lag(self, line: bytes) -> None:
+        found = _TS.search(line)
+        if found is not None:
+            self._lag.observe(max(0.0, self.clock.seconds() - int(found[1]) / 1000))
 
     def _session_for(self, channel: bytes) -> Session | None:
         try:

@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from qqchat.codec import encode
 from qqchat.errors import ChatError
+from qqchat.metrics import Registry
 from qqchat.ratelimit import KeyedBuckets
 from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
@@ -47,7 +48,7 @@ def message_frame(row: MessageRow) -> dict[str, Any]:
 
 class MessageService:
     def __init__(self, store: Store, log: MessageLog, relay: Relay, users: UserDirectory,
-                 limits: Limits, clock: IReactorTime) -> None:
+                 limits: Limits, clock: IReactorTime, metrics: Registry | None = None) -> None:
         self._store = store
         self._log = log
         self._relay = relay
@@ -55,6 +56,10 @@ class MessageService:
         self._limits = limits
         self._clock = clock
         self._sends = KeyedBuckets(limits.send_rate, limits.send_burst)
+        stored = (metrics if metrics is not None else Registry()).counter(
+            "qqchat_messages_stored_total", "Messages committed to the log, by kind.", ["kind"])
+        self._stored = {KIND_DIRECT: stored.labels("direct"), KIND_GROUP: stored.labels("group"),
+                        KIND_BROADCAST: stored.labels("broadcast")}
 
     def _check_text(self, text: str) -> None:
         if not text.strip():
@@ -97,6 +102,7 @@ class MessageService:
             if message.group_id is not None:
                 stored.members = await self._store.group_member_ids(message.group_id)
             return stored, encode(message_frame(original))
+        self._stored[message.kind].inc()
         row: MessageRow = (stored.id, message.kind, message.sender, name,
                            message.recipient, message.group_id, message.body, stored.ts)
         return stored, encode(message_frame(row))
