@@ -137,6 +137,17 @@ async def test_history_pages_backwards(server: Running) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_notes_to_self_appear_once_in_history(server: Running) -> None:
+    alice = await server.user("alice")
+    bob = await server.user("bob")
+    ids = [(await alice.ok("chat", to=alice.user_id, text=f"note {n}"))["id"]
+           for n in range(3)]
+    await alice.ok("chat", to=bob.user_id, text="not a note")
+    page = await alice.ok("history", **{"with": alice.user_id, "limit": 10})
+    assert [(m["id"], m["text"]) for m in page["messages"]] == \
+        [(i, f"note {n}") for n, i in enumerate(ids)]
+
+@pytest_twisted.ensureDeferred
 async def test_cids_are_compared_exactly(server: Running) -> None:
     alice = await server.user("alice")
     bob = await server.user("bob")

@@ -261,14 +261,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         if msg is None:
             self.send_frame(error_frame("bad_json", "each line must be one JSON object"))
             return
-        d = self.factory.dispatcher.dispatch(self.session, msg)
-        fired: list[bool] = []
-        d.addCallback(self._replied, fired)
-        d.addErrback(self._crashed)
-        if not fired:
-            self._inflight = d
+        d = self._inflight = self.factory.dispatcher.dispatch(self.session, msg)
+        d.addBoth(self._answered)
+        if self._inflight is not None:  # waiting on storage: read no further meanwhile
             self._pause("request")
-            d.addBoth(self._request_done)
 
     def _refuse(self, msg: Any, wait: float) -> None:
         """Too many requests: say so and when to retry; the request is not run."""
@@ -277,18 +273,18 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
             extra["req"] = msg["req"]
         self.send_frame(error_frame("rate_limited", "too many requests; slow down", **extra))
 
-    def _replied(self, frame: dict[str, Any] | None, fired: list[bool]) -> None:
-        fired.append(True)
-        if frame is not None:
-            self.send_frame(frame)
-
-    def _crashed(self, failure: Failure) -> None:
-        self.log.failure("reply to {peer} failed", failure, peer=self.peer)
-
-    def _request_done(self, result: object) -> object:
+    def _answered(self, result: dict[str, Any] | Failure | None) -> None:
+        """One callback for the whole request: reply, then read the next line."""
         self._inflight = None
-        self._unpause("request")
-        return result
+        if isinstance(result, Failure):
+            self.log.failure("reply to {peer} failed", result, peer=self.peer)
+        elif result is not None:
+            try:
+                self.send_frame(result)
+            except Exception:
+                self.log.failure("reply to {peer} failed", peer=self.peer)
+        if "request" in self._pauses:
+            self._unpause("request")
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.send_frame(error_frame(

@@ -468,11 +468,12 @@ class Store:
         self included), their groups' since they joined, and others' broadcasts."""
         return self._all(
             f"SELECT {_MESSAGE_COLUMNS} FROM ("
-            " SELECT id FROM (SELECT id FROM messages WHERE recipient = ? AND id > ?"
+            " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND recipient = ? AND id > ?"
             "  ORDER BY id LIMIT ?) d"
             " UNION ALL"
             " SELECT id FROM (SELECT m.id FROM group_members gm JOIN messages m"
-            "  ON m.group_id = gm.group_id WHERE gm.user_id = ? AND m.id > gm.since_id"
+            "  ON m.group_id = gm.group_id WHERE m.kind = 2 AND gm.user_id = ?"
+            "  AND m.id > gm.since_id"
             "  AND m.id > ? AND m.sender <> ? ORDER BY m.id LIMIT ?) g"
             " UNION ALL"
             " SELECT id FROM (SELECT id FROM messages WHERE kind = 3 AND id > ? AND sender <> ?"
@@ -487,17 +488,23 @@ class Store:
 
     def history_direct(self, a: int, b: int, before: int, limit: int
                        ) -> defer.Deferred[list[MessageRow]]:
+        # one index range per direction, newest first, then the newest of both
         return self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
-            " WHERE m.kind = 1 AND ((m.sender = ? AND m.recipient = ?)"
-            " OR (m.sender = ? AND m.recipient = ?)) AND m.id < ? ORDER BY m.id DESC LIMIT ?",
-            a, b, b, a, before, limit,
+            f"SELECT {_MESSAGE_COLUMNS} FROM ("
+            " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND sender = ?"
+            "  AND recipient = ? AND id < ? ORDER BY id DESC LIMIT ?) ab"
+            " UNION ALL"
+            " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND sender = ?"
+            "  AND recipient = ? AND id < ? ORDER BY id DESC LIMIT ?) ba"
+            ") x JOIN messages m ON m.id = x.id JOIN users u ON u.id = m.sender"
+            " ORDER BY m.id DESC LIMIT ?",
+            a, b, before, limit, b, a, before, limit if a != b else 0, limit,
         )
 
     def history_group(self, gid: int, before: int, limit: int
                       ) -> defer.Deferred[list[MessageRow]]:
         return self._all(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
-            " WHERE m.group_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
+            " WHERE m.kind = 2 AND m.group_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
             gid, before, limit,
         )
