@@ -394,7 +394,6 @@ class Store:
         """
         q_reserve = self._q("UPDATE log_seq SET last_id = last_id + ? WHERE id = 1")
         q_head = self._q("SELECT last_id FROM log_seq WHERE id = 1")
-        q_cid = self._q("SELECT id, ts FROM messages WHERE sender = ? AND cid = ?")
         q_ins = self._q(
             "INSERT INTO messages (id, kind, sender, recipient, group_id, body, ts, cid) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -409,7 +408,8 @@ class Store:
                 t.execute(q_head)
                 next_id = int(t.fetchone()[0]) - len(messages) + 1
                 rows = []
-                by_cid: dict[tuple[int, str], Stored] = {}
+                by_cid = self._stored_cids(
+                    t, {(m.sender, m.cid) for m in messages if m.cid is not None})
                 # read under the log_seq lock: a join either committed before (and
                 # the joiner gets the message) or gets a since_id past it
                 members: dict[int, list[int]] = {}
@@ -422,13 +422,7 @@ class Store:
                         results.append(Stored(0, now, False, rejected=True))
                         continue
                     if m.cid is not None:
-                        key = (m.sender, m.cid)
-                        seen = by_cid.get(key)
-                        if seen is None:
-                            t.execute(q_cid, key)
-                            row = t.fetchone()
-                            if row is not None:
-                                seen = by_cid[key] = Stored(int(row[0]), int(row[1]), False)
+                        seen = by_cid.get((m.sender, m.cid))
                         if seen is not None:
                             results.append(Stored(seen.id, seen.ts, True))
                             continue
@@ -446,6 +440,27 @@ class Store:
             return results
 
         return self._run(txn)
+
+    #: (sender, cid) pairs looked up per statement
+    _CID_CHUNK = 100
+
+    def _stored_cids(self, t: Any, keys: set[tuple[int, str]]
+                     ) -> dict[tuple[int, str], Stored]:
+        """The messages already stored under these (sender, cid) keys, in one statement
+        per hundred keys rather than one per message: on MySQL each statement is a
+        round trip to the server."""
+        found: dict[tuple[int, str], Stored] = {}
+        todo = list(keys)
+        for i in range(0, len(todo), self._CID_CHUNK):
+            chunk = todo[i : i + self._CID_CHUNK]
+            where = " OR ".join(["(sender = ? AND cid = ?)"] * len(chunk))
+            t.execute(self._q(f"SELECT sender, cid, id, ts FROM messages WHERE {where}"),
+                      [v for key in chunk for v in key])
+            for sender, cid, mid, ts in t.fetchall():
+                if isinstance(cid, bytes):
+                    cid = cid.decode()
+                found[(int(sender), cid)] = Stored(int(mid), int(ts), False)
+        return found
 
     def message(self, message_id: int) -> defer.Deferred[MessageRow | None]:
         return self._one(
