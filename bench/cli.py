@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog")
+WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog", "soak")
 DEFAULT_COST = 14  # the daemon's default password-hash cost
 CHEAPEST_COST = 4  # the cheapest it accepts
 SETUP_COST = 4  # for workloads that only need users to exist
@@ -27,7 +27,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "group": {"messages": 100, "warmup": 5},
     "backlog": {"messages": 10_000, "warmup": 0},
     "login": {"messages": 0, "warmup": 0},
-    "idle": {"messages": 0, "warmup": 0},
+    "idle": {"messages": 0, "warmup": 0, "clients": 20_000},
+    "soak": {"messages": 0, "warmup": 0, "clients": 1000},
 }
 
 
@@ -61,8 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "stacks to PATH (PATH.N with --runs; PATH.a and PATH.b, one per "
                         "node, with --cross); summarise with "
                         "python -m bench.pyspy PATH")
-    r.add_argument("--deadline", type=float, default=900.0,
-                   help="hard limit for one run, seconds (default 900)")
+    r.add_argument("--deadline", type=float,
+                   help="hard limit for one run, seconds (default 900; soak: the load's "
+                        "--minutes plus 600)")
     r.add_argument("--op-timeout", type=float, default=60.0,
                    help="longest wait for any one reply or delivery, seconds (default 60)")
     w = p.add_argument_group("workload sizes")
@@ -77,8 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--users", type=int,
                    help="login: users (1000; 200 at a cost of 10 or more)")
     w.add_argument("--members", type=int, default=200, help="group: members (200)")
-    w.add_argument("--clients", type=int, default=20_000,
-                   help="idle: most clients to log in (20000; capped by fd limits)")
+    w.add_argument("--clients", type=int,
+                   help="idle: most clients to log in (20000; capped by fd limits); "
+                        "soak: clients (1000)")
+    w.add_argument("--minutes", type=float, default=10.0,
+                   help="soak: how long every client keeps acting (10)")
+    w.add_argument("--groups", type=int, default=5, help="soak: groups (5)")
     w.add_argument("--hold", type=float, default=2.0,
                    help="idle: seconds to hold the clients before checking them (2)")
     w.add_argument("--senders", type=int, default=20,
@@ -100,11 +106,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in DEFAULTS[args.workload].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("runs", "pairs", "members", "clients", "senders", "ack_every", "text_size"):
+    if args.clients is None:
+        args.clients = 20_000
+    if args.deadline is None:
+        args.deadline = args.minutes * 60 + 600 if args.workload == "soak" else 900.0
+    for key in ("runs", "pairs", "members", "clients", "senders", "ack_every", "text_size",
+                "groups"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.messages < 0 or args.warmup < 0:
         p.error("--messages and --warmup cannot be negative")
+    if not args.minutes > 0:
+        p.error("--minutes must be more than 0")
     if args.workload in ("chat", "group", "backlog") and args.messages < 1:
         p.error("--messages must be at least 1")
     if args.text_size > 4000:
@@ -153,6 +166,8 @@ def case_label(args: argparse.Namespace, case: dict[str, Any]) -> str:
         return f"{db}{cross} pairs={args.pairs} msgs={args.messages}"
     if w == "group":
         return f"{db} members={args.members} msgs={args.messages}"
+    if w == "soak":
+        return f"{db} clients={args.clients} minutes={args.minutes:g}"
     if w == "idle":
         return f"{db} cap={args.clients}"
     return f"{db} msgs={args.messages} senders={args.senders}"
@@ -220,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: int,
                      plan: tuple[int | None, int | None], out: dict[str, Any]) -> bool:
     from bench import daemon as dmod
+    from bench import soak  # noqa: F401  (registers the soak workload and its summary)
     from bench.stats import aggregate, median_line, run_line
 
     log = sys.stderr if args.json else sys.stdout

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import hypothesis_profiles  # noqa: F401  (loads the Hypothesis profile before any test)
 import pytest
 import pytest_twisted
 from chatclient import ChatClient, connect

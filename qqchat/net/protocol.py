@@ -31,6 +31,7 @@ DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
 #: person types, low enough that one connection cannot monopolise a core
 DEFAULT_RATE_LIMIT = 200.0
 DEFAULT_RATE_BURST = 400
+_UNDECODABLE = object()
 #: connections one client address may hold at once (0: no cap)
 DEFAULT_MAX_PER_ADDRESS = 200
 #: how long a closing connection may take to flush before it is cut
@@ -253,12 +254,12 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         try:
             msg = decode(line)
         except DecodeError:
-            msg = None
+            msg = _UNDECODABLE  # not None: the line `null` is JSON, just not an object
         wait = self._bucket.take(self.factory.clock.seconds())
         if wait:
             self._refuse(msg, wait)
             return
-        if msg is None:
+        if msg is _UNDECODABLE:
             self.send_frame(error_frame("bad_json", "each line must be one JSON object"))
             return
         d = self._inflight = self.factory.dispatcher.dispatch(self.session, msg)
