@@ -15,6 +15,7 @@ from twisted.internet import defer, task
 from unit_support import Client, FakeConnection, Services, build_services, result_of, run
 
 from qqchat.errors import ChatError
+from qqchat.services.limits import Limits
 from qqchat.session import Session
 from qqchat.storage.log import MessageLog
 from qqchat.storage.store import KIND_DIRECT, NewMessage, Stored
@@ -613,6 +614,26 @@ def test_appends_during_a_commit_go_into_the_next_batch(clock: task.Clock) -> No
     assert result_of(log.idle()) is None
 
 
+def test_settled_waits_only_for_that_users_acks(clock: task.Clock) -> None:
+    """A login first lets the user's queued or in-flight ack commit (so its backlog
+    does not repeat what was acked), and costs no transaction when there is none."""
+    store = HeldStore()
+    log = MessageLog(store, clock)  # type: ignore[arg-type]
+    assert result_of(log.settled(7)) is None and store.batches == []
+    log.ack(7, 5)
+    queued = log.settled(7)
+    assert result_of(log.settled(8)) is None  # another user waits for nothing
+    clock.advance(0)
+    assert store.batches[0][1] == [(7, 5)] and not queued.called
+    in_flight = log.settled(7)  # the ack is being written: wait for the next batch
+    store.commit(0)
+    assert result_of(queued) is None and not in_flight.called
+    clock.advance(0)
+    store.commit(1)
+    assert result_of(in_flight) is None
+    assert result_of(log.settled(7)) is None and len(store.batches) == 2
+
+
 def test_batches_are_capped(clock: task.Clock) -> None:
     store = HeldStore()
     log = MessageLog(store, clock, max_batch=2)  # type: ignore[arg-type]
@@ -660,14 +681,14 @@ def test_connection_dropped_during_login_leaves_friends_seeing_offline(
     alice.conn.take()
 
     held: list[defer.Deferred[None]] = []
-    real = services.store.pending_requests
+    real = services.store.login_view
 
     def slow(uid: int) -> defer.Deferred[Any]:
         gate: defer.Deferred[None] = defer.Deferred()
         held.append(gate)
         return gate.addCallback(lambda _: real(uid))
 
-    monkeypatch.setattr(services.store, "pending_requests", slow)
+    monkeypatch.setattr(services.store, "login_view", slow)
     again = Client(services)
     d = services.dispatcher.dispatch(again.session, {"type": "login", "name": "bob",
                                                      "password": "secret-pw"})
@@ -680,3 +701,18 @@ def test_connection_dropped_during_login_leaves_friends_seeing_offline(
     presence = [f for f in alice.conn.take() if f["type"] == "presence"]
     assert presence and presence[-1]["online"] is False, presence
     assert services.hub.get(bob.id or 0) is None
+
+
+def test_backlog_longer_than_a_page_arrives_whole_and_in_order(clock: task.Clock) -> None:
+    s = build_services(clock, Limits(backlog_page=2, send_rate=0))
+    try:
+        alice, bob = user(s, "alice"), Client(s)
+        bob.register("bob")
+        ids = [alice.ok({"type": "chat", "to": bob.id, "text": f"m{n}"})["id"]
+               for n in range(5)]
+        frames = bob.login("bob")
+        assert [(f["id"], f["text"]) for f in frames if f["type"] == "message"] == \
+            [(i, f"m{n}") for n, i in enumerate(ids)]
+        assert frames[-1] == {"type": "synced", "count": 5}
+    finally:
+        s.close()

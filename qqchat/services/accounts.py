@@ -99,7 +99,8 @@ class AccountService:
             body = await self._summary(row.id, row.name)
             if session.closed or session.user_id != row.id:
                 raise ChatError("closed", "connection closed during login")
-            await self._presence.announce(row.id, row.name, True, session)
+            await self._presence.announce(row.id, row.name, True, session,
+                                          friends=[f["id"] for f in body["friends"]])
         except BaseException:
             if session.user_id == row.id:
                 try:
@@ -112,9 +113,8 @@ class AccountService:
         return body
 
     async def _summary(self, uid: int, name: str) -> dict[str, Any]:
-        friends = await self._store.friends_of(uid)
-        groups = await self._store.groups_of(uid)
-        requests = await self._store.pending_requests(uid)
+        view = await self._store.login_view(uid)
+        friends, groups, requests = view.friends, view.groups, view.requests
         ids = {fid for fid, _ in friends}
         for g in groups:
             ids.update(m["id"] for m in g["members"])

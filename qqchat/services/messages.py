@@ -217,14 +217,14 @@ class MessageService:
         first, so the backlog never repeats what the client was told is acked.
         """
         uid, _ = self._sender(session)
-        await self._log.ack(uid, 0)
-        after = session.acked = await self._store.acked(uid)
+        await self._log.settled(uid)
+        page = self._limits.backlog_page
+        after, rows = await self._store.backlog_start(uid, page)
+        session.acked = after
         if not self._relay.ordered:
             session.seen = set()
-        page = self._limits.backlog_page
         count = 0
         while True:
-            rows = await self._store.undelivered(uid, after, page)
             if session.closed or session.user_id != uid:
                 return count
             for row in rows:
@@ -241,6 +241,7 @@ class MessageService:
                         return count
             if len(rows) < page:
                 break
+            rows = await self._store.undelivered(uid, after, page)
         session.send({"type": "synced", "count": count})
         session.end_sync()
         return count

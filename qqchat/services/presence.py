@@ -19,10 +19,13 @@ class PresenceService:
         self._relay = relay
 
     async def announce(self, user_id: int, name: str, online: bool,
-                       session: Session | None = None) -> None:
-        """Push a presence event to the user's online friends; an "online" event is
-        dropped if ``session`` ended while the friend list was being read."""
-        friends = await self._store.friend_ids(user_id)
+                       session: Session | None = None, friends: list[int] | None = None
+                       ) -> None:
+        """Push a presence event to the user's online friends (read here unless the
+        caller has just read them); an "online" event is dropped if ``session``
+        ended meanwhile."""
+        if friends is None:
+            friends = await self._store.friend_ids(user_id)
         if session is not None and (session.closed or session.user_id != user_id):
             return
         if friends:

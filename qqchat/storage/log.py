@@ -39,6 +39,8 @@ class MessageLog:
         self._last_start = float("-inf")
         self._messages: list[tuple[NewMessage, defer.Deferred[Stored]]] = []
         self._acks: dict[int, int] = {}
+        #: the acks of the batch being written
+        self._writing_acks: dict[int, int] = {}
         self._ack_waiters: list[defer.Deferred[None]] = []
         self._scheduled: Any = None
         self._writing = False
@@ -70,6 +72,13 @@ class MessageLog:
         self._schedule()
         return d
 
+    def settled(self, user_id: int) -> defer.Deferred[None]:
+        """Fires once no ack of ``user_id``'s is waiting to be written: at once if
+        none is queued or being written, else after the batch that carries it."""
+        if user_id in self._acks or user_id in self._writing_acks:
+            return self.ack(user_id, 0)  # the next batch commits after the one in flight
+        return defer.succeed(None)
+
     def pending(self) -> int:
         return len(self._messages) + len(self._ack_waiters)
 
@@ -95,6 +104,7 @@ class MessageLog:
         batch, self._messages = (self._messages[: self._max_batch],
                                  self._messages[self._max_batch :])
         acks, self._acks = self._acks, {}
+        self._writing_acks = acks
         ack_waiters, self._ack_waiters = self._ack_waiters, []
         self._writing = True
         started = self._last_start = self._clock.seconds()
@@ -125,6 +135,7 @@ class MessageLog:
 
     def _done(self) -> None:
         self._writing = False
+        self._writing_acks = {}
         if self._messages or self._ack_waiters:
             self._schedule()
         elif self._idle_waiters:

@@ -56,6 +56,15 @@ class Stored:
     members: list[int] | None = None
 
 
+@dataclass(slots=True)
+class LoginView:
+    """What a login reply shows of the user's circle."""
+
+    friends: list[tuple[int, str]]
+    groups: list[dict[str, Any]]
+    requests: list[tuple[int, str, int]]
+
+
 # (id, kind, sender, sender_name, recipient, group_id, body, ts)
 MessageRow = tuple[int, int, int, str, int | None, int | None, str, int]
 
@@ -158,12 +167,29 @@ class Store:
 
     # -- friends ----------------------------------------------------------
 
+    _FRIENDS = ("SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id "
+                "WHERE f.user_id = ? ORDER BY u.id")
+    _REQUESTS = ("SELECT r.from_id, u.name, r.created_at FROM friend_requests r "
+                 "JOIN users u ON u.id = r.from_id WHERE r.to_id = ? "
+                 "ORDER BY r.created_at, r.from_id")
+
     def friends_of(self, user_id: int) -> defer.Deferred[list[tuple[int, str]]]:
-        return self._all(
-            "SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id "
-            "WHERE f.user_id = ? ORDER BY u.id",
-            user_id,
-        )
+        return self._all(self._FRIENDS, user_id)
+
+    def login_view(self, user_id: int) -> defer.Deferred[LoginView]:
+        """Friends, groups (with members) and pending requests: what a login reply
+        shows, read in one interaction rather than three."""
+        q_friends, q_requests = self._q(self._FRIENDS), self._q(self._REQUESTS)
+
+        def txn(t: Any) -> LoginView:
+            t.execute(q_friends, (user_id,))
+            friends = [(int(fid), name) for fid, name in t.fetchall()]
+            groups = self._groups_txn(t, user_id)
+            t.execute(q_requests, (user_id,))
+            requests = [(int(rid), name, int(ts)) for rid, name, ts in t.fetchall()]
+            return LoginView(friends, groups, requests)
+
+        return self._run(txn)
 
     def friend_ids(self, user_id: int) -> defer.Deferred[list[int]]:
         d = self._all("SELECT friend_id FROM friends WHERE user_id = ?", user_id)
@@ -264,11 +290,7 @@ class Store:
         return self._run(txn)
 
     def pending_requests(self, user_id: int) -> defer.Deferred[list[tuple[int, str, int]]]:
-        return self._all(
-            "SELECT r.from_id, u.name, r.created_at FROM friend_requests r "
-            "JOIN users u ON u.id = r.from_id WHERE r.to_id = ? ORDER BY r.created_at, r.from_id",
-            user_id,
-        )
+        return self._all(self._REQUESTS, user_id)
 
     # -- groups -----------------------------------------------------------
 
@@ -360,6 +382,9 @@ class Store:
         return d
 
     def groups_of(self, user_id: int) -> defer.Deferred[list[dict[str, Any]]]:
+        return self._run(self._groups_txn, user_id)
+
+    def _groups_txn(self, t: Any, user_id: int) -> list[dict[str, Any]]:
         """The user's groups, each with its members, in two queries."""
         q_groups = self._q(
             "SELECT g.id, g.name, g.descr, gm.role FROM group_members gm "
@@ -369,18 +394,14 @@ class Store:
             "JOIN users u ON u.id = gm.user_id WHERE gm.group_id IN "
             "(SELECT group_id FROM group_members WHERE user_id = ?) "
             "ORDER BY gm.group_id, gm.joined_at, gm.user_id")
-
-        def txn(t: Any) -> list[dict[str, Any]]:
-            t.execute(q_groups, (user_id,))
-            groups = {int(gid): {"id": int(gid), "name": name, "desc": desc, "role": role,
-                                 "members": []}
-                      for gid, name, desc, role in t.fetchall()}
-            t.execute(q_members, (user_id,))
-            for gid, uid, name, role in t.fetchall():
-                groups[int(gid)]["members"].append({"id": int(uid), "name": name, "role": role})
-            return list(groups.values())
-
-        return self._run(txn)
+        t.execute(q_groups, (user_id,))
+        groups = {int(gid): {"id": int(gid), "name": name, "desc": desc, "role": role,
+                             "members": []}
+                  for gid, name, desc, role in t.fetchall()}
+        t.execute(q_members, (user_id,))
+        for gid, uid, name, role in t.fetchall():
+            groups[int(gid)]["members"].append({"id": int(uid), "name": name, "role": role})
+        return list(groups.values())
 
     # -- the message log --------------------------------------------------
 
@@ -477,29 +498,47 @@ class Store:
         d.addCallback(lambda row: int(row[0]) if row else 0)
         return d
 
+    _UNDELIVERED = (
+        f"SELECT {_MESSAGE_COLUMNS} FROM ("
+        " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND recipient = ? AND id > ?"
+        "  ORDER BY id LIMIT ?) d"
+        " UNION ALL"
+        " SELECT id FROM (SELECT m.id FROM group_members gm JOIN messages m"
+        "  ON m.group_id = gm.group_id WHERE m.kind = 2 AND gm.user_id = ?"
+        "  AND m.id > gm.since_id"
+        "  AND m.id > ? AND m.sender <> ? ORDER BY m.id LIMIT ?) g"
+        " UNION ALL"
+        " SELECT id FROM (SELECT id FROM messages WHERE kind = 3 AND id > ? AND sender <> ?"
+        "  ORDER BY id LIMIT ?) b"
+        ") x JOIN messages m ON m.id = x.id JOIN users u ON u.id = m.sender"
+        " ORDER BY m.id LIMIT ?")
+
+    @staticmethod
+    def _undelivered_params(user_id: int, after: int, limit: int) -> tuple[int, ...]:
+        return (user_id, after, limit, user_id, after, user_id, limit, after, user_id, limit,
+                limit)
+
     def undelivered(self, user_id: int, after: int, limit: int
                     ) -> defer.Deferred[list[MessageRow]]:
         """The user's messages after ``after`` in id order: one-to-one to them (notes to
         self included), their groups' since they joined, and others' broadcasts."""
-        return self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM ("
-            " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND recipient = ? AND id > ?"
-            "  ORDER BY id LIMIT ?) d"
-            " UNION ALL"
-            " SELECT id FROM (SELECT m.id FROM group_members gm JOIN messages m"
-            "  ON m.group_id = gm.group_id WHERE m.kind = 2 AND gm.user_id = ?"
-            "  AND m.id > gm.since_id"
-            "  AND m.id > ? AND m.sender <> ? ORDER BY m.id LIMIT ?) g"
-            " UNION ALL"
-            " SELECT id FROM (SELECT id FROM messages WHERE kind = 3 AND id > ? AND sender <> ?"
-            "  ORDER BY id LIMIT ?) b"
-            ") x JOIN messages m ON m.id = x.id JOIN users u ON u.id = m.sender"
-            " ORDER BY m.id LIMIT ?",
-            user_id, after, limit,
-            user_id, after, user_id, limit,
-            after, user_id, limit,
-            limit,
-        )
+        return self._all(self._UNDELIVERED, *self._undelivered_params(user_id, after, limit))
+
+    def backlog_start(self, user_id: int, limit: int
+                      ) -> defer.Deferred[tuple[int, list[MessageRow]]]:
+        """The user's acknowledged position and the first page of what follows it, in
+        one interaction: a login's backlog starts with this."""
+        q_acked = self._q("SELECT acked FROM users WHERE id = ?")
+        q_rows = self._q(self._UNDELIVERED)
+
+        def txn(t: Any) -> tuple[int, list[MessageRow]]:
+            t.execute(q_acked, (user_id,))
+            row = t.fetchone()
+            acked = int(row[0]) if row else 0
+            t.execute(q_rows, self._undelivered_params(user_id, acked, limit))
+            return acked, list(t.fetchall())
+
+        return self._run(txn)
 
     def history_direct(self, a: int, b: int, before: int, limit: int
                        ) -> defer.Deferred[list[MessageRow]]:
