@@ -185,8 +185,13 @@ async def test_listen_accepts_an_ssl_endpoint_string(settings: Settings, pki: PK
         await c.ok("register", name="alice", password="password1")
         reply, _ = await c.login("alice", "password1")
         assert reply["user"]["name"] == "alice"
-        c.close()
+        # a graceful stop with the client still connected closes TLS at once, without
+        # waiting out the grace period for a socket it had stopped reading
+        started = reactor.seconds()
+        await defer.maybeDeferred(daemon.stopService).addTimeout(20, reactor)
+        assert reactor.seconds() - started < 3
         await c.closed.addTimeout(WAIT, reactor)
+        assert {"type": "server_shutdown"} in c.pushes
     finally:
         await stop(daemon, clients)
 

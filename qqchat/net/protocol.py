@@ -138,6 +138,10 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         # with a producer registered the transport would wait for it forever
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if self._socket_paused:
+            # a TLS transport closes only once it reads the client's close_notify
+            self._socket_paused = False
+            self.transport.resumeProducing()
         if self._abort_call is None and not self.session.closed:
             self._abort_call = self.callLater(CLOSE_GRACE, self._abort)
 
