@@ -26,6 +26,7 @@ from qqchat.net.protocol import (
     DEFAULT_SEND_BUFFER,
     ChatFactory,
 )
+from qqchat.net.proxy import ProxyProtocolEndpoint
 from qqchat.passwords import DEFAULT_COST, Hasher
 from qqchat.relay.base import Relay
 from qqchat.relay.hub import SessionHub
@@ -45,6 +46,8 @@ from qqchat.storage.store import Store
 @dataclass(frozen=True)
 class Settings:
     listen: str = "tcp:6000:interface=127.0.0.1"
+    #: connections start with a PROXY protocol header naming the real client
+    proxy_protocol: bool = False
     db: str = "sqlite:///qqchat.db"
     db_pool_min: int = 2
     db_pool_max: int = 10
@@ -144,6 +147,9 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
                           settings.rate_burst, settings.max_per_address,
                           metrics=metrics)
     endpoint = endpoints.serverFromString(reactor, settings.listen)
+    if settings.proxy_protocol:
+        # under TLS: the PROXY header comes first, in clear, then the handshake
+        endpoint = ProxyProtocolEndpoint(endpoint, reactor)
     if settings.tls_cert and settings.tls_key:
         from qqchat.net.tls import tls_endpoint  # pyOpenSSL only when TLS is used
 

@@ -81,12 +81,23 @@ class Options(usage.Options):
         ["metrics-interface", None, "127.0.0.1", "Address for --metrics-port."],
     ]
 
+    optFlags = [
+        ["proxy-protocol", None,
+         "Expect a PROXY protocol header (v1 or v2) on every connection, as nginx sends "
+         "with proxy_protocol on: per-address limits then see the real client address. "
+         "Connections without one are dropped."],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         for long_name, *_ in self.optParameters:
             value = os.environ.get(_env(long_name))
             if value is not None:
                 self[long_name] = value
+        for long_name, *_ in self.optFlags:
+            value = os.environ.get(_env(long_name), "").strip().lower()
+            if value:
+                self[long_name] = int(value in ("1", "yes", "true", "on"))
 
     def _number(self, key: str, kind: type, low: float) -> Any:
         try:
@@ -140,6 +151,7 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
         self.settings = Settings(
             listen=listen,
+            proxy_protocol=bool(self["proxy-protocol"]),
             tls_cert=tls_cert,
             tls_key=tls_key,
             db=self["db"],

@@ -134,3 +134,49 @@ async def test_history_page_size_is_capped(server: Running) -> None:
     refused = await alice.call("history", **{"with": bob.user_id, "limit": 201})
     assert refused["code"] == "bad_field" and refused["field"] == "limit"
     assert (await alice.ok("history", **{"with": bob.user_id, "limit": 200}))["messages"] == []
+
+
+class RawClient(ChatClient):
+    """A client behind a proxy: its first bytes are the proxy's PROXY v1 header."""
+
+    def __init__(self, header: bytes) -> None:
+        super().__init__()
+        self.header = header
+
+    def connectionMade(self) -> None:
+        if self.header:
+            self.transport.write(self.header)
+
+
+async def via_proxy(port: int, client_host: str, header: bool = True) -> ChatClient:
+    from twisted.internet import reactor
+
+    line = f"PROXY TCP4 {client_host} 127.0.0.1 40000 {port}\r\n".encode() if header else b""
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5)
+    return await endpoints.connectProtocol(endpoint, RawClient(line))
+
+
+@pytest.mark.settings(proxy_protocol=True, max_per_address=1,
+                      limits=Limits(register_rate=1, register_burst=1, send_rate=0))
+@pytest_twisted.ensureDeferred
+async def test_behind_a_proxy_limits_count_the_client_the_header_names(server: Running
+                                                                        ) -> None:
+    first = await via_proxy(server.port, "203.0.113.7")
+    server.clients.append(first)
+    await first.ok("register", name="first", password="password1")
+    # the same client again, through the same proxy address: over its cap
+    second = await via_proxy(server.port, "203.0.113.7")
+    await second.closed
+    assert [f["code"] for f in second.frames] == ["too_many_connections"]
+    # another client through that same proxy has its own cap and registration budget
+    other = await via_proxy(server.port, "198.51.100.9")
+    server.clients.append(other)
+    await other.ok("register", name="other", password="password1")
+    await other.login("other", "password1")
+    assert (await first.call("register", name="third", password="password1"))["code"] == \
+        "rate_limited"
+    # a connection without the header is dropped without an answer
+    bare = await via_proxy(server.port, "", header=False)
+    bare.send({"type": "ping", "req": 1})
+    await bare.closed
+    assert bare.frames == []

@@ -71,3 +71,14 @@ def test_parse_redis_url() -> None:
     assert parse_redis_url("redis://localhost") == RedisConfig("localhost", 6379, 0, None)
     with pytest.raises(ValueError):
         parse_redis_url("redis://h:1/notanumber")
+
+
+def test_proxy_protocol_flag_from_the_command_line_or_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QQCHAT_PROXY_PROTOCOL", raising=False)
+    assert parse().settings.proxy_protocol is False
+    assert parse("--proxy-protocol").settings.proxy_protocol is True
+    monkeypatch.setenv("QQCHAT_PROXY_PROTOCOL", "yes")
+    assert parse().settings.proxy_protocol is True
+    monkeypatch.setenv("QQCHAT_PROXY_PROTOCOL", "0")
+    assert parse().settings.proxy_protocol is False

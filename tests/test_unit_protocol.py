@@ -15,11 +15,13 @@ import pytest
 import unit_support
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from unit_support import frames
 
 from qqchat.net.protocol import DEFAULT_MAX_LINE, ChatFactory, ChatProtocol
+from qqchat.net.proxy import HEADER_TIMEOUT, HeaderFirstFactory
 from qqchat.session import Session
 
 
@@ -344,3 +346,46 @@ def test_real_pipelined_chats_reply_in_order_after_commit(real: Any) -> None:
     ids = [f["id"] for f in got]
     assert ids == sorted(ids) and len(set(ids)) == 3
     assert transport.producerState == "producing"
+
+
+def test_proxy_header_that_never_comes_ends_the_connection() -> None:
+    """Behind a proxy, a connection that sends no PROXY header is cut after a while,
+    and the chat protocol is never started for it."""
+    clock = task.Clock()
+    started: list[object] = []
+
+    class Probe(Protocol):
+        def connectionMade(self) -> None:
+            started.append(self)
+
+    factory = HeaderFirstFactory(Factory.forProtocol(Probe), clock)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    clock.advance(HEADER_TIMEOUT - 1)
+    assert not transport.disconnecting and started == []
+    clock.advance(1)
+    assert transport.disconnecting and started == []
+
+
+def test_proxy_header_starts_the_protocol_with_the_client_it_names() -> None:
+    clock = task.Clock()
+    peers: list[object] = []
+    lines: list[bytes] = []
+
+    class Probe(Protocol):
+        def connectionMade(self) -> None:
+            peers.append(self.transport.getPeer())
+
+        def dataReceived(self, data: bytes) -> None:
+            lines.append(data)
+
+    factory = HeaderFirstFactory(Factory.forProtocol(Probe), clock)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 6000\r\n"
+                       b'{"type":"ping"}\n')
+    assert [(p.host, p.port) for p in peers] == [("203.0.113.7", 40000)]  # type: ignore
+    assert b"".join(lines) == b'{"type":"ping"}\n'
+    clock.advance(HEADER_TIMEOUT * 2)  # the header came: no cut
+    assert not proto.transport.disconnecting

@@ -241,8 +241,12 @@ class ChatProtocol(LineReceiver, TimeoutMixin):
         self._counted = True
         self.factory.live.add(self)
         # chat lines are small and latency matters: do not let Nagle hold them back
-        if ITCPTransport.providedBy(self.transport):
-            self.transport.setTcpNoDelay(True)
+        # (on the TCP transport under any TLS or PROXY-protocol wrapper)
+        tcp_transport = self.transport
+        while tcp_transport is not None and not ITCPTransport.providedBy(tcp_transport):
+            tcp_transport = getattr(tcp_transport, "transport", None)
+        if tcp_transport is not None:
+            tcp_transport.setTcpNoDelay(True)
         if isinstance(self.transport, tcp.Connection):
             self._tcp = self.transport
         self.transport.registerProducer(_WriteWatch(self), True)
