@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from qqchat.relay.hub import SessionHub
 from qqchat.session import Session
@@ -31,23 +31,36 @@ class LocalRelay:
         return self.hub.detach(session)
 
     def deliver(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> None:
+        self.deliver_here(user_ids, msg_id, line)
+
+    def notify(self, user_ids: Iterable[int], line: bytes) -> None:
+        self.notify_here(user_ids, line)
+
+    def deliver_here(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> list[int]:
+        """Push to the sessions here; returns the users who have none on this node
+        (the cluster relay forwards to those)."""
+        return self._each_here(user_ids, lambda session: session.deliver(msg_id, line))
+
+    def notify_here(self, user_ids: Iterable[int], line: bytes) -> list[int]:
+        """As ``deliver_here``, for an event that is not a stored message."""
+        return self._each_here(user_ids, lambda session: session.notify(line))
+
+    def _each_here(self, user_ids: Iterable[int], push: Callable[[Session], None]
+                   ) -> list[int]:
         get = self.hub.get
+        away = []
         for uid in user_ids:
             session = get(uid)
             if session is not None:
-                session.deliver(msg_id, line)
+                push(session)
+            else:
+                away.append(uid)
+        return away
 
     def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
         for session in self.hub:
             if session.user_id != exclude:
                 session.deliver(msg_id, line)
-
-    def notify(self, user_ids: Iterable[int], line: bytes) -> None:
-        get = self.hub.get
-        for uid in user_ids:
-            session = get(uid)
-            if session is not None:
-                session.notify(line)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         get = self.hub.get

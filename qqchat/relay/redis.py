@@ -488,13 +488,10 @@ class RedisRelay(Service):
             return True
 
     def deliver(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> None:
-        get = self.hub.get
-        payload = b"M %d " % msg_id + line
-        for uid in user_ids:
-            session = get(uid)
-            if session is not None:
-                session.deliver(msg_id, line)
-            else:
+        away = self._local.deliver_here(user_ids, msg_id, line)
+        if away:
+            payload = b"M %d " % msg_id + line
+            for uid in away:
                 self._publish(f"{PREFIX}u:{uid}", payload)
 
     def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
@@ -503,13 +500,8 @@ class RedisRelay(Service):
                       b"B %s %d %d " % (self.node.encode(), msg_id, exclude) + line)
 
     def notify(self, user_ids: Iterable[int], line: bytes) -> None:
-        get = self.hub.get
-        for uid in user_ids:
-            session = get(uid)
-            if session is not None:
-                session.notify(line)
-            else:
-                self._publish(f"{PREFIX}u:{uid}", b"E " + line)
+        for uid in self._local.notify_here(user_ids, line):
+            self._publish(f"{PREFIX}u:{uid}", b"E " + line)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = sorted(set(user_ids))
