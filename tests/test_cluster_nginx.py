@@ -197,6 +197,19 @@ def check_delivery(sent: dict[int, int], live: list[Frame], backlog: list[Frame]
 # -- tests -----------------------------------------------------------------------------------
 
 
+def recipient_and_sender(cluster: ProcessCluster) -> tuple[str, int, LineClient, LineClient]:
+    """A recipient and a sender logged in through nginx on two different nodes."""
+    rname, rid = cluster.register("recipient")
+    sname, _ = cluster.register("sender")
+    recipient = cluster.connect()
+    recipient.login(rname)
+    sender = cluster.connect()
+    sender.login(sname)
+    assert cluster.node_of(sender.user_id) not in (  # type: ignore[arg-type]
+        None, cluster.node_of(rid))
+    return rname, rid, recipient, sender
+
+
 def test_clients_spread_over_nodes_and_chat_across_them(cluster: ProcessCluster) -> None:
     a, b, c = (cluster.user() for _ in range(3))
     nodes = [cluster.node_of(x.user_id) for x in (a, b, c)]  # type: ignore[arg-type]
@@ -264,14 +277,8 @@ def test_login_on_another_node_kicks_the_first(cluster: ProcessCluster) -> None:
 
 
 def test_sigkill_of_the_recipients_node_loses_nothing(cluster: ProcessCluster) -> None:
-    rname, rid = cluster.register("recipient")
-    sname, _ = cluster.register("sender")
-    recipient = cluster.connect()
-    recipient.login(rname)
+    rname, rid, recipient, sender = recipient_and_sender(cluster)
     dead = cluster.node_of(rid)
-    sender = cluster.connect()
-    sender.login(sname)
-    assert cluster.node_of(sender.user_id) not in (None, dead)  # type: ignore[arg-type]
     # a user who stays on the doomed node, and one on the third node
     doomed = cluster.user("doomed", port=cluster.daemons[dead].port)  # type: ignore[index]
     third = next(d for d in cluster.daemons
@@ -384,13 +391,7 @@ def test_sigterm_takes_only_that_nodes_users_offline(cluster: ProcessCluster) ->
 
 def test_mariadb_stopped_and_restarted_during_traffic(cluster: ProcessCluster,
                                                       db_server: RestartableMariaDB) -> None:
-    rname, rid = cluster.register("recipient")
-    sname, _ = cluster.register("sender")
-    recipient = cluster.connect()
-    recipient.login(rname)
-    sender = cluster.connect()
-    sender.login(sname)
-    assert cluster.node_of(sender.user_id) != cluster.node_of(rid)  # type: ignore[arg-type]
+    rname, rid, recipient, sender = recipient_and_sender(cluster)
 
     go = threading.Event()
     outage: dict[str, float] = {}
@@ -457,13 +458,7 @@ def test_mariadb_stopped_and_restarted_during_traffic(cluster: ProcessCluster,
 
 def test_redis_stopped_and_restarted_during_traffic(cluster: ProcessCluster,
                                                     redis: RedisServer) -> None:
-    rname, rid = cluster.register("recipient")
-    sname, _ = cluster.register("sender")
-    recipient = cluster.connect()
-    recipient.login(rname)
-    sender = cluster.connect()
-    sender.login(sname)
-    assert cluster.node_of(sender.user_id) != cluster.node_of(rid)  # type: ignore[arg-type]
+    _, rid, recipient, sender = recipient_and_sender(cluster)
     watcher = cluster.user("watcher")
 
     inbox = Inbox(recipient, every=10)
