@@ -22,7 +22,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 _CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
@@ -119,21 +119,6 @@ def _not_after(cert: x509.Certificate) -> datetime:
     return after if after is not None else cert.not_valid_after.replace(tzinfo=UTC)
 
 
-class _ServerTLSProtocol(TLSMemoryBIOProtocol):
-    """Reads again once closing: a TLS close waits for the client's close_notify (or its
-    EOF), and a connection the daemon closes is often one it stopped reading (graceful
-    stop, an over-long line); without this every such close would wait for the cut-off."""
-
-    def loseConnection(self) -> None:
-        super().loseConnection()
-        if self.transport is not None:
-            self.transport.resumeProducing()  # a no-op once the socket itself is closing
-
-
-class _ServerTLSFactory(TLSMemoryBIOFactory):
-    protocol = _ServerTLSProtocol
-
-
 @implementer(IStreamServerEndpoint)
 class TLSServerEndpoint:
     """TLS over any stream endpoint (``tcp:``, ``tcp6:``, ``unix:``), the way ``ssl:``
@@ -146,7 +131,7 @@ class TLSServerEndpoint:
         self._options = certificate.options()
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        d = self.wrapped.listen(_ServerTLSFactory(self._options, False, factory))
+        d = self.wrapped.listen(TLSMemoryBIOFactory(self._options, False, factory))
         d.addCallback(self._listening)
         return d
 
