@@ -16,6 +16,7 @@ import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -153,6 +154,7 @@ class Histogram:
 
 
 Metric = Counter | Gauge | Histogram
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
 class Registry:
@@ -166,41 +168,27 @@ class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, Metric] = {}
 
-    def _existing(self, name: str, kind: type, labelnames: Sequence[str]) -> Metric | None:
+    def _declare(self, make: Callable[[], M], kind: type[M], name: str,
+                 labelnames: Sequence[str]) -> M:
+        """The instrument called ``name``: the one already declared, if it has the same
+        shape and is not a gauge (two gauges would read two sources), else a new one."""
         old = self._metrics.get(name)
         if old is None:
-            return None
-        if type(old) is not kind or old.labelnames != tuple(labelnames) or kind is Gauge:
+            metric = self._metrics[name] = make()
+            return metric
+        if not isinstance(old, kind) or old.labelnames != tuple(labelnames) or kind is Gauge:
             raise ValueError(f"metric {name} is already declared")
         return old
 
-    def _add(self, metric: Metric) -> None:
-        self._metrics[metric.name] = metric
-
     def counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
-        old = self._existing(name, Counter, labels)
-        if old is not None:
-            assert isinstance(old, Counter)
-            return old
-        metric = Counter(name, help, labels)
-        self._add(metric)
-        return metric
+        return self._declare(lambda: Counter(name, help, labels), Counter, name, labels)
 
     def gauge(self, name: str, help: str, read: Callable[[], GaugeValue],
               labels: Sequence[str] = ()) -> Gauge:
-        self._existing(name, Gauge, labels)
-        metric = Gauge(name, help, read, labels)
-        self._add(metric)
-        return metric
+        return self._declare(lambda: Gauge(name, help, read, labels), Gauge, name, labels)
 
     def histogram(self, name: str, help: str, buckets: Iterable[float]) -> Histogram:
-        old = self._existing(name, Histogram, ())
-        if old is not None:
-            assert isinstance(old, Histogram)
-            return old
-        metric = Histogram(name, help, buckets)
-        self._add(metric)
-        return metric
+        return self._declare(lambda: Histogram(name, help, buckets), Histogram, name, ())
 
     def render(self) -> bytes:
         """Everything, as one Prometheus text exposition (HELP and TYPE per family)."""

@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from mariadb_server import MariaDB, MariaDBError, _die_with_parent, _find_binary, _tail
+from processes import terminate
 from redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -250,14 +251,7 @@ class RestartableMariaDB(MariaDB):
     def halt(self) -> None:
         """Shut the server down cleanly (SIGTERM) and keep its files."""
         proc, self.process = self.process, None
-        if proc is None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=self.shutdown_timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, self.shutdown_timeout)
 
     def resume(self) -> None:
         """Start again on the same port, from the same datadir."""

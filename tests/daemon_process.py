@@ -8,7 +8,6 @@ so this one is started with ``twistd`` exactly as a user would, on loopback.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+from processes import terminate
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 20.0
@@ -87,14 +88,7 @@ class DaemonProcess:
     def stop(self) -> None:
         """SIGTERM (graceful stop), then SIGKILL if it takes too long."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        terminate(proc, STOP_TIMEOUT)
 
     def __enter__(self) -> DaemonProcess:
         return self.start()

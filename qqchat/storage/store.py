@@ -289,9 +289,6 @@ class Store:
 
         return self._run(txn)
 
-    def pending_requests(self, user_id: int) -> defer.Deferred[list[tuple[int, str, int]]]:
-        return self._all(self._REQUESTS, user_id)
-
     # -- groups -----------------------------------------------------------
 
     def _locked_head(self, t: Any) -> int:
@@ -487,16 +484,6 @@ class Store:
         return self._one(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
             " WHERE m.id = ?", message_id)
-
-    def log_head(self) -> defer.Deferred[int]:
-        d = self._one("SELECT last_id FROM log_seq WHERE id = 1")
-        d.addCallback(lambda row: int(row[0]))
-        return d
-
-    def acked(self, user_id: int) -> defer.Deferred[int]:
-        d = self._one("SELECT acked FROM users WHERE id = ?", user_id)
-        d.addCallback(lambda row: int(row[0]) if row else 0)
-        return d
 
     _UNDELIVERED = (
         f"SELECT {_MESSAGE_COLUMNS} FROM ("
