@@ -8,7 +8,7 @@ other exception is logged once here and reported as ``internal``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -26,7 +26,9 @@ from qqchat.services.presence import PresenceService
 from qqchat.session import Session
 
 Frame = dict[str, Any]
-Handler = Callable[[Session, Frame], Coroutine[Any, Any, Frame | None]]
+#: a handler returns its reply body (None: it wrote its own reply), or a Deferred or
+#: coroutine of one; the per-message handlers return Deferreds, the rest are coroutines
+Handler = Callable[[Session, Frame], Any]
 
 _MISSING = object()
 _MAX_ID = 2**53  # ids stay exact in every JSON client
@@ -82,6 +84,8 @@ class Dispatcher:
         self.groups = groups
         self.limits = limits
         self._cleanups: set[defer.Deferred[None]] = set()
+        #: request type -> (handler, its request counter), filled as types are first seen
+        self._routes: dict[str, tuple[Handler, Any]] = {}
         m = metrics if metrics is not None else Registry()
         self._requests = m.counter("qqchat_requests_total", "Requests by type ('unknown': a "
                                    "type the server does not have).", ["type"])
@@ -104,14 +108,31 @@ class Dispatcher:
             code = "missing_field" if typ is None else "bad_field"
             return defer.succeed(error_frame(code, "field 'type' must be a string",
                                              req=req, field="type"))
-        handler: Handler | None = getattr(self, "handle_" + typ, None)
-        self._requests.labels(typ if handler is not None else "unknown").inc()
-        if handler is None:
-            return defer.succeed(error_frame("unknown_type", f"unknown request type {typ!r}",
-                                             req=req))
+        route = self._routes.get(typ)
+        if route is None:
+            handler: Handler | None = getattr(self, "handle_" + typ, None)
+            if handler is None:
+                self._requests.labels("unknown").inc()
+                return defer.succeed(error_frame("unknown_type",
+                                                 f"unknown request type {typ!r}", req=req))
+            # only real types are kept, so a client cannot grow the table
+            route = self._routes[typ] = (handler, self._requests.labels(typ))
+        handler, count = route
+        count.inc()
         if session.user_id is None and typ not in _ANONYMOUS:
             return defer.succeed(error_frame("not_logged_in", "log in first", req=req))
-        d = defer.Deferred.fromCoroutine(handler(session, msg))
+        try:
+            body = handler(session, msg)
+        except ChatError as e:  # refused before any wait: the common error costs no Deferred
+            return defer.succeed(error_frame(e.code, e.message, req=req, **e.extra))
+        except Exception:
+            return defer.fail().addErrback(self._error, typ, req)
+        if isinstance(body, defer.Deferred):
+            d = body
+        elif body is None or isinstance(body, dict):
+            return defer.succeed(self._reply(body, typ, req))
+        else:
+            d = defer.Deferred.fromCoroutine(body)
         d.addCallbacks(self._reply, self._error, callbackArgs=(typ, req),
                        errbackArgs=(typ, req))
         return d
@@ -201,23 +222,23 @@ class Dispatcher:
                             field="cid")
         return cid
 
-    async def handle_chat(self, session: Session, msg: Frame) -> Frame:
+    def handle_chat(self, session: Session, msg: Frame) -> defer.Deferred[Frame]:
         to, text, cid = _id(msg, "to"), _str(msg, "text"), self._cid(msg)
         assert text is not None
-        return await self.messages.chat(session, to, text, cid)
+        return self.messages.chat(session, to, text, cid)
 
-    async def handle_broadcast(self, session: Session, msg: Frame) -> Frame:
+    def handle_broadcast(self, session: Session, msg: Frame) -> defer.Deferred[Frame]:
         text, cid = _str(msg, "text"), self._cid(msg)
         assert text is not None
-        return await self.messages.broadcast(session, text, cid)
+        return self.messages.broadcast(session, text, cid)
 
-    async def handle_group_chat(self, session: Session, msg: Frame) -> Frame:
+    def handle_group_chat(self, session: Session, msg: Frame) -> defer.Deferred[Frame]:
         gid, text, cid = _id(msg, "group"), _str(msg, "text"), self._cid(msg)
         assert text is not None
-        return await self.messages.group_chat(session, gid, text, cid)
+        return self.messages.group_chat(session, gid, text, cid)
 
-    async def handle_ack(self, session: Session, msg: Frame) -> Frame:
-        return await self.messages.ack(session, _id(msg, "id"))
+    def handle_ack(self, session: Session, msg: Frame) -> Frame | defer.Deferred[Frame]:
+        return self.messages.ack(session, _id(msg, "id"))
 
     async def handle_history(self, session: Session, msg: Frame) -> Frame:
         lim = self.limits

@@ -660,7 +660,7 @@ def test_failed_batch_fails_every_caller_and_the_log_recovers(clock: task.Clock)
     assert result_of(retry).id == 1
 
 
-def test_service_coroutines_can_be_driven_directly(services: Services) -> None:
+def test_services_can_be_driven_directly(services: Services) -> None:
     """The services enforce their rules without the dispatcher in front of them."""
     alice = user(services, "alice")
     reply = run(services.clock, services.messages.chat(alice.session, alice.id or 0, "self",

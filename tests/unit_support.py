@@ -65,13 +65,19 @@ def result_of(d: defer.Deferred[T]) -> T:
     return value
 
 
-def run(clock: task.Clock, coro: Coroutine[Any, Any, T]) -> T:
-    """Drive a service coroutine to completion.
+def run(clock: task.Clock, work: Coroutine[Any, Any, T] | defer.Deferred[T] | T) -> T:
+    """Drive a service call to completion: a coroutine, a Deferred (the per-message
+    calls), or a value already at hand.
 
     ``clock.advance(0)`` lets the group-commit log flush (it schedules itself
     with ``callLater(0)``); the threadless store does the rest synchronously.
     """
-    d = defer.Deferred.fromCoroutine(coro)
+    if isinstance(work, defer.Deferred):
+        d = work
+    elif isinstance(work, Coroutine):
+        d = defer.Deferred.fromCoroutine(work)
+    else:
+        return work
     clock.advance(0)
     return result_of(d)
 

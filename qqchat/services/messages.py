@@ -85,27 +85,41 @@ class MessageService:
                             retry_after=round(wait + 0.005, 2))
         return uid, name
 
-    async def _store_message(self, name: str, message: NewMessage
-                             ) -> tuple[Stored, bytes | None]:
-        stored = await self._log.append(message)
+    # The sending paths below are callback chains, not coroutines: they run once per
+    # message, and a coroutine costs two more Deferred hops than a callback on the
+    # log's own Deferred. Pushes happen in the callback that reports the commit:
+    # batches commit in id order, so one node's pushes leave in id order.
+
+    def _line_for(self, stored: Stored, name: str, message: NewMessage
+                ) -> tuple[Stored, bytes | None] | defer.Deferred[tuple[Stored, bytes | None]]:
+        """The push line for a freshly stored message, or None when there is nothing
+        (more) to push."""
         if stored.rejected:
             return stored, None
         if stored.duplicate:
             if self._relay.ordered:
                 return stored, None  # one node: the first try's push went out with its commit
-            # Several nodes: the first try may have committed and then failed before its
-            # push (the sender saw `unavailable`). Push the stored original again;
-            # sessions drop ids they have already been sent.
-            original = await self._store.message(stored.id)
-            if original is None:
-                return stored, None
-            if message.group_id is not None:
-                stored.members = await self._store.group_member_ids(message.group_id)
-            return stored, encode(message_frame(original))
+            return defer.Deferred.fromCoroutine(self._stored_again(stored, message))
         self._stored[message.kind].inc()
         row: MessageRow = (stored.id, message.kind, message.sender, name,
                            message.recipient, message.group_id, message.body, stored.ts)
         return stored, encode(message_frame(row))
+
+    async def _stored_again(self, stored: Stored, message: NewMessage
+                            ) -> tuple[Stored, bytes | None]:
+        """Several nodes: the first try may have committed and then failed before its
+        push (the sender saw `unavailable`). Push the stored original again; sessions
+        drop ids they have already been sent."""
+        original = await self._store.message(stored.id)
+        if original is None:
+            return stored, None
+        if message.group_id is not None:
+            stored.members = await self._store.group_member_ids(message.group_id)
+        return stored, encode(message_frame(original))
+
+    def _append(self, name: str, message: NewMessage
+                ) -> defer.Deferred[tuple[Stored, bytes | None]]:
+        return self._log.append(message).addCallback(self._line_for, name, message)
 
     @staticmethod
     def _reply(stored: Stored) -> dict[str, Any]:
@@ -114,57 +128,87 @@ class MessageService:
             body["duplicate"] = True
         return body
 
-    # Pushes happen in the same callback that reports the commit, with no await in
-    # between: batches commit in id order, so one node's pushes leave in id order.
-
-    async def chat(self, session: Session, to: int, text: str, cid: str | None
-                   ) -> dict[str, Any]:
+    def chat(self, session: Session, to: int, text: str, cid: str | None
+             ) -> defer.Deferred[dict[str, Any]]:
         uid, name = self._author(session, text)
-        if await self._users.name_of(to) is None:
-            raise ChatError("no_such_user", f"there is no user {to}")
-        stored, line = await self._store_message(
-            name, NewMessage(KIND_DIRECT, uid, text, recipient=to, cid=cid))
+        message = NewMessage(KIND_DIRECT, uid, text, recipient=to, cid=cid)
+        if self._users.cached(to) is not None:
+            d = self._append(name, message)
+        else:
+            d = defer.Deferred.fromCoroutine(self._users.name_of(to))
+            d.addCallback(self._append_to_known, name, message)
+        return d.addCallback(self._chat_stored, to)
+
+    def _append_to_known(self, found: str | None, name: str, message: NewMessage
+                         ) -> defer.Deferred[tuple[Stored, bytes | None]]:
+        if found is None:
+            raise ChatError("no_such_user", f"there is no user {message.recipient}")
+        return self._append(name, message)
+
+    def _chat_stored(self, result: tuple[Stored, bytes | None], to: int) -> dict[str, Any]:
+        stored, line = result
         if line is not None:
             self._relay.deliver((to,), stored.id, line)
         return self._reply(stored)
 
-    async def broadcast(self, session: Session, text: str, cid: str | None) -> dict[str, Any]:
+    def broadcast(self, session: Session, text: str, cid: str | None
+                  ) -> defer.Deferred[dict[str, Any]]:
         uid, name = self._author(session, text)
-        stored, line = await self._store_message(
-            name, NewMessage(KIND_BROADCAST, uid, text, cid=cid))
+        d = self._append(name, NewMessage(KIND_BROADCAST, uid, text, cid=cid))
+        return d.addCallback(self._broadcast_stored, uid)
+
+    def _broadcast_stored(self, result: tuple[Stored, bytes | None], uid: int
+                          ) -> dict[str, Any]:
+        stored, line = result
         if line is not None:
             self._relay.deliver_all(stored.id, line, exclude=uid)
         return self._reply(stored)
 
-    async def group_chat(self, session: Session, gid: int, text: str, cid: str | None
-                         ) -> dict[str, Any]:
+    def group_chat(self, session: Session, gid: int, text: str, cid: str | None
+                   ) -> defer.Deferred[dict[str, Any]]:
         uid, name = self._author(session, text)
         # membership is checked, and the recipients read, inside the log transaction
-        stored, line = await self._store_message(
-            name, NewMessage(KIND_GROUP, uid, text, group_id=gid, cid=cid))
+        d = self._append(name, NewMessage(KIND_GROUP, uid, text, group_id=gid, cid=cid))
+        return d.addCallback(self._group_stored, uid, gid)
+
+    def _group_stored(self, result: tuple[Stored, bytes | None], uid: int, gid: int
+                      ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
+        stored, line = result
         if stored.rejected:
-            if await self._store.group(gid) is None:
-                raise ChatError("no_such_group", f"there is no group {gid}")
-            raise ChatError("not_member", f"you are not a member of group {gid}")
+            return defer.Deferred.fromCoroutine(self._refused_in_group(gid))
         if line is not None and stored.members:
             self._relay.deliver([m for m in stored.members if m != uid], stored.id, line)
         return self._reply(stored)
 
+    async def _refused_in_group(self, gid: int) -> dict[str, Any]:
+        if await self._store.group(gid) is None:
+            raise ChatError("no_such_group", f"there is no group {gid}")
+        raise ChatError("not_member", f"you are not a member of group {gid}")
+
     def idle(self) -> defer.Deferred[None]:
         return self._log.idle()
 
-    async def ack(self, session: Session, message_id: int) -> dict[str, Any]:
+    def ack(self, session: Session, message_id: int
+            ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         uid, _ = self._sender(session)
         if message_id <= session.acked:
             return {"id": message_id}  # already durable: a repeated ack is harmless
         if message_id > session.max_sent:
             raise ChatError("bad_ack", f"message {message_id} has not been delivered to you")
-        upto = message_id
         if session.seen is not None:
-            upto = await self._deliverable_upto(session, uid, message_id)
+            return defer.Deferred.fromCoroutine(self._ack_seen(session, uid, message_id))
+        return self._log.ack(uid, message_id).addCallback(
+            self._acked, session, message_id, message_id)
+
+    async def _ack_seen(self, session: Session, uid: int, message_id: int) -> dict[str, Any]:
+        upto = await self._deliverable_upto(session, uid, message_id)
         if upto > session.acked:
             await self._log.ack(uid, upto)
-            session.acknowledged(upto)
+        return self._acked(None, session, message_id, upto)
+
+    @staticmethod
+    def _acked(_: object, session: Session, message_id: int, upto: int) -> dict[str, Any]:
+        session.acknowledged(upto)
         reply: dict[str, Any] = {"id": message_id}
         if upto != message_id:
             reply["acked"] = session.acked

@@ -18,6 +18,10 @@ class UserDirectory:
             self._names.clear()
         self._names[user_id] = name
 
+    def cached(self, user_id: int) -> str | None:
+        """The name if it is known here: the per-message check without a Deferred."""
+        return self._names.get(user_id)
+
     async def name_of(self, user_id: int) -> str | None:
         name = self._names.get(user_id)
         if name is None:
