@@ -91,7 +91,7 @@ class MessageService:
     # batches commit in id order, so one node's pushes leave in id order.
 
     def _line_for(self, stored: Stored, name: str, message: NewMessage
-                ) -> tuple[Stored, bytes | None] | defer.Deferred[tuple[Stored, bytes | None]]:
+                  ) -> tuple[Stored, bytes | None] | defer.Deferred[tuple[Stored, bytes | None]]:
         """The push line for a freshly stored message, or None when there is nothing
         (more) to push."""
         if stored.rejected:
