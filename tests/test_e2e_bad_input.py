@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from mariadb_server import MariaDB
 from twisted.internet import defer, task
 
-from qqchat.app import Settings
+from qqchat.app import ChatDaemon, Settings
 from qqchat.services.limits import Limits
 
 
@@ -229,6 +229,16 @@ class Witness:
         self.check()
         assert self.rounds > 0, "the witness never completed a chat"
 
+    def tear_down(self, fuzzer: ChatClient, daemon: ChatDaemon) -> None:
+        """A fuzz fixture's end: check the witness, and whatever that says, close the
+        clients and stop the daemon."""
+        try:
+            pytest_twisted.blockon(defer.ensureDeferred(self.stop()))
+        finally:
+            for c in (fuzzer, self.alice, self.bob):
+                c.close()
+            pytest_twisted.blockon(defer.maybeDeferred(daemon.stopService))
+
 
 class Fuzz:
     """A fuzzing client, and a witness chatting beside it.
@@ -307,12 +317,7 @@ def fuzz(tmp_path: Path) -> Iterator[Fuzz]:
 
     daemon, f = pytest_twisted.blockon(defer.ensureDeferred(setup()))
     yield f
-    try:
-        pytest_twisted.blockon(defer.ensureDeferred(f.witness.stop()))
-    finally:
-        for c in (f.fuzzer, f.witness.alice, f.witness.bob):
-            c.close()
-        pytest_twisted.blockon(defer.maybeDeferred(daemon.stopService))
+    f.witness.tear_down(f.fuzzer, daemon)
 
 
 # examples: hypothesis_profiles.FUZZ_EXAMPLES (10 000 unless QQCHAT_FUZZ_EXAMPLES says less)

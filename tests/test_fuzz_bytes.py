@@ -127,12 +127,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     n = pytest_twisted.blockon(defer.ensureDeferred(setup()))
     n.lines = st.lists(bad_lines(n), min_size=1, max_size=4)
     yield n
-    try:
-        pytest_twisted.blockon(defer.ensureDeferred(n.witness.stop()))
-    finally:
-        for c in (n.fuzzer, n.witness.alice, n.witness.bob):
-            c.close()
-        pytest_twisted.blockon(defer.maybeDeferred(n.daemon.stopService))
+    n.witness.tear_down(n.fuzzer, n.daemon)
 
 
 # -- checking one write of bad lines ---------------------------------------------------
