@@ -70,6 +70,31 @@ CREATE INDEX IF NOT EXISTS messages_direct_conv ON messages (sender, recipient, 
 CREATE INDEX IF NOT EXISTS messages_group_log ON messages (group_id, id) WHERE kind = 2;
 CREATE INDEX IF NOT EXISTS messages_broadcasts ON messages (id) WHERE kind = 3;
 
+-- New messages are written here first, without the indexes above: a commit of
+-- fifty messages to fifty people then writes two or three pages, not one index
+-- page per recipient and conversation. The daemon moves them into `messages` in
+-- bulk (every thousand rows, and before any read of the log), where each index
+-- page takes many rows at once. Same columns, same ids.
+CREATE TABLE IF NOT EXISTS messages_recent (
+    id          INTEGER PRIMARY KEY,
+    kind        INTEGER NOT NULL,
+    sender      INTEGER NOT NULL,
+    recipient   INTEGER,
+    group_id    INTEGER,
+    body        TEXT    NOT NULL,
+    ts          INTEGER NOT NULL,
+    cid         TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_recent_by_cid ON messages_recent (sender, cid)
+    WHERE cid IS NOT NULL;
+-- what a stop left there moves now
+INSERT INTO messages (id, kind, sender, recipient, group_id, body, ts, cid)
+    SELECT id, kind, sender, recipient, group_id, body, ts, cid FROM messages_recent;
+DELETE FROM messages_recent;
+-- the whole log, for reading by hand
+CREATE VIEW IF NOT EXISTS message_log AS
+    SELECT * FROM messages UNION ALL SELECT * FROM messages_recent;
+
 CREATE TABLE IF NOT EXISTS log_seq (
     id          INTEGER PRIMARY KEY,
     last_id     INTEGER NOT NULL

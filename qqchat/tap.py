@@ -182,6 +182,10 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor  # never at import time: twistd picks the reactor
 
+    from qqchat.net.reactor import streamline
+
+    streamline(reactor)
+
     def fatal() -> None:
         # startup failed (logged already): exit non-zero rather than serve nothing
         reactor.callLater(0, os._exit, 1)

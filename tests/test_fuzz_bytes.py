@@ -90,8 +90,10 @@ class Node:
                 "SELECT name FROM sqlite_master WHERE type = 'table' "
                 "AND name NOT LIKE 'sqlite_%' AND name != 'log_seq'")]
             for table in tables:
+                if table == "messages_recent":
+                    continue  # read with ``messages``: rows move from one to the other
                 if table == "messages":
-                    rows = con.execute("SELECT * FROM messages WHERE sender != ?",
+                    rows = con.execute("SELECT * FROM message_log WHERE sender != ?",
                                        (self.ids["alice"],)).fetchall()
                 else:
                     rows = con.execute(f'SELECT * FROM "{table}"').fetchall()

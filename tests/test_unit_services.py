@@ -229,11 +229,11 @@ def test_chat_reply_waits_for_the_commit_and_pushes_to_online_recipient(
                                                      "text": "hi bob", "req": 1})
     assert not d.called
     assert bob.conn.lines == []
-    assert count_rows(services, "SELECT COUNT(*) FROM messages") == 0
+    assert count_rows(services, "SELECT COUNT(*) FROM message_log") == 0
     clock.advance(0)
     reply = result_of(d)
     assert reply == {"type": "chat", "req": 1, "id": reply["id"], "ts": 12500}
-    assert count_rows(services, "SELECT COUNT(*) FROM messages WHERE id = ? AND body = ?",
+    assert count_rows(services, "SELECT COUNT(*) FROM message_log WHERE id = ? AND body = ?",
                       reply["id"], "hi bob") == 1
     assert bob.conn.take() == [{"type": "message", "id": reply["id"], "from": alice.id,
                                 "name": "alice", "text": "hi bob", "ts": 12500,
@@ -251,7 +251,7 @@ def test_chat_text_rules(services: Services, text: str, code: str) -> None:
 def test_chat_to_unknown_user(services: Services) -> None:
     alice = user(services, "alice")
     assert error(alice.request({"type": "chat", "to": 42, "text": "hi"})) == "no_such_user"
-    assert count_rows(services, "SELECT COUNT(*) FROM messages") == 0
+    assert count_rows(services, "SELECT COUNT(*) FROM message_log") == 0
 
 
 def test_offline_messages_arrive_at_login_in_order_then_synced(services: Services) -> None:
@@ -304,7 +304,7 @@ def test_cid_retry_is_stored_once_and_pushed_once(services: Services) -> None:
     assert again["id"] == first["id"] and again["duplicate"] is True
     assert again["ts"] == first["ts"]
     assert [m["id"] for m in messages_of(bob.conn)] == [first["id"]]
-    assert count_rows(services, "SELECT COUNT(*) FROM messages") == 1
+    assert count_rows(services, "SELECT COUNT(*) FROM message_log") == 1
 
 
 def test_cid_retry_within_one_batch(services: Services, clock: task.Clock) -> None:
@@ -356,7 +356,7 @@ def test_broadcast_stored_once_pushed_to_others_and_kept_for_offline(
     carol = Client(services)
     carol.register("carol")
     reply = alice.ok({"type": "broadcast", "text": "hello all"})
-    assert count_rows(services, "SELECT COUNT(*) FROM messages") == 1
+    assert count_rows(services, "SELECT COUNT(*) FROM message_log") == 1
     assert bob.conn.take() == [{"type": "message", "id": reply["id"], "from": alice.id,
                                 "name": "alice", "text": "hello all", "ts": reply["ts"],
                                 "broadcast": True}]
@@ -397,7 +397,7 @@ def test_group_lifecycle(services: Services) -> None:
     assert messages_of(alice.conn) == [] and messages_of(carol.conn) == []
     assert error(carol.request({"type": "group_chat", "group": gid, "text": "me too"})) \
         == "not_member"
-    assert count_rows(services, "SELECT COUNT(*) FROM messages") == 1
+    assert count_rows(services, "SELECT COUNT(*) FROM message_log") == 1
 
     assert bob.ok({"type": "group_leave", "group": gid})["group"] == {"id": gid, "name": "crew"}
     assert alice.conn.take() == [{"type": "group_left", "group": gid, "user": bob.id,

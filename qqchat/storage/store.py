@@ -69,6 +69,9 @@ class LoginView:
 MessageRow = tuple[int, int, int, str, int | None, int | None, str, int]
 
 _MESSAGE_COLUMNS = "m.id, m.kind, m.sender, u.name, m.recipient, m.group_id, m.body, m.ts"
+_LOG_COLUMNS = "id, kind, sender, recipient, group_id, body, ts, cid"
+#: SQLite: staged messages moved into the indexed table once this many wait
+STAGE_ROWS = 1000
 
 
 class Store:
@@ -77,6 +80,9 @@ class Store:
     def __init__(self, pool: adbapi.ConnectionPool, dialect: str) -> None:
         self._pool = pool
         self.dialect = dialect
+        #: SQLite writes new messages to ``messages_recent`` (db/sqlite.sql says why)
+        self._staged = dialect == "sqlite"
+        self._log_table = "messages_recent" if self._staged else "messages"
         self._sql_cache: dict[str, str] = {}
         dbapi = pool.dbapi
         self._integrity_error = dbapi.IntegrityError
@@ -123,6 +129,30 @@ class Store:
             return t.fetchone()
 
         return self._run(txn)
+
+    def _log_all(self, sql: str, *params: Any) -> defer.Deferred[list[tuple[Any, ...]]]:
+        """As ``_all``, for a read of the message log: staged messages are moved first."""
+        q = self._q(sql)
+
+        def txn(t: Any) -> list[tuple[Any, ...]]:
+            self._settle(t)
+            t.execute(q, params)
+            return list(t.fetchall())
+
+        return self._run(txn)
+
+    def _settle(self, t: Any) -> None:
+        """Move every staged message into ``messages``, so that reads see the whole log."""
+        if self._staged:
+            t.execute("SELECT 1 FROM messages_recent LIMIT 1")
+            if t.fetchone() is not None:
+                self._move_staged(t)
+
+    @staticmethod
+    def _move_staged(t: Any) -> None:
+        t.execute(f"INSERT INTO messages ({_LOG_COLUMNS}) "
+                  f"SELECT {_LOG_COLUMNS} FROM messages_recent")
+        t.execute("DELETE FROM messages_recent")
 
     def _placeholders(self, n: int) -> str:
         return ",".join("?" * n)
@@ -412,9 +442,8 @@ class Store:
         """
         q_reserve = self._q("UPDATE log_seq SET last_id = last_id + ? WHERE id = 1")
         q_head = self._q("SELECT last_id FROM log_seq WHERE id = 1")
-        q_ins = self._q(
-            "INSERT INTO messages (id, kind, sender, recipient, group_id, body, ts, cid) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        q_ins = self._q(f"INSERT INTO {self._log_table} ({_LOG_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         q_ack = self._q("UPDATE users SET acked = ? WHERE id = ? AND acked < ?")
         q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
         ack_rows = [(mid, uid, mid) for uid, mid in acks]
@@ -453,6 +482,10 @@ class Store:
                     next_id += 1
                 if rows:
                     t.executemany(q_ins, rows)
+                    if self._staged:
+                        t.execute("SELECT MIN(id) FROM messages_recent")
+                        if next_id - int(t.fetchone()[0]) >= STAGE_ROWS:
+                            self._move_staged(t)
             if ack_rows:
                 t.executemany(q_ack, ack_rows)
             return results
@@ -472,8 +505,12 @@ class Store:
         for i in range(0, len(todo), self._CID_CHUNK):
             chunk = todo[i : i + self._CID_CHUNK]
             where = " OR ".join(["(sender = ? AND cid = ?)"] * len(chunk))
-            t.execute(self._q(f"SELECT sender, cid, id, ts FROM messages WHERE {where}"),
-                      [v for key in chunk for v in key])
+            params = [v for key in chunk for v in key]
+            sql = f"SELECT sender, cid, id, ts FROM messages WHERE {where}"
+            if self._staged:
+                sql += f" UNION ALL SELECT sender, cid, id, ts FROM messages_recent WHERE {where}"
+                params += params
+            t.execute(self._q(sql), params)
             for sender, cid, mid, ts in t.fetchall():
                 if isinstance(cid, bytes):
                     cid = cid.decode()
@@ -481,9 +518,11 @@ class Store:
         return found
 
     def message(self, message_id: int) -> defer.Deferred[MessageRow | None]:
-        return self._one(
+        d = self._log_all(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
             " WHERE m.id = ?", message_id)
+        d.addCallback(lambda rows: rows[0] if rows else None)
+        return d
 
     _UNDELIVERED = (
         f"SELECT {_MESSAGE_COLUMNS} FROM ("
@@ -509,7 +548,8 @@ class Store:
                     ) -> defer.Deferred[list[MessageRow]]:
         """The user's messages after ``after`` in id order: one-to-one to them (notes to
         self included), their groups' since they joined, and others' broadcasts."""
-        return self._all(self._UNDELIVERED, *self._undelivered_params(user_id, after, limit))
+        return self._log_all(self._UNDELIVERED,
+                             *self._undelivered_params(user_id, after, limit))
 
     def backlog_start(self, user_id: int, limit: int
                       ) -> defer.Deferred[tuple[int, list[MessageRow]]]:
@@ -519,6 +559,7 @@ class Store:
         q_rows = self._q(self._UNDELIVERED)
 
         def txn(t: Any) -> tuple[int, list[MessageRow]]:
+            self._settle(t)
             t.execute(q_acked, (user_id,))
             row = t.fetchone()
             acked = int(row[0]) if row else 0
@@ -530,7 +571,7 @@ class Store:
     def history_direct(self, a: int, b: int, before: int, limit: int
                        ) -> defer.Deferred[list[MessageRow]]:
         # one index range per direction, newest first, then the newest of both
-        return self._all(
+        return self._log_all(
             f"SELECT {_MESSAGE_COLUMNS} FROM ("
             " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND sender = ?"
             "  AND recipient = ? AND id < ? ORDER BY id DESC LIMIT ?) ab"
@@ -544,7 +585,7 @@ class Store:
 
     def history_group(self, gid: int, before: int, limit: int
                       ) -> defer.Deferred[list[MessageRow]]:
-        return self._all(
+        return self._log_all(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
             " WHERE m.kind = 2 AND m.group_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
             gid, before, limit,
