@@ -39,9 +39,12 @@ from qqchat.errors import ChatError, UnavailableError
 from qqchat.metrics import LATENCY_BUCKETS, Registry
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
+from qqchat.relay.publisher import Publisher
 from qqchat.session import Session
 
 PREFIX = "qq:"
+_USER_CHANNEL = (PREFIX + "u:%d").encode()
+_ALL_CHANNEL = (PREFIX + "all").encode()
 HEARTBEAT = 5.0  # seconds between node heartbeats and reaper passes
 NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
 COMMAND_TIMEOUT = 5.0
@@ -211,6 +214,9 @@ class RedisRelay(Service):
         self.gone_offline: Callable[[int, str], Any] | None = None
         self._sub_factory = _SubscriberFactory(self, config)
         self._cmd_factory = _CommandFactory(self, config)
+        #: pushes go out on a third connection, as raw RESP (publisher.py says why)
+        self._publisher = Publisher(self._endpoint(), config.password, self._publisher_ready,
+                                    reactor)
         self._sub: _Subscriber | None = None
         self._subscribed: set[bytes] = set()
         self._beat = task.LoopingCall(self._heartbeat)
@@ -219,7 +225,7 @@ class RedisRelay(Service):
         self._command_waiters: list[defer.Deferred[None]] = []
         #: publishes made while Redis was away, sent when it is back (bounded: the log
         #: is the record, this only saves recipients a wait until their next login)
-        self._unsent: deque[tuple[str, bytes]] = deque(maxlen=MAX_UNSENT)
+        self._unsent: deque[tuple[bytes, bytes]] = deque(maxlen=MAX_UNSENT)
         m = metrics if metrics is not None else Registry()
         self._lag = m.histogram(
             "qqchat_relay_lag_seconds", "From a message's log timestamp to its arrival "
@@ -230,12 +236,16 @@ class RedisRelay(Service):
 
     # -- lifecycle ----------------------------------------------------------
 
+    def _endpoint(self) -> endpoints.TCP4ClientEndpoint:
+        return endpoints.TCP4ClientEndpoint(self.reactor, self.config.host, self.config.port,
+                                            timeout=5)
+
     def startService(self) -> None:
         super().startService()
-        endpoint = endpoints.TCP4ClientEndpoint(self.reactor, self.config.host,
-                                                self.config.port, timeout=5)
+        endpoint = self._endpoint()
         self._sub_factory.startConnecting(endpoint)
         self._cmd_factory.startConnecting(endpoint)
+        self._publisher.start()
         self._beat.start(HEARTBEAT, now=False)
         self.log.info("cluster node {node} using {redis}", node=self.node,
                       redis=self.config.describe())
@@ -253,7 +263,9 @@ class RedisRelay(Service):
             self.log.warn("could not unregister node: {e}", e=e)
         self.stopping = True
         yield defer.gatherResults([self._sub_factory.disconnect(),
-                                   self._cmd_factory.disconnect()], consumeErrors=True)
+                                   self._cmd_factory.disconnect(),
+                                   defer.maybeDeferred(self._publisher.stop)],
+                                  consumeErrors=True)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -279,13 +291,15 @@ class RedisRelay(Service):
         self.log.warn("Redis command failed: {e}", e=failure.getErrorMessage())
         raise UnavailableError("the cluster relay (Redis)")
 
-    def _publish(self, channel: str, payload: bytes) -> None:
+    def _publish(self, channel: bytes, payload: bytes) -> None:
         """Fire and forget: a lost publish costs latency, never a message."""
-        if self._cmd_factory.size == 0:
+        if not self._publisher.publish(channel, payload):
             self._unsent.append((channel, payload))
-            return
-        d = self._cmd_factory.handler.publish(channel, payload)
-        d.addErrback(lambda f: self.log.warn("publish failed: {e}", e=f.getErrorMessage()))
+
+    def _publisher_ready(self) -> None:
+        unsent, self._unsent = self._unsent, deque(maxlen=MAX_UNSENT)
+        for channel, payload in unsent:
+            self._publish(channel, payload)
 
     def _session_keys(self, uid: int, node: str | None = None) -> list[str]:
         return [self._k(f"sess:{uid}"), self._k("online"), self._k("names"),
@@ -293,13 +307,13 @@ class RedisRelay(Service):
 
     @staticmethod
     def _user_channel(uid: int) -> bytes:
-        return f"{PREFIX}u:{uid}".encode()
+        return _USER_CHANNEL % uid
 
     # -- subscriptions --------------------------------------------------------
 
     def _subscriber_ready(self, proto: _Subscriber) -> None:
         self._sub = proto
-        channels = {f"{PREFIX}all".encode()} | {self._user_channel(s.user_id)
+        channels = {_ALL_CHANNEL} | {self._user_channel(s.user_id)
                                                 for s in self.hub if s.user_id is not None}
         self._subscribed = set(channels)
         d = proto.subscribe(sorted(channels))
@@ -323,9 +337,6 @@ class RedisRelay(Service):
         waiting, self._command_waiters = self._command_waiters, []
         for d in waiting:
             d.callback(None)
-        unsent, self._unsent = self._unsent, deque(maxlen=MAX_UNSENT)
-        for channel, payload in unsent:
-            self._publish(channel, payload)
 
     def _command_connection(self) -> defer.Deferred[None]:
         """Fires once the command connection is up (both reconnect on their own)."""
@@ -472,7 +483,7 @@ class RedisRelay(Service):
             prev = previous.decode() if isinstance(previous, bytes) else str(previous)
             prev_node, _, prev_token = prev.partition("|")
             if prev_node != self.node:
-                self._publish(self._user_channel(uid).decode(), f"K {prev_token}".encode())
+                self._publish(self._user_channel(uid), f"K {prev_token}".encode())
         return True
 
     async def release(self, session: Session) -> bool:
@@ -492,16 +503,16 @@ class RedisRelay(Service):
         if away:
             payload = b"M %d " % msg_id + line
             for uid in away:
-                self._publish(f"{PREFIX}u:{uid}", payload)
+                self._publish(_USER_CHANNEL % uid, payload)
 
     def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
         self._local.deliver_all(msg_id, line, exclude)
-        self._publish(f"{PREFIX}all",
+        self._publish(_ALL_CHANNEL,
                       b"B %s %d %d " % (self.node.encode(), msg_id, exclude) + line)
 
     def notify(self, user_ids: Iterable[int], line: bytes) -> None:
         for uid in self._local.notify_here(user_ids, line):
-            self._publish(f"{PREFIX}u:{uid}", b"E " + line)
+            self._publish(_USER_CHANNEL % uid, b"E " + line)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = sorted(set(user_ids))

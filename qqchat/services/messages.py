@@ -221,17 +221,9 @@ class MessageService:
         Ids commit in id order, so every message up to ``message_id`` is readable now.
         """
         seen = session.seen or set()
-        after = session.acked
-        while after < message_id:
-            rows = await self._store.undelivered(uid, after, self._limits.backlog_page)
-            for row in rows:
-                if row[0] > message_id:
-                    return message_id
-                if row[0] not in seen:
-                    return row[0] - 1
-                after = row[0]
-            if len(rows) < self._limits.backlog_page:
-                break
+        for mid in await self._store.message_ids(uid, session.acked, message_id):
+            if mid not in seen:
+                return mid - 1
         return message_id
 
     async def resync(self, session: Session) -> int:
