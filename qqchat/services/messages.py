@@ -201,9 +201,11 @@ class MessageService:
             self._acked, session, message_id, message_id)
 
     async def _ack_seen(self, session: Session, uid: int, message_id: int) -> dict[str, Any]:
-        upto = await self._deliverable_upto(session, uid, message_id)
-        if upto > session.acked:
-            await self._log.ack(uid, upto)
+        """Several nodes: pushes from different nodes can cross, so the log says how
+        far the ack may go: up to the first message of the user's this session has
+        not been sent. Ids commit in id order, so all up to ``message_id`` are readable."""
+        upto = await self._log.checked_ack(uid, session.acked, message_id,
+                                           frozenset(session.seen or ()))
         return self._acked(None, session, message_id, upto)
 
     @staticmethod
@@ -213,18 +215,6 @@ class MessageService:
         if upto != message_id:
             reply["acked"] = session.acked
         return reply
-
-    async def _deliverable_upto(self, session: Session, uid: int, message_id: int) -> int:
-        """The highest id up to ``message_id`` below which this session has been sent
-        every message of the user's. With several nodes, a message that committed
-        before a later one may still be on its way; a cumulative ack must not pass it.
-        Ids commit in id order, so every message up to ``message_id`` is readable now.
-        """
-        seen = session.seen or set()
-        for mid in await self._store.message_ids(uid, session.acked, message_id):
-            if mid not in seen:
-                return mid - 1
-        return message_id
 
     async def resync(self, session: Session) -> int:
         """Send what a live session missed while pushes could not reach it (the relay

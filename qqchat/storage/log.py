@@ -42,6 +42,9 @@ class MessageLog:
         #: the acks of the batch being written
         self._writing_acks: dict[int, int] = {}
         self._ack_waiters: list[defer.Deferred[None]] = []
+        #: checked acks in flight, per user, and who waits for them to finish
+        self._checking: dict[int, int] = {}
+        self._check_waiters: dict[int, list[defer.Deferred[None]]] = {}
         self._scheduled: Any = None
         self._writing = False
         self.batches = 0
@@ -72,15 +75,41 @@ class MessageLog:
         self._schedule()
         return d
 
+    def checked_ack(self, user_id: int, after: int, upto: int, seen: frozenset[int]
+                    ) -> defer.Deferred[int]:
+        """Several nodes: an ack checked against the log (``Store.checked_ack``), in a
+        transaction of its own, so the check and the write cost one interaction.
+        ``settled`` and ``idle`` wait for it like for a batched ack."""
+        d = self._store.checked_ack(user_id, after, upto, seen)
+        self._checking[user_id] = self._checking.get(user_id, 0) + 1
+        d.addBoth(self._checked, user_id)
+        return d
+
+    def _checked(self, result: Any, user_id: int) -> Any:
+        left = self._checking.pop(user_id) - 1
+        if left:
+            self._checking[user_id] = left
+        else:
+            waiters = self._check_waiters.pop(user_id, [])
+            for w in waiters:
+                w.callback(None)
+        if not self._checking and not self._writing and not self.pending():
+            self._done_idle()
+        return result
+
     def settled(self, user_id: int) -> defer.Deferred[None]:
         """Fires once no ack of ``user_id``'s is waiting to be written: at once if
-        none is queued or being written, else after the batch that carries it."""
+        none is queued or being written, else after the batch or check that carries it."""
+        if user_id in self._checking:
+            d: defer.Deferred[None] = defer.Deferred()
+            self._check_waiters.setdefault(user_id, []).append(d)
+            return d.addCallback(lambda _: self.settled(user_id))
         if user_id in self._acks or user_id in self._writing_acks:
             return self.ack(user_id, 0)  # the next batch commits after the one in flight
         return defer.succeed(None)
 
     def pending(self) -> int:
-        return len(self._messages) + len(self._ack_waiters)
+        return len(self._messages) + len(self._ack_waiters) + len(self._checking)
 
     def idle(self) -> defer.Deferred[None]:
         """Fires once everything appended so far is committed (or failed)."""
@@ -138,7 +167,11 @@ class MessageLog:
         self._writing_acks = {}
         if self._messages or self._ack_waiters:
             self._schedule()
-        elif self._idle_waiters:
+        elif not self._checking:
+            self._done_idle()
+
+    def _done_idle(self) -> None:
+        if self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for w in waiters:
                 self._clock.callLater(0, w.callback, None)

@@ -121,6 +121,8 @@ def make_pool(config: DatabaseConfig, reactor: Any) -> adbapi.ConnectionPool:
             cp_noisy=False,
         )
     check_driver(config)
+    from MySQLdb.constants import CLIENT
+
     return adbapi.ConnectionPool(
         "MySQLdb",
         host=config.host,
@@ -129,6 +131,9 @@ def make_pool(config: DatabaseConfig, reactor: Any) -> adbapi.ConnectionPool:
         passwd=config.password,
         db=config.database,
         charset="utf8mb4",
+        # the message log writes a batch as one multi-statement (store.write_batch);
+        # every value in it is escaped by the driver, never formatted into the SQL
+        client_flag=CLIENT.MULTI_STATEMENTS,
         connect_timeout=5,
         # a server that stops answering must give `unavailable`, not a hung request
         read_timeout=10,

@@ -1,6 +1,9 @@
-"""SQLite's staged message log: new messages land in ``messages_recent`` and move
-into the indexed ``messages`` table in bulk. Whatever the split, every read sees
-the whole log, retries stay idempotent, and the staged table stays small."""
+"""The message store on SQLite.
+
+New messages land in ``messages_recent`` and move into the indexed ``messages``
+table in bulk: whatever the split, every read sees the whole log, retries stay
+idempotent, and the staged table stays small. A checked ack (cluster mode)
+never passes a message the session was not sent."""
 
 from __future__ import annotations
 
@@ -117,3 +120,22 @@ def test_staged_messages_left_by_a_stop_move_at_the_next_start(tmp_path: Path) -
         assert [r[0] for r in rows] == ["before the stop"]
     finally:
         pool.close()
+
+
+def test_a_checked_ack_stops_before_a_message_not_yet_seen() -> None:
+    pool, store = make_store()
+    a, b = users(store)
+    ids = [s.id for s in send(store, a, b, ["one", "two", "three"])]
+    broadcast = result_of(store.write_batch([NewMessage(3, a, "to all")], (), 1000))[0].id
+    own = result_of(store.write_batch([NewMessage(3, b, "mine")], (), 1000))[0].id
+
+    # "two" may still be on its way from another node: the ack stops below it
+    assert result_of(store.checked_ack(b, 0, ids[2], frozenset({ids[0], ids[2]}))) == ids[0]
+    assert result_of(pool.runQuery("SELECT acked FROM users WHERE id = ?", (b,)))[0][0] == ids[0]
+    # nothing new seen at all: the position stays where it was
+    assert result_of(store.checked_ack(b, ids[0], ids[2], frozenset({ids[2]}))) == ids[0]
+    # everything seen: the ack goes the whole way; b's own broadcast is not b's to receive
+    reached = result_of(store.checked_ack(b, ids[0], own,
+                                          frozenset({ids[1], ids[2], broadcast})))
+    assert reached == own
+    assert result_of(pool.runQuery("SELECT acked FROM users WHERE id = ?", (b,)))[0][0] == own
