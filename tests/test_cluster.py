@@ -94,6 +94,33 @@ async def test_chat_across_nodes_both_ways(cluster: Cluster) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_acks_checked_together_on_mariadb_each_go_as_far_as_their_user_saw(
+        cluster: Cluster) -> None:
+    """Acks checked in the same turn share one MariaDB transaction (the reads in one
+    multi-statement, the writes in another); each stops where its own user's session
+    has a gap, and what was acked is not sent again at the next login."""
+    alice = await cluster.user("alice", 0)
+    bob = await cluster.user("bob", 1)
+    carol = await cluster.user("carol", 1)
+    to_bob = [(await alice.ok("chat", to=bob.user_id, text=t))["id"] for t in ("b1", "b2")]
+    to_carol = (await alice.ok("chat", to=carol.user_id, text="c1"))["id"]
+    await bob.messages(2)
+    await carol.messages(1)
+    log = cluster.daemons[1].log
+    # as if b2 were still on its way to bob's session from another node
+    checks = [log.checked_ack(bob.user_id, 0, to_bob[1], frozenset({to_bob[0]})),
+              log.checked_ack(carol.user_id, 0, to_carol, frozenset({to_carol}))]
+    assert await defer.gatherResults(checks) == [to_bob[0], to_carol]
+
+    bob_again = await cluster.client(2)
+    _, backlog = await bob_again.login("bob", "password1")
+    assert [m["id"] for m in backlog] == [to_bob[1]]
+    carol_again = await cluster.client(2)
+    _, backlog = await carol_again.login("carol", "password1")
+    assert backlog == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_group_and_broadcast_across_nodes(cluster: Cluster) -> None:
     users = [await cluster.user(f"u{n}", n) for n in range(3)]
     gid = (await users[0].ok("group_create", name="all-nodes"))["group"]["id"]

@@ -576,11 +576,19 @@ class HeldStore:
         self.batches: list[tuple[list[NewMessage], list[tuple[int, int]]]] = []
         self.pending: list[defer.Deferred[list[Stored]]] = []
         self.next_id = 1
+        self.checks: list[list[tuple[int, int, int, frozenset[int]]]] = []
+        self.pending_checks: list[defer.Deferred[list[int]]] = []
 
     def write_batch(self, messages: Any, acks: Any, now: int) -> defer.Deferred[list[Stored]]:
         self.batches.append((list(messages), list(acks)))
         d: defer.Deferred[list[Stored]] = defer.Deferred()
         self.pending.append(d)
+        return d
+
+    def checked_acks(self, acks: Any) -> defer.Deferred[list[int]]:
+        self.checks.append(list(acks))
+        d: defer.Deferred[list[int]] = defer.Deferred()
+        self.pending_checks.append(d)
         return d
 
     def commit(self, index: int) -> None:
@@ -632,6 +640,42 @@ def test_settled_waits_only_for_that_users_acks(clock: task.Clock) -> None:
     store.commit(1)
     assert result_of(in_flight) is None
     assert result_of(log.settled(7)) is None and len(store.batches) == 2
+
+
+def test_checked_acks_arriving_during_a_check_share_the_next(clock: task.Clock) -> None:
+    """Several nodes: acks checked against the log go in transactions of their own,
+    as many per transaction as arrived meanwhile; a login waits for its user's."""
+    store = HeldStore()
+    log = MessageLog(store, clock)  # type: ignore[arg-type]
+    first = log.checked_ack(7, 0, 5, frozenset({5}))
+    clock.advance(0)
+    assert store.checks == [[(7, 0, 5, frozenset({5}))]]
+    later = [log.checked_ack(8, 0, 9, frozenset()), log.checked_ack(7, 5, 6, frozenset({6}))]
+    waiting = log.settled(7)
+    idle = log.idle()
+    clock.advance(0)
+    assert len(store.checks) == 1 and not waiting.called
+    store.pending_checks[0].callback([5])
+    assert result_of(first) == 5 and not waiting.called
+    assert store.checks[1] == [(8, 0, 9, frozenset()), (7, 5, 6, frozenset({6}))]
+    store.pending_checks[1].callback([0, 6])
+    assert [result_of(d) for d in later] == [0, 6]
+    assert result_of(waiting) is None
+    clock.advance(0)
+    assert result_of(idle) is None and store.batches == []
+
+
+def test_a_failed_check_fails_its_acks_and_the_next_still_runs(clock: task.Clock) -> None:
+    store = HeldStore()
+    log = MessageLog(store, clock)  # type: ignore[arg-type]
+    failing = log.checked_ack(7, 0, 5, frozenset({5}))
+    clock.advance(0)
+    retry = log.checked_ack(7, 0, 5, frozenset({5}))
+    store.pending_checks[0].errback(RuntimeError("gone"))
+    with pytest.raises(RuntimeError):
+        result_of(failing)
+    store.pending_checks[1].callback([5])
+    assert result_of(retry) == 5 and result_of(log.settled(7)) is None
 
 
 def test_batches_are_capped(clock: task.Clock) -> None:

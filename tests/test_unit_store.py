@@ -129,13 +129,19 @@ def test_a_checked_ack_stops_before_a_message_not_yet_seen() -> None:
     broadcast = result_of(store.write_batch([NewMessage(3, a, "to all")], (), 1000))[0].id
     own = result_of(store.write_batch([NewMessage(3, b, "mine")], (), 1000))[0].id
 
-    # "two" may still be on its way from another node: the ack stops below it
-    assert result_of(store.checked_ack(b, 0, ids[2], frozenset({ids[0], ids[2]}))) == ids[0]
-    assert result_of(pool.runQuery("SELECT acked FROM users WHERE id = ?", (b,)))[0][0] == ids[0]
+    def acked(uid: int) -> int:
+        return result_of(pool.runQuery("SELECT acked FROM users WHERE id = ?", (uid,)))[0][0]
+
+    # "two" may still be on its way from another node: b's ack stops below it, while
+    # a's ack in the same transaction (of the broadcast a does not receive) goes through
+    reached = result_of(store.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]})),
+                                            (a, 0, own, frozenset({own}))]))
+    assert reached == [ids[0], own]
+    assert (acked(b), acked(a)) == (ids[0], own)
     # nothing new seen at all: the position stays where it was
-    assert result_of(store.checked_ack(b, ids[0], ids[2], frozenset({ids[2]}))) == ids[0]
+    assert result_of(store.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}))])) == [ids[0]]
     # everything seen: the ack goes the whole way; b's own broadcast is not b's to receive
-    reached = result_of(store.checked_ack(b, ids[0], own,
-                                          frozenset({ids[1], ids[2], broadcast})))
-    assert reached == own
-    assert result_of(pool.runQuery("SELECT acked FROM users WHERE id = ?", (b,)))[0][0] == own
+    reached = result_of(store.checked_acks([(b, ids[0], own,
+                                             frozenset({ids[1], ids[2], broadcast}))]))
+    assert reached == [own]
+    assert acked(b) == own

@@ -42,7 +42,11 @@ class MessageLog:
         #: the acks of the batch being written
         self._writing_acks: dict[int, int] = {}
         self._ack_waiters: list[defer.Deferred[None]] = []
-        #: checked acks in flight, per user, and who waits for them to finish
+        #: checked acks waiting for the next check transaction
+        self._checks: list[tuple[int, int, int, frozenset[int], defer.Deferred[int]]] = []
+        self._checks_scheduled: Any = None
+        self._checks_running = False
+        #: checked acks queued or in flight, per user, and who waits for them to finish
         self._checking: dict[int, int] = {}
         self._check_waiters: dict[int, list[defer.Deferred[None]]] = {}
         self._scheduled: Any = None
@@ -77,25 +81,52 @@ class MessageLog:
 
     def checked_ack(self, user_id: int, after: int, upto: int, seen: frozenset[int]
                     ) -> defer.Deferred[int]:
-        """Several nodes: an ack checked against the log (``Store.checked_ack``), in a
-        transaction of its own, so the check and the write cost one interaction.
-        ``settled`` and ``idle`` wait for it like for a batched ack."""
-        d = self._store.checked_ack(user_id, after, upto, seen)
+        """Several nodes: an ack checked against the log (``Store.checked_acks``). The
+        checks that arrive while one transaction of them runs share the next, as
+        messages share a batch. ``settled`` and ``idle`` wait for them like for a
+        batched ack."""
+        d: defer.Deferred[int] = defer.Deferred()
+        self._checks.append((user_id, after, upto, seen, d))
         self._checking[user_id] = self._checking.get(user_id, 0) + 1
-        d.addBoth(self._checked, user_id)
+        if self._checks_scheduled is None and not self._checks_running:
+            self._checks_scheduled = self._clock.callLater(0, self._run_checks)
         return d
 
-    def _checked(self, result: Any, user_id: int) -> Any:
+    def _run_checks(self) -> None:
+        self._checks_scheduled = None
+        checks, self._checks = self._checks, []
+        self._checks_running = True
+        d = self._store.checked_acks([(u, a, t, s) for u, a, t, s, _ in checks])
+        d.addCallbacks(self._checks_done, self._checks_failed, callbackArgs=(checks,),
+                       errbackArgs=(checks,))
+
+    def _checks_done(self, reached: list[int], checks: list[Any]) -> None:
+        self._checks_running = False
+        for (user_id, _, _, _, d), r in zip(checks, reached, strict=True):
+            self._checked(user_id)
+            d.callback(r)
+        self._next_checks()
+
+    def _checks_failed(self, failure: Failure, checks: list[Any]) -> None:
+        self._checks_running = False
+        for user_id, _, _, _, d in checks:
+            self._checked(user_id)
+            d.errback(failure)
+        self._next_checks()
+
+    def _next_checks(self) -> None:
+        if self._checks:
+            self._run_checks()
+        elif not self._writing and not self.pending():
+            self._done_idle()
+
+    def _checked(self, user_id: int) -> None:
         left = self._checking.pop(user_id) - 1
         if left:
             self._checking[user_id] = left
         else:
-            waiters = self._check_waiters.pop(user_id, [])
-            for w in waiters:
+            for w in self._check_waiters.pop(user_id, []):
                 w.callback(None)
-        if not self._checking and not self._writing and not self.pending():
-            self._done_idle()
-        return result
 
     def settled(self, user_id: int) -> defer.Deferred[None]:
         """Fires once no ack of ``user_id``'s is waiting to be written: at once if

@@ -44,6 +44,15 @@ class NewMessage:
     cid: str | None = None
 
 
+def _reach(after: int, upto: int, ids: set[int], seen: frozenset[int]) -> int:
+    """How far an ack up to ``upto`` may go: below the first of the user's messages in
+    (``after``, ``upto``] (``ids``) that the session has not been sent (``seen``)."""
+    for mid in sorted(ids):
+        if mid not in seen:
+            return max(mid - 1, after)
+    return upto
+
+
 @dataclass(slots=True)
 class Stored:
     """The outcome of one append. For a new group message, ``members`` is the group's
@@ -612,29 +621,51 @@ class Store:
         " UNION ALL"
         " SELECT id FROM messages WHERE kind = 3 AND id > ? AND id <= ? AND sender <> ?")
 
-    def checked_ack(self, user_id: int, after: int, upto: int, seen: frozenset[int]
-                    ) -> defer.Deferred[int]:
-        """Several nodes: acknowledge up to ``upto``, but never past a message of the
-        user's in (``after``, ``upto``] that is not in ``seen`` (it may still be on
-        its way from another node). Reads and writes in one transaction; returns the
-        position acknowledged (``after`` when nothing could be)."""
+    def checked_acks(self, acks: Sequence[tuple[int, int, int, frozenset[int]]]
+                     ) -> defer.Deferred[list[int]]:
+        """Several nodes: for each (user, ``after``, ``upto``, ``seen``), acknowledge up
+        to ``upto``, but never past a message of the user's in (``after``, ``upto``]
+        that is not in ``seen`` (it may still be on its way from another node). All
+        are read and written in one transaction (on MySQL, the reads in one round trip
+        and the writes in another); returns each position acknowledged (``after`` when
+        nothing could be)."""
         q_ids = self._q(self._IDS_BETWEEN)
         q_ack = self._q("UPDATE users SET acked = ? WHERE id = ? AND acked < ?")
+        mysql = self.dialect == "mysql"
 
-        ids_params = (user_id, after, upto, user_id, after, upto, user_id, after, upto,
-                      user_id)
+        def ids_params(user_id: int, after: int, upto: int) -> tuple[int, ...]:
+            return (user_id, after, upto, user_id, after, upto, user_id, after, upto,
+                    user_id)
 
-        def txn(t: Any) -> int:
+        def txn(t: Any) -> list[set[int]]:
             self._settle(t)
-            t.execute(q_ids, ids_params)
-            reached = upto
-            for mid in sorted(int(r[0]) for r in t.fetchall()):
-                if mid not in seen:
-                    reached = mid - 1
-                    break
-            if reached > after:
-                t.execute(q_ack, (reached, user_id, reached))
-            return max(reached, after)
+            found: list[set[int]] = []
+            if mysql:
+                params: list[int] = []
+                for user_id, after, upto, _ in acks:
+                    params += ids_params(user_id, after, upto)
+                t.execute(";\n".join([q_ids] * len(acks)), params)
+                while True:
+                    if t.description is not None:
+                        found.append({int(r[0]) for r in t.fetchall()})
+                    if not t.nextset():
+                        break
+            else:
+                for user_id, after, upto, _ in acks:
+                    t.execute(q_ids, ids_params(user_id, after, upto))
+                    found.append({int(r[0]) for r in t.fetchall()})
+            reached = [_reach(after, upto, ids, seen)
+                       for (_, after, upto, seen), ids in zip(acks, found, strict=True)]
+            rows = [(r, user_id, r)
+                    for (user_id, after, _, _), r in zip(acks, reached, strict=True)
+                    if r > after]
+            if rows and mysql:
+                t.execute(";\n".join([q_ack] * len(rows)), [v for row in rows for v in row])
+                while t.nextset():
+                    pass
+            elif rows:
+                t.executemany(q_ack, rows)
+            return reached
 
         return self._run(txn)
 
