@@ -92,3 +92,29 @@ async def test_kicked_session_unacked_messages_go_to_the_new_one(server: Running
     new = await server.client()
     _, backlog = await new.login("bob", "password1")
     assert [m["id"] for m in backlog] == sent[2:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_acks_written_in_one_batch_each_move_their_own_user(server: Running) -> None:
+    """Acks that share a log batch (a group message's receivers ack at once) are
+    written together, on MariaDB as one multi-statement: each user's position moves
+    to its own ack, and nothing acked comes back at the next login."""
+    alice = await server.user("alice")
+    bob = await server.user("bob")
+    carol = await server.user("carol")
+    to_bob = [(await alice.ok("chat", to=bob.user_id, text=t))["id"] for t in ("b1", "b2")]
+    to_carol = (await alice.ok("chat", to=carol.user_id, text="c1"))["id"]
+    await bob.messages(2)
+    await carol.messages(1)
+    log = server.daemon.log
+    batches = log.batches
+    await defer.gatherResults([log.ack(bob.user_id, to_bob[0]),
+                               log.ack(carol.user_id, to_carol)])
+    assert log.batches == batches + 1
+
+    bob_again = await server.client()
+    _, backlog = await bob_again.login("bob", "password1")
+    assert [m["id"] for m in backlog] == [to_bob[1]]
+    carol_again = await server.client()
+    _, backlog = await carol_again.login("carol", "password1")
+    assert backlog == []

@@ -457,7 +457,6 @@ class Store:
         q_head = self._q("SELECT last_id FROM log_seq WHERE id = 1")
         q_ins = self._q(f"INSERT INTO {self._log_table} ({_LOG_COLUMNS}) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-        q_ack = self._q("UPDATE users SET acked = ? WHERE id = ? AND acked < ?")
         q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
         ack_rows = [(mid, uid, mid) for uid, mid in acks]
 
@@ -506,7 +505,7 @@ class Store:
                         if next_id - int(t.fetchone()[0]) >= STAGE_ROWS:
                             self._move_staged(t)
             if ack_rows:
-                t.executemany(q_ack, ack_rows)
+                self._write_acks(t, ack_rows)
             return results
 
         return self._run(txn)
@@ -539,7 +538,7 @@ class Store:
         for k, m in enumerate(messages):
             params += (n - 1 - k, m.kind, m.sender, m.recipient, m.body, now)
         for row in ack_rows:
-            parts.append("UPDATE users SET acked = %s WHERE id = %s AND acked < %s")
+            parts.append(self._q(self._ACK))
             params += row
         t.execute(";\n".join(parts), params)
         head = None
@@ -552,6 +551,24 @@ class Store:
             raise RuntimeError("the log head was not returned")
         first = head - n + 1
         return [Stored(first + k, now, False) for k in range(n)]
+
+    _ACK = "UPDATE users SET acked = ? WHERE id = ? AND acked < ?"
+    #: MySQL: acks written per multi-statement
+    _ACK_CHUNK = 500
+
+    def _write_acks(self, t: Any, rows: Sequence[tuple[int, int, int]]) -> None:
+        """Apply (acked, user id, acked) rows. MySQLdb's ``executemany`` sends an UPDATE
+        per row, a round trip each: on MySQL they go as multi-statements instead (a
+        group message acked by its 199 receivers at once was 199 round trips)."""
+        q = self._q(self._ACK)
+        if self.dialect != "mysql":
+            t.executemany(q, rows)
+            return
+        for i in range(0, len(rows), self._ACK_CHUNK):
+            chunk = rows[i : i + self._ACK_CHUNK]
+            t.execute(";\n".join([q] * len(chunk)), [v for row in chunk for v in row])
+            while t.nextset():
+                pass
 
     #: (sender, cid) pairs looked up per statement
     _CID_CHUNK = 100
@@ -630,7 +647,6 @@ class Store:
         and the writes in another); returns each position acknowledged (``after`` when
         nothing could be)."""
         q_ids = self._q(self._IDS_BETWEEN)
-        q_ack = self._q("UPDATE users SET acked = ? WHERE id = ? AND acked < ?")
         mysql = self.dialect == "mysql"
 
         def ids_params(user_id: int, after: int, upto: int) -> tuple[int, ...]:
@@ -659,12 +675,8 @@ class Store:
             rows = [(r, user_id, r)
                     for (user_id, after, _, _), r in zip(acks, reached, strict=True)
                     if r > after]
-            if rows and mysql:
-                t.execute(";\n".join([q_ack] * len(rows)), [v for row in rows for v in row])
-                while t.nextset():
-                    pass
-            elif rows:
-                t.executemany(q_ack, rows)
+            if rows:
+                self._write_acks(t, rows)
             return reached
 
         return self._run(txn)
