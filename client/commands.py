@@ -13,17 +13,24 @@ from typing import Any
 #: ids stay exact in every JSON implementation, so the server rejects bigger ones
 MAX_ID = 2**53
 HISTORY_MAX = 200
+CHATS_DEFAULT = 20
+CHATS_MAX = 100
+SEARCH_LIMIT = 20
 
 #: command -> (usage, one-line description); the order is the order ``help`` lists them
 HELP: dict[str, tuple[str, str]] = {
     "help": ("help [COMMAND]", "list the commands, or show how to use one"),
     "register": ("register NAME", "create an account (asks for a password)"),
-    "login": ("login NAME|ID", "log in (asks for a password)"),
-    "logout": ("logout", "log out and stay connected"),
+    "login": ("login [--remember] NAME|ID",
+              "log in (asks for a password); --remember saves a session token so the "
+              "next login NAME needs none"),
+    "logout": ("logout", "log out and stay connected (forgets a saved session)"),
+    "passwd": ("passwd", "change your password (asks for the old one and the new one twice)"),
     "who": ("who", "list the users online now"),
+    "search": ("search NAME", "find users whose name starts with NAME: id, friend, online"),
     "chat": ("chat ID|NAME TEXT", "send TEXT to one user"),
     "broadcast": ("broadcast TEXT", "send TEXT to every user"),
-    "addfriend": ("addfriend ID", "ask a user to be your friend"),
+    "addfriend": ("addfriend ID|NAME", "ask a user to be your friend"),
     "accept": ("accept ID", "accept the friend request from user ID"),
     "decline": ("decline ID", "decline the friend request from user ID"),
     "unfriend": ("unfriend ID", "remove user ID from your friends"),
@@ -32,11 +39,14 @@ HELP: dict[str, tuple[str, str]] = {
     "joingroup": ("joingroup GID", "join group GID"),
     "leavegroup": ("leavegroup GID", "leave group GID"),
     "groups": ("groups", "list your groups"),
+    "findgroup": ("findgroup NAME|GID", "find groups whose name starts with NAME, or group GID"),
     "group": ("group GID", "show group GID: description, members, who is online"),
     "groupchat": ("groupchat GID TEXT", "send TEXT to every member of group GID"),
     "history": ("history ID|gGID [N]",
                 f"the last N (default 20, at most {HISTORY_MAX}) messages with user ID, "
                 "or in group GID when written gGID (g12)"),
+    "chats": ("chats [N]", f"your last N (default {CHATS_DEFAULT}, at most {CHATS_MAX}) "
+              "conversations, newest first, with unread counts"),
     "quit": ("quit", "log out and leave (Ctrl-D and Ctrl-C do the same)"),
 }
 
@@ -45,9 +55,20 @@ HISTORY_DEFAULT = 20
 #: commands that take a password, which the console supplies (prompt, option or env)
 NEEDS_PASSWORD = frozenset({"login", "register"})
 
+REMEMBER = "--remember"
+
 
 class CommandError(Exception):
     """A line that is not a valid command; the text says what to type instead."""
+
+
+class UnknownUserError(CommandError):
+    """A user name the client has not seen: the console may look it up on the server
+    (``user_search``) and parse the line again with the answer."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown user {name!r}: use the user's id, or 'search {name}'")
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -82,8 +103,8 @@ def help_text(topic: str | None = None) -> str:
     width = max(len(use) for use, _ in HELP.values())
     lines = ["Commands:"]
     lines += [f"  {use:<{width}}  {desc}" for use, desc in HELP.values()]
-    lines.append("IDs are numbers; a NAME works where the user was seen before "
-                 "(friends, groups, who, messages). GIDs may be written 12 or g12.")
+    lines.append("IDs are numbers; for a NAME the client asks the server (as 'search' does) "
+                 "unless it has seen the user already. GIDs may be written 12 or g12.")
     return "\n".join(lines)
 
 
@@ -114,8 +135,7 @@ def _user(word: str, name: str, resolve: Resolver) -> int:
         return _number(word, "a user id", name)
     uid = resolve(word)
     if uid is None:
-        raise CommandError(f"unknown user {word!r}: use the user's id, or run 'who' "
-                           "to see who is online")
+        raise UnknownUserError(word)
     return uid
 
 
@@ -138,8 +158,8 @@ def _nothing_more(extra: str, name: str) -> None:
 def parse(line: str, resolve: Resolver = _no_names) -> Command | None:
     """Turn one typed line into a Command; None for a blank line or a ``#`` comment.
 
-    ``resolve`` maps a user name to an id from what the client has seen, so
-    ``chat bob hi`` works once bob appeared in a friend list, group or ``who``.
+    ``resolve`` maps a user name to an id from what the client knows; a name it
+    does not know raises UnknownUserError, which the console answers with a search.
     Raises CommandError with a sentence for the user on anything invalid.
     """
     word, rest = _split(line)
@@ -149,10 +169,12 @@ def parse(line: str, resolve: Resolver = _no_names) -> Command | None:
     if name not in HELP:
         raise CommandError(f"unknown command {word!r}; type 'help' for the list")
 
-    if name in ("logout", "who", "friends", "groups", "quit"):
+    if name in ("logout", "who", "friends", "groups", "quit", "passwd"):
         _nothing_more(rest, name)
         if name == "quit":
             return Command(name)
+        if name == "passwd":
+            return Command(name, {"type": "password_change"})
         return Command(name, {"type": name})
 
     if name == "help":
@@ -163,15 +185,46 @@ def parse(line: str, resolve: Resolver = _no_names) -> Command | None:
         return Command(name, topic=topic or None)
 
     if name in ("register", "login"):
-        who, extra = _split(rest)
-        _nothing_more(extra, name)
-        _need(who, name)
+        words = []
+        remember = False
+        while rest:
+            word, rest = _split(rest)
+            if name == "login" and word.lower() == REMEMBER:
+                remember = True
+            elif word.startswith("--") and len(word) > 2:
+                raise CommandError(f"unknown option {word!r}; {usage(name)}")
+            else:
+                words.append(word)
+        if len(words) > 1:
+            raise CommandError(f"too many arguments; {usage(name)}")
+        who = _need(words[0] if words else "", name)
         request: dict[str, Any] = {"type": name}
         if name == "login" and who.isdecimal():
             request["id"] = _number(who, "a user id", name)
         else:
             request["name"] = who
+        if remember:
+            request["remember"] = True
         return Command(name, request)
+
+    if name in ("search", "findgroup"):
+        query, extra = _split(rest)
+        _nothing_more(extra, name)
+        query = _need(query.strip(), name)
+        if name == "search":
+            return Command(name, {"type": "user_search", "query": query,
+                                  "limit": SEARCH_LIMIT})
+        return Command(name, {"type": "group_search", "query": query, "limit": SEARCH_LIMIT})
+
+    if name == "chats":
+        count, extra = _split(rest)
+        _nothing_more(extra, name)
+        limit = CHATS_DEFAULT
+        if count:
+            limit = _number(count, "N", name)
+            if limit > CHATS_MAX:
+                raise CommandError(f"N is at most {CHATS_MAX}; {usage(name)}")
+        return Command(name, {"type": "conversations", "limit": limit})
 
     if name == "chat":
         who, text = _split(rest)

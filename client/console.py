@@ -24,7 +24,15 @@ from typing import Any, Protocol
 
 import orjson
 from qqchat_client import lineedit
-from qqchat_client.commands import NEEDS_PASSWORD, CommandError, help_text, parse
+from qqchat_client.commands import (
+    NEEDS_PASSWORD,
+    SEARCH_LIMIT,
+    Command,
+    CommandError,
+    UnknownUserError,
+    help_text,
+    parse,
+)
 from qqchat_client.net import ChatClientProtocol
 from qqchat_client.render import (
     clean,
@@ -32,8 +40,10 @@ from qqchat_client.render import (
     render_push,
     render_reply,
     render_summary,
+    user_line,
 )
-from qqchat_client.roster import Roster
+from qqchat_client.roster import Roster, match_user
+from qqchat_client.tokens import Saved, TokenStore, TokenStoreError
 from twisted.internet import defer, error, interfaces, protocol, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.protocols.basic import LineReceiver
@@ -48,6 +58,8 @@ KEEPALIVE_IDLE = 60.0
 SEEN_MAX = 10_000
 #: how long quitting waits for the logout reply and for the socket to close
 QUIT_TIMEOUT = 5.0
+#: fields of a sent or received frame that --raw shows as ***
+SECRET_FIELDS = ("password", "old", "new", "token")
 
 
 class Screen(Protocol):
@@ -57,9 +69,15 @@ class Screen(Protocol):
 
     def set_prompt(self, prompt: str) -> None: ...
 
-    def can_ask_password(self) -> bool: ...
+    def can_ask_password(self) -> bool:
+        """Whether a person can answer questions (passwords, or which user was meant)."""
+        ...
 
     def ask_password(self, prompt: str) -> defer.Deferred[str | None]: ...
+
+    def ask_line(self, prompt: str) -> defer.Deferred[str | None]:
+        """A visible answer to a question; None if cancelled."""
+        ...
 
     def close(self) -> defer.Deferred[None]: ...
 
@@ -70,14 +88,22 @@ class ChatConsole:
     Exit status (``done`` fires with it): 1 if the connection was lost; otherwise,
     for scripts, 1 if any command failed; an interactive session that is left
     with quit, Ctrl-D or Ctrl-C exits 0.
+
+    ``tokens`` keeps the sessions of ``login --remember`` (keyed by ``address``);
+    ``new_password`` lets a script run ``passwd`` without a terminal.
     """
 
     def __init__(self, clock: IReactorTime, address: str, *, password: str | None = None,
                  raw: bool = False, interactive: bool = False,
-                 tz: tzinfo | None = None) -> None:
+                 tz: tzinfo | None = None, tokens: TokenStore | None = None,
+                 new_password: str | None = None) -> None:
         self.clock = clock
         self.address = address
         self.password = password
+        self.new_password = new_password
+        self.tokens = tokens
+        #: this session's token is saved: quitting keeps it (no logout, which revokes it)
+        self.session_saved = False
         self.raw = raw
         self.interactive = interactive
         self.tz = tz
@@ -134,13 +160,9 @@ class ChatConsole:
     def _raw_line(self, direction: str, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
         if direction == ">":
-            with contextlib.suppress(ValueError):
-                frame = orjson.loads(line)
-                if isinstance(frame, dict) and "password" in frame:
-                    text = orjson.dumps({**frame, "password": "***"}).decode()
-            self.show("> " + clean(text))
+            self.show("> " + clean(_masked(line, text)))
         else:
-            self.show(clean(text))
+            self.show(clean(_masked(line, text)))
 
     # -- input ------------------------------------------------------------------
 
@@ -192,9 +214,10 @@ class ChatConsole:
     async def _run(self, text: str) -> bool:
         """Run one command line; True if it succeeded."""
         try:
-            cmd = parse(text, self.roster.resolve)
+            cmd = await self._parse(text)
         except CommandError as e:
-            self.show(str(e))
+            if str(e):
+                self.show(str(e))
             return False
         if cmd is None:
             return True
@@ -206,13 +229,16 @@ class ChatConsole:
             return True
         assert cmd.request is not None
         request = dict(cmd.request)
+        if cmd.name == "login":
+            return await self._login_command(request)
+        if cmd.name == "passwd":
+            return await self._passwd(request)
         if cmd.name in NEEDS_PASSWORD:
             password = await self._password(cmd.name, request.get("name") or request.get("id"))
             if password is None:
                 return False
             request["password"] = password
-        if cmd.name == "login":
-            return await self._login(request)
+        me = self.roster.my_name
         reply = await self._send(request)
         if reply is None:
             return False
@@ -226,7 +252,73 @@ class ChatConsole:
                 self.show(shown)
         if cmd.name == "logout":
             self._set_prompt()
+            self.session_saved = False
+            if me is not None:
+                self._forget_token(me)  # the server revoked it with the logout
         return True
+
+    def _info(self, text: str) -> None:
+        """A sentence about what the client did; --raw shows only the wire."""
+        if not self.raw:
+            self.show(text)
+
+    # -- names the client has not seen ------------------------------------------
+
+    async def _parse(self, text: str) -> Command | None:
+        """``parse``, with a user name the client does not know looked up on the server."""
+        chosen: dict[str, int] = {}
+
+        def resolve(name: str) -> int | None:
+            return chosen[name] if name in chosen else self.roster.resolve(name)
+
+        while True:
+            try:
+                return parse(text, resolve)
+            except UnknownUserError as e:
+                if e.name in chosen:
+                    raise
+                command = text.split(None, 1)[0].lower()
+                chosen[e.name] = await self._find_user(e.name, command)
+
+    async def _find_user(self, name: str, command: str) -> int:
+        """The id of the user ``name`` means, from ``user_search``: an exact match, the only
+        candidate, or the one the person picks; CommandError with the reason otherwise."""
+        request = {"type": "user_search", "query": name, "limit": SEARCH_LIMIT}
+        reply = await self._send(request)
+        if reply is None:
+            raise CommandError("")  # connection_lost says why
+        if reply.get("type") == "error":
+            raise CommandError(render_error(reply, command))
+        self.roster.learn_reply(request, reply)
+        uid, candidates = match_user(name, reply.get("users"))
+        if uid is not None:
+            if (self.roster.names.get(uid) or "").casefold() != name.casefold():
+                self._info(f"{name!r} is {clean(self.roster.user_label(uid))}.")
+            return uid
+        if not candidates:
+            raise CommandError(f"{command} failed: no user is called {name!r}, nor has a "
+                               "name starting with it.")
+        more = " and more" if reply.get("more") else ""
+        screen = self.screen
+        if screen is None or not screen.can_ask_password():
+            labels = ", ".join(clean(self.roster.user_label(u["id"], u["name"]))
+                               for u in candidates)
+            raise CommandError(f"{command} failed: {name!r} matches several users: "
+                               f"{labels}{more}; give the id or the whole name.")
+        lines = [f"{name!r} matches several users{more}:"]
+        lines += [f"  {i}) {user_line(self.roster, u)}" for i, u in enumerate(candidates, 1)]
+        self.show("\n".join(lines))
+        answer = await screen.ask_line(f"Which one for {command}? Number or name "
+                                       "(Enter cancels): ")
+        answer = (answer or "").strip()
+        if not answer:
+            raise CommandError(f"{command} cancelled.")
+        if answer.isdecimal() and 1 <= int(answer) <= len(candidates):
+            return int(candidates[int(answer) - 1]["id"])
+        for u in candidates:
+            if u["name"] == answer or str(u["id"]) == answer:
+                return int(u["id"])
+        raise CommandError(f"{command} cancelled: {answer!r} is none of those.")
 
     def _show_error(self, reply: Frame, command: str) -> None:
         if not self.raw:
@@ -260,15 +352,79 @@ class ChatConsole:
         except (error.ConnectionLost, error.ConnectionDone, defer.CancelledError):
             return None
 
-    async def _login(self, request: Frame) -> bool:
+    # -- login, saved sessions, password change ---------------------------------
+
+    async def _login_command(self, request: Frame) -> bool:
+        """``login [--remember] NAME|ID``: with the saved session if there is one, else (or
+        when the server no longer takes it) with the password."""
+        who = request.get("name") or request.get("id")
+        saved = self._find_token(request.get("name"), request.get("id"))
+        if saved is not None:
+            reply = await self._login({"type": "login", "token": saved.token})
+            if reply is None:
+                return False
+            if reply.get("type") != "error":
+                return True
+            if reply.get("code") != "bad_token":
+                self._show_error(reply, "login")
+                return False
+            self._forget_token(saved.name, saved.id)
+            self._info(f"The saved session for {clean(saved.name)} has ended (it expired, or "
+                       "was ended by a logout or a password change); log in with the "
+                       "password.")
+        password = await self._password("login", who)
+        if password is None:
+            return False
+        reply = await self._login({**request, "password": password})
+        if reply is None:
+            return False
+        if reply.get("type") == "error":
+            self._show_error(reply, "login")
+            return False
+        return True
+
+    def _find_token(self, name: Any, uid: Any) -> Saved | None:
+        if self.tokens is None:
+            return None
+        try:
+            return self.tokens.find(self.address, name if isinstance(name, str) else None,
+                                    uid if isinstance(uid, int) else None)
+        except TokenStoreError as e:
+            self._info(f"No saved session used: {e}.")
+            return None
+
+    def _save_token(self, token: str, announce: bool) -> bool:
+        name, uid = self.roster.my_name, self.roster.me
+        if self.tokens is None or not name:
+            return False
+        try:
+            self.tokens.save(self.address, name, uid, token)
+        except TokenStoreError as e:
+            self._info(f"The session could not be saved: {e}.")
+            return False
+        if announce:
+            self._info(f"Session saved in {self.tokens.path}: the next 'login {clean(name)}' "
+                       "needs no password ('logout' ends it).")
+        return True
+
+    def _forget_token(self, name: str, uid: int | None = None) -> None:
+        if self.tokens is None:
+            return
+        try:
+            self.tokens.forget(self.address, name, uid)
+        except TokenStoreError as e:
+            self._info(f"The saved session could not be deleted: {e}.")
+
+    async def _login(self, request: Frame) -> Frame | None:
+        """Send a login; on success show it, save its token (if the request used or asked for
+        one) and wait for the backlog. The reply, an error frame not shown yet, or None if
+        the connection went away."""
         synced: defer.Deferred[int] = defer.Deferred()
         self._synced, self._syncing = synced, True
         reply = await self._send(request)
         if reply is None or reply.get("type") == "error":
             self._synced, self._syncing = None, False
-            if reply is not None:
-                self._show_error(reply, "login")
-            return False
+            return reply
         # the backlog follows this reply: a new user means new message ids to ack
         self._max_seen = self._acked = 0
         self._seen.clear()
@@ -278,12 +434,68 @@ class ChatConsole:
         if not self.raw:
             self.show(render_reply(request, reply, self.roster, self.clock.seconds(),
                                    self.tz) or "")
+        token = reply.get("token")
+        self.session_saved = False
+        if isinstance(token, str) and token and ("token" in request or request.get("remember")):
+            if token == request.get("token"):
+                self.session_saved = True
+            else:
+                self.session_saved = self._save_token(token, announce="token" not in request)
         try:
             count = await synced
         except (error.ConnectionLost, error.ConnectionDone):
-            return False
+            return None
         if not self.raw:
             self.show(render_summary(self.roster, count))
+        return reply
+
+    async def _passwd(self, request: Frame) -> bool:
+        """``passwd``: the current password and the new one (twice) from the person, or from
+        --password/QQCHAT_PASSWORD and QQCHAT_NEW_PASSWORD in a script."""
+        if self.roster.me is None:
+            self.show("passwd failed: log in first.")
+            return False
+        screen = self.screen
+        can_ask = screen is not None and screen.can_ask_password()
+        if (self.password is None or self.new_password is None) and not can_ask:
+            self.show("passwd needs the passwords: run it in a terminal to be asked, or set "
+                      "QQCHAT_PASSWORD (the current one) and QQCHAT_NEW_PASSWORD.")
+            return False
+        old = self.password
+        if old is None:
+            assert screen is not None
+            old = await screen.ask_password("Current password: ")
+        new = self.new_password
+        if new is None and old is not None:
+            assert screen is not None
+            new = await screen.ask_password("New password: ")
+            if new is not None:
+                again = await screen.ask_password("The new password again: ")
+                if again is None:
+                    new = None
+                elif again != new:
+                    self.show("passwd failed: the two new passwords differ.")
+                    return False
+        if old is None or new is None:
+            self.show("passwd cancelled.")
+            return False
+        request = {**request, "old": old, "new": new}
+        reply = await self._send(request)
+        if reply is None:
+            return False
+        if reply.get("type") == "error":
+            self._show_error(reply, "passwd")
+            return False
+        if self.password == old:
+            self.password = new  # a later login in the same script needs the new one
+        token = reply.get("token")
+        name = self.roster.my_name or ""
+        if isinstance(token, str) and token and self.session_saved:
+            self.session_saved = self._save_token(token, announce=False)
+        else:
+            self._forget_token(name, self.roster.me)  # every saved token was revoked
+        self._info(render_reply(request, reply, self.roster, self.clock.seconds(),
+                                self.tz) or "")
         return True
 
     # -- pushes, acknowledgements -------------------------------------------------
@@ -308,6 +520,7 @@ class ChatConsole:
                 if not self._syncing:
                     self._schedule_ack()
         elif typ == "kicked":
+            self.session_saved = False
             self._set_prompt()
         if not self.raw:
             text = render_push(frame, self.roster, self.clock.seconds(), self.tz)
@@ -329,15 +542,16 @@ class ChatConsole:
         if self._ack_call is None and self._max_seen > self._acked:
             self._ack_call = self.clock.callLater(0, self._flush_ack)
 
-    def _flush_ack(self) -> None:
-        """Acknowledge everything seen so far (acks are cumulative): one ack per burst."""
+    def _flush_ack(self) -> defer.Deferred[Frame] | None:
+        """Acknowledge everything seen so far (acks are cumulative): one ack per burst.
+        The ack's reply, or None if nothing was sent."""
         if self._ack_call is not None and self._ack_call.active():
             self._ack_call.cancel()
         self._ack_call = None
         if self.roster.me is None or self._max_seen <= self._acked:
-            return
+            return None
         self._acked = self._max_seen
-        self._background({"type": "ack", "id": self._acked})
+        return self._background({"type": "ack", "id": self._acked})
 
     def _ping(self) -> None:
         proto = self.proto
@@ -345,10 +559,13 @@ class ChatConsole:
                 and self.clock.seconds() - proto.last_sent >= KEEPALIVE_IDLE:
             self._background({"type": "ping"})
 
-    def _background(self, request: Frame) -> None:
+    def _background(self, request: Frame) -> defer.Deferred[Frame] | None:
         """A request the user did not type: its reply (or loss) is not shown."""
-        if self.proto is not None and self.proto.is_open:
-            self.proto.request(request).addErrback(lambda _: None)
+        if self.proto is None or not self.proto.is_open:
+            return None
+        d = self.proto.request(request)
+        d.addErrback(lambda _: None)
+        return d
 
     # -- leaving ----------------------------------------------------------------------
 
@@ -366,8 +583,16 @@ class ChatConsole:
         proto = self.proto
         if proto is None or not proto.is_open:
             return
-        self._flush_ack()  # sent before the logout, so the server has it when we go
-        if self.roster.me is not None:
+        acked = self._flush_ack()  # sent before the logout, so the server has it when we go
+        if self.roster.me is not None and self.session_saved:
+            # a logout would revoke the saved token: leave logged in, once the ack is in
+            if acked is not None:
+                acked.addTimeout(QUIT_TIMEOUT, self.clock)
+                with contextlib.suppress(defer.TimeoutError, defer.CancelledError):
+                    await acked
+            self._info(f"Left; the session stays saved for the next 'login "
+                       f"{clean(self.roster.my_name or '')}' ('logout' ends it).")
+        elif self.roster.me is not None:
             d = proto.request({"type": "logout"})
             d.addTimeout(QUIT_TIMEOUT, self.clock)
             try:
@@ -527,7 +752,9 @@ class PlainScreen(_StdioEnd, LineReceiver):
         self.term = _Terminal(0)
         self.term.save_flags(0, 1)
         _TERMINALS.append(self.term)
+        #: the next line answers a question (a password when hidden) instead of being a command
         self._secret: defer.Deferred[str | None] | None = None
+        self._hidden = False
         self._closed: defer.Deferred[None] = defer.Deferred()
         self._gone = False
 
@@ -545,6 +772,13 @@ class PlainScreen(_StdioEnd, LineReceiver):
     def ask_password(self, prompt: str) -> defer.Deferred[str | None]:
         self._tell_terminal(prompt)
         self.term.echo(False)
+        self._hidden = True
+        self._secret = defer.Deferred()
+        return self._secret
+
+    def ask_line(self, prompt: str) -> defer.Deferred[str | None]:
+        self._tell_terminal(prompt)
+        self._hidden = False
         self._secret = defer.Deferred()
         return self._secret
 
@@ -565,8 +799,9 @@ class PlainScreen(_StdioEnd, LineReceiver):
         text = line.rstrip(b"\r").decode("utf-8", "replace")
         if self._secret is not None:
             secret, self._secret = self._secret, None
-            self.term.echo(True)
-            self._tell_terminal("\n")
+            if self._hidden:
+                self.term.echo(True)
+                self._tell_terminal("\n")
             secret.callback(text)
             return
         self.console.line(text)
@@ -578,7 +813,8 @@ class PlainScreen(_StdioEnd, LineReceiver):
     def readConnectionLost(self) -> None:
         if self._secret is not None:
             secret, self._secret = self._secret, None
-            self.term.echo(True)
+            if self._hidden:
+                self.term.echo(True)
             secret.callback(None)
         self.console.end_of_input()
 
@@ -606,6 +842,10 @@ class TerminalScreen(_StdioEnd, protocol.Protocol):
         self._secret: list[str] | None = None
         self._secret_prompt = ""
         self._secret_done: defer.Deferred[str | None] | None = None
+        #: a visible question (which user was meant), edited apart from the half-typed line
+        self._question: lineedit.LineEditor | None = None
+        self._question_prompt = ""
+        self._answer: defer.Deferred[str | None] | None = None
         self._closed: defer.Deferred[None] = defer.Deferred()
         self._gone = False
 
@@ -613,6 +853,9 @@ class TerminalScreen(_StdioEnd, protocol.Protocol):
     def _draw(self) -> str:
         if self._secret is not None:
             seq, self._row = lineedit.draw(self._secret_prompt, "", 0, self.columns())
+        elif self._question is not None:
+            seq, self._row = lineedit.draw(self._question_prompt, self._question.text,
+                                           self._question.cursor, self.columns())
         else:
             seq, self._row = lineedit.draw(self.prompt, self.editor.text, self.editor.cursor,
                                            self.columns())
@@ -640,6 +883,12 @@ class TerminalScreen(_StdioEnd, protocol.Protocol):
         self._write(lineedit.erase(self._row) + self._draw())
         return self._secret_done
 
+    def ask_line(self, prompt: str) -> defer.Deferred[str | None]:
+        self._question, self._question_prompt = lineedit.LineEditor(), prompt
+        self._answer = defer.Deferred()
+        self._write(lineedit.erase(self._row) + self._draw())
+        return self._answer
+
     def close(self) -> defer.Deferred[None]:
         if not self._gone:
             self._write(lineedit.erase(self._row))
@@ -658,6 +907,8 @@ class TerminalScreen(_StdioEnd, protocol.Protocol):
         for key in self.keys.feed(data):
             if self._secret is not None:
                 self._secret_key(key)
+            elif self._question is not None:
+                self._question_key(key)
             else:
                 self._key(key)
 
@@ -706,6 +957,30 @@ class TerminalScreen(_StdioEnd, protocol.Protocol):
         if key == "<ctrl-c>":
             self.console.interrupt()
 
+    def _question_key(self, key: str) -> None:
+        assert self._question is not None
+        event = self._question.handle(key)
+        if event == "suspend":
+            self._suspend()
+            return
+        if event == "redraw":
+            self._write("\x1b[H\x1b[2J" + self._draw())
+            return
+        if event not in ("enter", "interrupt", "eof"):
+            self._write(lineedit.erase(self._row) + self._draw())
+            return
+        text = self._question.text
+        seq, _ = lineedit.draw(self._question_prompt, text, len(text), self.columns())
+        done = self._answer
+        self._question, self._answer = None, None
+        self._write(lineedit.erase(self._row) + seq + "\r\n")
+        self._row = 0
+        self._write(self._draw())
+        if done is not None:
+            done.callback(text if event == "enter" else None)
+        if event == "interrupt":
+            self.console.interrupt()
+
     def _suspend(self) -> None:
         """Ctrl-Z: give the terminal back, stop, and take it again on resume."""
         self._write(lineedit.erase(self._row))
@@ -717,3 +992,15 @@ class TerminalScreen(_StdioEnd, protocol.Protocol):
     def readConnectionLost(self) -> None:
         self.console.interrupt()  # the terminal went away
 
+
+
+def _masked(line: bytes, text: str) -> str:
+    """A frame for --raw with passwords and tokens shown as ***."""
+    try:
+        frame = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return text
+    if not isinstance(frame, dict) or not any(k in frame for k in SECRET_FIELDS):
+        return text
+    return orjson.dumps({k: "***" if k in SECRET_FIELDS else v
+                         for k, v in frame.items()}).decode()

@@ -11,6 +11,7 @@ from typing import Any
 from qqchat_client.commands import help_text
 from qqchat_client.console import ChatConsole, PlainScreen, TerminalScreen, restore_terminals
 from qqchat_client.net import TLSSetupError, describe_tls_failure, tls_options
+from qqchat_client.tokens import TokenStore
 from twisted.internet import endpoints, stdio, task
 
 #: seconds for the TCP connection, and then for the TLS handshake
@@ -21,7 +22,12 @@ With a terminal on stdin and stdout the client is interactive: type 'help'.
 Otherwise it reads one command per line from stdin, runs each after the previous
 one's reply, and exits when stdin ends: 0 if every command succeeded, 1 if not.
 Passwords: asked for (without echo) in a terminal; for scripts give --password
-or set QQCHAT_PASSWORD. A lost connection exits with status 1.
+or set QQCHAT_PASSWORD (and QQCHAT_NEW_PASSWORD for passwd). A lost connection
+exits with status 1.
+'login --remember NAME' saves a session token (readable by you only) in
+$XDG_CONFIG_HOME/qqchat/tokens.json, default ~/.config/qqchat/tokens.json; the next
+'login NAME' to the same --host and --port uses it instead of a password, and
+quitting keeps it; 'logout' ends the session and deletes the token.
 
 """
 
@@ -38,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=os.environ.get("QQCHAT_PORT", "6000"),
                         help="daemon port (default: %(default)s, env QQCHAT_PORT)")
     parser.add_argument("--user", default=os.environ.get("QQCHAT_USER"),
-                        help="log in as this name or id at start (env QQCHAT_USER)")
+                        help="log in as this name or id at start, with its saved session "
+                             "if there is one (env QQCHAT_USER)")
     parser.add_argument("--password", default=None,
                         help="password for login and register; prefer env QQCHAT_PASSWORD, "
                              "which other local users cannot see in the process list")
@@ -60,7 +67,8 @@ async def run(reactor: Any, args: argparse.Namespace, tls: Any = None) -> None:
         "QQCHAT_PASSWORD")
     address = f"{args.host}:{args.port}"
     console = ChatConsole(reactor, address, password=password, raw=args.raw,
-                          interactive=interactive)
+                          interactive=interactive, tokens=TokenStore(),
+                          new_password=os.environ.get("QQCHAT_NEW_PASSWORD"))
     endpoint = endpoints.HostnameEndpoint(reactor, args.host, args.port,
                                           timeout=CONNECT_TIMEOUT)
     if tls is not None:

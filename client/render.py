@@ -260,6 +260,15 @@ def render_reply(request: Frame, reply: Frame, roster: Roster, now: float,
             lines.append(f"g{gid} {clean(g.name)}: {n} member{'s' if n != 1 else ''}, "
                          f"{online} online, you are {clean(g.role or 'member')}")
         return "\n".join(lines)
+    if typ == "user_search":
+        return render_user_search(request, reply, roster)
+    if typ == "group_search":
+        return render_group_search(request, reply)
+    if typ == "conversations":
+        return render_conversations(reply, roster, now, tz)
+    if typ == "password_change":
+        return ("Password changed; sessions saved with 'login --remember' elsewhere "
+                "now need the new password.")
     if typ == "history":
         where = (_group(roster, request["group"]) if "group" in request
                  else _user(roster, request.get("with")))
@@ -273,3 +282,95 @@ def render_reply(request: Frame, reply: Frame, roster: Roster, now: float,
             lines.append("(older messages not shown; ask for more with a bigger N)")
         return "\n".join(lines)
     return None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def user_line(roster: Roster, user: Frame) -> str:
+    """``alice (1), friend, online`` / ``Alan (7)`` / ``bob (2), you``."""
+    text = _user(roster, user.get("id"), user.get("name"))
+    if roster.me is not None and user.get("id") == roster.me:
+        return text + ", you"
+    if user.get("friend"):
+        text += ", friend, " + _online(user.get("online"))
+    return text
+
+
+def render_user_search(request: Frame, reply: Frame, roster: Roster) -> str:
+    query = clean(str(request.get("query", "")))
+    users = [u for u in reply.get("users") or [] if isinstance(u, dict)]
+    if not users:
+        return f"No user's name starts with {query!r}."
+    lines = [f"Users whose name starts with {query!r}:"]
+    lines += ["  " + user_line(roster, u) for u in users]
+    if reply.get("more"):
+        lines.append("  (more match; type more of the name)")
+    return "\n".join(lines)
+
+
+def render_group_search(request: Frame, reply: Frame) -> str:
+    query = clean(str(request.get("query", "")))
+    groups = [g for g in reply.get("groups") or [] if isinstance(g, dict)]
+    if not groups:
+        return f"No group named {query!r} or with that id."
+    lines = [f"Groups matching {query!r}:"]
+    for g in groups:
+        members = g.get("members")
+        line = f"  {clean(str(g.get('name', '')))} (g{g.get('id')})"
+        if isinstance(members, int) and not isinstance(members, bool):
+            line += ", " + _plural(members, "member")
+        line += ", you are a member" if g.get("member") else f", join with: joingroup {g.get('id')}"
+        if g.get("desc"):
+            line += ": " + clean(str(g["desc"])).replace("\n", " ")
+        lines.append(line)
+    if reply.get("more"):
+        lines.append("  (more match; type more of the name)")
+    return "\n".join(lines)
+
+
+#: the server counts unread messages up to this many
+UNREAD_CAP = 1000
+
+
+def unread_label(count: Any) -> str:
+    """``3 unread``, ``999+ unread``, or "" for none."""
+    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
+        return ""
+    return "999+ unread" if count >= UNREAD_CAP else f"{count} unread"
+
+
+def render_conversations(reply: Frame, roster: Roster, now: float,
+                         tz: tzinfo | None = None) -> str:
+    """One line per conversation, newest first (the server's order)::
+
+        [12:34] bob (2), 3 unread: lunch?
+        [2024-04-30 09:00] devs (g1): alice (1): hi all
+    """
+    chats = [c for c in reply.get("conversations") or [] if isinstance(c, dict)]
+    if not chats:
+        return "No conversations yet. Start one with: chat NAME TEXT"
+    lines = ["Chats, newest first:"]
+    for c in chats:
+        last = c.get("last") if isinstance(c.get("last"), dict) else {}
+        if c.get("kind") == "group":
+            where = _group(roster, c.get("id"))
+        elif c.get("id") == roster.me and roster.me is not None:
+            where = "notes to yourself"
+        else:
+            where = _user(roster, c.get("id"), c.get("name"))
+        unread = unread_label(c.get("unread"))
+        head = f"  [{stamp(last.get('ts'), now, tz)}] {where}" + (f", {unread}" if unread else "")
+        sender = last.get("from")
+        if roster.me is not None and sender == roster.me:
+            who = "you: "
+        elif c.get("kind") == "group":
+            who = _user(roster, sender, last.get("name")) + ": "
+        else:
+            who = ""
+        text = clean(str(last.get("text", ""))).replace("\n", " ")
+        lines.append(f"{head}: {who}{text}")
+    if reply.get("more"):
+        lines.append("  (older conversations not shown; ask for more with: chats N)")
+    return "\n".join(lines)

@@ -1,8 +1,9 @@
 """What the client knows about users and groups, learnt from every frame it sees.
 
-The protocol has no "look up a user by name" request, so names typed in commands
-and shown on screen come from here: the login summary, friend lists, group
-members, ``who`` results and message senders.
+Names typed in commands and shown on screen come from here first: the login
+summary, friend lists, group members, ``who`` results, searches, conversations
+and message senders. A name not seen yet is looked up with ``user_search``
+(``match_user`` decides what the answer means).
 """
 
 from __future__ import annotations
@@ -45,6 +46,29 @@ def left_group(request: Frame, reply: Frame) -> int | None:
     info = reply.get("group")
     gid = _int(info.get("id")) if isinstance(info, dict) else _int(info)
     return gid if gid is not None else _int(request.get("group"))
+
+
+def match_user(name: str, users: Any) -> tuple[int | None, list[Frame]]:
+    """What a typed name means among ``user_search`` results (prefix matches).
+
+    An exact match wins (case-sensitive, then a single case-insensitive one); else
+    a single candidate is taken. Returns (id, []) when decided, else (None, the
+    candidates to choose from: none, or several).
+    """
+    found = [u for u in users or [] if isinstance(u, dict) and _int(u.get("id")) is not None
+             and isinstance(u.get("name"), str)]
+    exact = [u for u in found if u["name"] == name]
+    if len(exact) == 1:
+        return exact[0]["id"], []
+    folded = name.casefold()
+    loose = [u for u in found if u["name"].casefold() == folded]
+    if len(loose) == 1:
+        return loose[0]["id"], []
+    if loose:
+        return None, loose
+    if len(found) == 1:
+        return found[0]["id"], []
+    return None, found
 
 
 class Roster:
@@ -185,6 +209,27 @@ class Roster:
             for m in reply.get("messages") or []:
                 if isinstance(m, dict):
                     self._name(m.get("from"), m.get("name"))
+        elif typ == "user_search":
+            for u in reply.get("users") or []:
+                if isinstance(u, dict):
+                    self._name(u.get("id"), u.get("name"))
+        elif typ == "group_search":
+            for g in reply.get("groups") or []:
+                if isinstance(g, dict) and _int(g.get("id")) is not None \
+                        and isinstance(g.get("name"), str):
+                    self.group_names[g["id"]] = g["name"]
+        elif typ == "conversations":
+            for c in reply.get("conversations") or []:
+                if not isinstance(c, dict):
+                    continue
+                if c.get("kind") == "group":
+                    if _int(c.get("id")) is not None and isinstance(c.get("name"), str):
+                        self.group_names[c["id"]] = c["name"]
+                else:
+                    self._name(c.get("id"), c.get("name"))
+                last = c.get("last")
+                if isinstance(last, dict):
+                    self._name(last.get("from"), last.get("name"))
 
     def learn_friends(self, friends: Any) -> None:
         if not isinstance(friends, list):

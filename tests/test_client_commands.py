@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from qqchat_client import lineedit
-from qqchat_client.commands import HELP, CommandError, help_text, parse
+from qqchat_client.commands import HELP, CommandError, UnknownUserError, help_text, parse
 from qqchat_client.render import (
     clean,
     render_error,
@@ -17,16 +17,16 @@ from qqchat_client.render import (
     render_summary,
     stamp,
 )
-from qqchat_client.roster import Roster
+from qqchat_client.roster import Roster, match_user
 
 # 2024-05-01 12:34:56 UTC
 NOW = datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC).timestamp()
 TS = int(NOW * 1000)
 
-COMMANDS_IN_ISSUE = ["help", "register", "login", "logout", "who", "chat", "broadcast",
-                     "addfriend", "accept", "decline", "unfriend", "friends", "creategroup",
-                     "joingroup", "leavegroup", "groups", "group", "groupchat", "history",
-                     "quit"]
+COMMANDS_IN_ISSUE = ["help", "register", "login", "logout", "passwd", "who", "search", "chat",
+                     "broadcast", "addfriend", "accept", "decline", "unfriend", "friends",
+                     "creategroup", "joingroup", "leavegroup", "groups", "findgroup", "group",
+                     "groupchat", "history", "chats", "quit"]
 
 
 def names(mapping: dict[str, int]) -> Any:
@@ -64,6 +64,15 @@ def names(mapping: dict[str, int]) -> Any:
     ("history 2 5", {"type": "history", "with": 2, "limit": 5}),
     ("history g4 50", {"type": "history", "group": 4, "limit": 50}),
     ("  CHAT 2 x", {"type": "chat", "to": 2, "text": "x"}),
+    ("login --remember alice", {"type": "login", "name": "alice", "remember": True}),
+    ("login alice --remember", {"type": "login", "name": "alice", "remember": True}),
+    ("login --remember 7", {"type": "login", "id": 7, "remember": True}),
+    ("passwd", {"type": "password_change"}),
+    ("search al", {"type": "user_search", "query": "al", "limit": 20}),
+    ("findgroup dev", {"type": "group_search", "query": "dev", "limit": 20}),
+    ("findgroup g12", {"type": "group_search", "query": "g12", "limit": 20}),
+    ("chats", {"type": "conversations", "limit": 20}),
+    ("chats 50", {"type": "conversations", "limit": 50}),
 ])
 def test_lines_become_requests(line: str, expected: dict[str, Any]) -> None:
     cmd = parse(line)
@@ -77,8 +86,11 @@ def test_names_resolve_through_the_callback() -> None:
     assert parse("accept bob", resolve).request == {"type": "friend_accept", "from": 2}
     assert parse("history bob", resolve).request == {"type": "history", "with": 2,
                                                       "limit": 20}
-    with pytest.raises(CommandError, match=r"unknown user 'carol'.*who"):
+    with pytest.raises(UnknownUserError, match=r"unknown user 'carol'.*search carol") as e:
         parse("chat carol hi", resolve)
+    assert e.value.name == "carol"  # what the console looks up on the server
+    with pytest.raises(UnknownUserError):
+        parse("addfriend carol", resolve)
 
 
 @pytest.mark.parametrize("line", ["", "   ", "# a comment in a script"])
@@ -103,6 +115,16 @@ def test_blank_lines_and_comments_are_nothing(line: str) -> None:
     ("addfriend 99999999999999999999", "out of range"),
     ("dance", "unknown command 'dance'; type 'help'"),
     ("help dance", "no command 'dance'"),
+    ("login --remember", "usage: login"),
+    ("login --forever alice", "unknown option '--forever'"),
+    ("login alice bob --remember", "too many arguments"),
+    ("register --remember alice", "unknown option '--remember'"),
+    ("search", "usage: search NAME"),
+    ("search a b", "too many arguments"),
+    ("findgroup", r"usage: findgroup NAME\|GID"),
+    ("chats 0", "out of range"),
+    ("chats 101", "N is at most 100"),
+    ("passwd now", "too many arguments"),
 ])
 def test_bad_lines_say_what_to_type(line: str, message: str) -> None:
     with pytest.raises(CommandError, match=message):
@@ -342,3 +364,82 @@ def test_draw_wraps_and_puts_the_cursor_back() -> None:
     assert (seq, row) == ("> abcdefgh\r\n\x1b[1A\r", 1)
     assert lineedit.erase(row) == "\x1b[1A\r\x1b[J"
     assert lineedit.display_width("你好ab") == 6
+
+
+# -- search results, conversations ---------------------------------------------------------
+
+
+def test_match_user_prefers_exact_names() -> None:
+    users = [{"id": 7, "name": "Al"}, {"id": 1, "name": "alice"}, {"id": 9, "name": "alan"}]
+    assert match_user("Al", users) == (7, [])
+    assert match_user("AL", users) == (7, [])  # the one case-insensitive match
+    assert match_user("alic", users[1:2]) == (1, [])  # the only candidate
+    assert match_user("ala", []) == (None, [])
+    uid, candidates = match_user("a", users)
+    assert uid is None and [u["id"] for u in candidates] == [7, 1, 9]
+    # two names equal but for case, neither typed exactly: still a choice
+    twins = [{"id": 3, "name": "Bob"}, {"id": 4, "name": "BOB"}]
+    assert match_user("bob", twins) == (None, twins)
+    assert match_user("BOB", twins) == (4, [])
+
+
+def test_user_search_reply() -> None:
+    r = roster()
+    request = {"type": "user_search", "query": "a", "limit": 20}
+    users = [{"id": 1, "name": "alice", "friend": False},
+             {"id": 2, "name": "bob", "friend": True, "online": True},
+             {"id": 3, "name": "carol", "friend": True},
+             {"id": 7, "name": "Alan", "friend": False}]
+    assert reply(request, {"users": users, "more": True}, r) == "\n".join([
+        "Users whose name starts with 'a':",
+        "  alice (1), you",
+        "  bob (2), friend, online",
+        "  carol (3), friend, offline",
+        "  Alan (7)",
+        "  (more match; type more of the name)",
+    ])
+    assert r.resolve("Alan") == 7  # learnt: 'chat Alan' needs no second search
+    assert reply(request, {"users": [], "more": False}, r) == "No user's name starts with 'a'."
+
+
+def test_group_search_reply() -> None:
+    r = roster()
+    request = {"type": "group_search", "query": "g12", "limit": 20}
+    groups = [{"id": 12, "name": "ops", "desc": "on call\nnights", "members": 1,
+               "member": False},
+              {"id": 4, "name": "devs", "desc": "", "members": 2, "member": True}]
+    assert reply(request, {"groups": groups, "more": False}, r) == "\n".join([
+        "Groups matching 'g12':",
+        "  ops (g12), 1 member, join with: joingroup 12: on call nights",
+        "  devs (g4), 2 members, you are a member",
+    ])
+    assert r.group_label(12) == "ops (g12)"
+    assert reply(request, {"groups": [], "more": False}, r) == (
+        "No group named 'g12' or with that id.")
+
+
+def test_conversations_reply() -> None:
+    r = roster()
+    request = {"type": "conversations", "limit": 20}
+    chats = [
+        {"kind": "direct", "id": 8, "name": "hal", "unread": 3,
+         "last": {"id": 41, "ts": TS, "from": 8, "name": "hal", "text": "lunch?\x1b[2J"}},
+        {"kind": "group", "id": 4, "name": "devs", "unread": 1000,
+         "last": {"id": 40, "ts": TS - 86_400_000, "from": 2, "name": "bob",
+                  "text": "hi\nall"}},
+        {"kind": "direct", "id": 2, "name": "bob", "unread": 0,
+         "last": {"id": 30, "ts": TS, "from": 1, "name": "alice", "text": "see you"}},
+        {"kind": "direct", "id": 1, "name": "alice", "unread": 0,
+         "last": {"id": 20, "ts": TS, "from": 1, "name": "alice", "text": "todo"}},
+    ]
+    assert reply(request, {"conversations": chats, "more": True}, r) == "\n".join([
+        "Chats, newest first:",
+        "  [12:34] hal (8), 3 unread: lunch?^[[2J",
+        "  [2024-04-30 12:34] devs (g4), 999+ unread: bob (2): hi all",
+        "  [12:34] bob (2): you: see you",
+        "  [12:34] notes to yourself: you: todo",
+        "  (older conversations not shown; ask for more with: chats N)",
+    ])
+    assert r.resolve("hal") == 8
+    assert reply(request, {"conversations": [], "more": False}, r) == (
+        "No conversations yet. Start one with: chat NAME TEXT")
