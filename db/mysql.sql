@@ -8,8 +8,22 @@ CREATE TABLE IF NOT EXISTS users (
     created_at  BIGINT       NOT NULL,
     -- highest message id the user has acknowledged (F7); everything above it is resent at login
     acked       BIGINT       NOT NULL DEFAULT 0,
+    -- the name folded (NFKC, case fold) for search; binary, so a prefix range is exact
+    name_key    VARBINARY(512) NOT NULL DEFAULT '',
     UNIQUE KEY users_name (name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX IF NOT EXISTS users_by_key ON users (name_key, id);
+
+-- Session tokens (login with remember): only a hash of the token is kept.
+CREATE TABLE IF NOT EXISTS session_tokens (
+    hash        CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY,
+    user_id     BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    last_used   BIGINT NOT NULL,
+    -- last_used + --token-ttl: a token lapses after that long unused
+    expires_at  BIGINT NOT NULL,
+    KEY session_tokens_user (user_id)
+) ENGINE=InnoDB;
 
 CREATE TABLE IF NOT EXISTS friends (
     user_id     BIGINT NOT NULL,
@@ -31,8 +45,12 @@ CREATE TABLE IF NOT EXISTS chat_groups (
     name        VARCHAR(64)   NOT NULL,
     descr       VARCHAR(1024) NOT NULL DEFAULT '',
     creator     BIGINT        NOT NULL,
-    created_at  BIGINT        NOT NULL
+    created_at  BIGINT        NOT NULL,
+    name_key    VARBINARY(1024) NOT NULL DEFAULT '',
+    -- id of the group's newest message (0: none yet), for the conversation list
+    last_id     BIGINT        NOT NULL DEFAULT 0
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+CREATE INDEX IF NOT EXISTS chat_groups_by_key ON chat_groups (name_key, id);
 
 CREATE TABLE IF NOT EXISTS group_members (
     group_id    BIGINT      NOT NULL,
@@ -64,6 +82,17 @@ CREATE TABLE IF NOT EXISTS messages (
     KEY messages_group (group_id, id),
     KEY messages_kind (kind, id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- One row per one-to-one conversation and side: the conversation list (K3) reads
+-- a user's newest conversations from here instead of scanning the log. Written
+-- in the same transaction as the messages.
+CREATE TABLE IF NOT EXISTS conversations (
+    user_id     BIGINT NOT NULL,
+    peer_id     BIGINT NOT NULL,
+    last_id     BIGINT NOT NULL,
+    PRIMARY KEY (user_id, peer_id),
+    KEY conversations_recent (user_id, last_id)
+) ENGINE=InnoDB;
 
 CREATE TABLE IF NOT EXISTS log_seq (
     id          INT    NOT NULL PRIMARY KEY,

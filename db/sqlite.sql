@@ -6,8 +6,22 @@ CREATE TABLE IF NOT EXISTS users (
     pw_hash     TEXT    NOT NULL,
     created_at  INTEGER NOT NULL,
     -- highest message id the user has acknowledged (F7); everything above it is resent at login
-    acked       INTEGER NOT NULL DEFAULT 0
+    acked       INTEGER NOT NULL DEFAULT 0,
+    -- the name folded (NFKC, case fold) for search; qqchat/names.py says how
+    name_key    TEXT    NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS users_by_key ON users (name_key, id);
+
+-- Session tokens (login with remember): only a hash of the token is kept.
+CREATE TABLE IF NOT EXISTS session_tokens (
+    hash        TEXT    PRIMARY KEY,
+    user_id     INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    last_used   INTEGER NOT NULL,
+    -- last_used + --token-ttl: a token lapses after that long unused
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS session_tokens_user ON session_tokens (user_id);
 
 CREATE TABLE IF NOT EXISTS friends (
     user_id     INTEGER NOT NULL,
@@ -29,8 +43,12 @@ CREATE TABLE IF NOT EXISTS chat_groups (
     name        TEXT    NOT NULL,
     descr       TEXT    NOT NULL DEFAULT '',
     creator     INTEGER NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    name_key    TEXT    NOT NULL DEFAULT '',
+    -- id of the group's newest message (0: none yet), for the conversation list
+    last_id     INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS chat_groups_by_key ON chat_groups (name_key, id);
 
 CREATE TABLE IF NOT EXISTS group_members (
     group_id    INTEGER NOT NULL,
@@ -87,13 +105,21 @@ CREATE TABLE IF NOT EXISTS messages_recent (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_recent_by_cid ON messages_recent (sender, cid)
     WHERE cid IS NOT NULL;
--- what a stop left there moves now
-INSERT INTO messages (id, kind, sender, recipient, group_id, body, ts, cid)
-    SELECT id, kind, sender, recipient, group_id, body, ts, cid FROM messages_recent;
-DELETE FROM messages_recent;
+-- (what a stop left there is moved at start, by qqchat/storage/schema.py)
 -- the whole log, for reading by hand
 CREATE VIEW IF NOT EXISTS message_log AS
     SELECT * FROM messages UNION ALL SELECT * FROM messages_recent;
+
+-- One row per one-to-one conversation and side: the conversation list (K3) reads
+-- a user's newest conversations from here instead of scanning the log. Kept up
+-- to date as staged messages move into `messages`.
+CREATE TABLE IF NOT EXISTS conversations (
+    user_id     INTEGER NOT NULL,
+    peer_id     INTEGER NOT NULL,
+    last_id     INTEGER NOT NULL,
+    PRIMARY KEY (user_id, peer_id)
+);
+CREATE INDEX IF NOT EXISTS conversations_recent ON conversations (user_id, last_id);
 
 CREATE TABLE IF NOT EXISTS log_seq (
     id          INTEGER PRIMARY KEY,

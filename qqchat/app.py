@@ -32,15 +32,19 @@ from qqchat.relay.base import Relay
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
 from qqchat.services.accounts import AccountService
+from qqchat.services.conversations import ConversationService
 from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
 from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
 from qqchat.services.presence import PresenceService
+from qqchat.services.search import SearchService
 from qqchat.services.users import UserDirectory
+from qqchat.storage.directory import DirectoryStore
 from qqchat.storage.log import MessageLog
 from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
 from qqchat.storage.store import Store
+from qqchat.storage.tokens import TokenStore
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class Settings:
     #: milliseconds between the starts of two message-log transactions at the least
     commit_interval_ms: float = 0.0
     hash_cost: int = DEFAULT_COST
+    #: seconds a session token stays valid after its last use
+    token_ttl: float = 30 * 24 * 3600.0
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_line: int = DEFAULT_MAX_LINE
     max_send_buffer: int = DEFAULT_SEND_BUFFER
@@ -132,11 +138,15 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     hasher = Hasher(lambda f, *a: threads.deferToThreadPool(reactor, threadpool, f, *a),
                     settings.hash_cost)
     accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
+                              TokenStore(pool, db_config.dialect), settings.token_ttl,
                               kick_on_duplicate=settings.kick_on_duplicate)
     messages = MessageService(store, log, relay, users, limits, reactor, metrics=metrics)
     friends = FriendService(store, relay, users, reactor, limits)
     groups = GroupService(store, relay, reactor, limits)
-    dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits, metrics=metrics)
+    directory = DirectoryStore(pool, db_config.dialect)
+    dispatcher = Dispatcher(accounts, presence, messages, friends, groups,
+                            SearchService(directory, relay, reactor, limits),
+                            ConversationService(directory), limits, metrics=metrics)
     if settings.redis:
         cluster.resync = lambda s: defer.Deferred.fromCoroutine(messages.resync(s))
         cluster.gone_offline = lambda uid, name: defer.Deferred.fromCoroutine(

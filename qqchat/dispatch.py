@@ -18,11 +18,13 @@ from twisted.python.failure import Failure
 from qqchat.errors import ChatError
 from qqchat.metrics import Registry
 from qqchat.services.accounts import AccountService
+from qqchat.services.conversations import ConversationService
 from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
 from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
 from qqchat.services.presence import PresenceService
+from qqchat.services.search import SearchService
 from qqchat.session import Session
 
 Frame = dict[str, Any]
@@ -76,12 +78,15 @@ class Dispatcher:
 
     def __init__(self, accounts: AccountService, presence: PresenceService,
                  messages: MessageService, friends: FriendService, groups: GroupService,
+                 search: SearchService, conversations: ConversationService,
                  limits: Limits, metrics: Registry | None = None) -> None:
         self.accounts = accounts
         self.presence = presence
         self.messages = messages
         self.friends = friends
         self.groups = groups
+        self.search = search
+        self.conversations = conversations
         self.limits = limits
         self._cleanups: set[defer.Deferred[None]] = set()
         #: request type -> (handler, its request counter), filled as types are first seen
@@ -174,13 +179,18 @@ class Dispatcher:
         return await self.accounts.register(name, password, session.address)
 
     async def handle_login(self, session: Session, msg: Frame) -> None:
-        password = _str(msg, "password")
-        assert password is not None
+        token = _str(msg, "token", required=False)
+        password = _str(msg, "password", required=token is None)
         name = _str(msg, "name", required=False)
         uid = None if name is not None else _int(msg, "id", required=False)
-        if name is None and uid is None:
+        if name is None and uid is None and token is None:
             raise ChatError("missing_field", "login needs 'name' or 'id'", field="name")
-        body = await self.accounts.login(session, password, name=name, user_id=uid)
+        remember = _get(msg, "remember", required=False)
+        if remember is not _MISSING and not isinstance(remember, bool):
+            raise ChatError("bad_field", "field 'remember' must be true or false",
+                            field="remember")
+        body = await self.accounts.login(session, password, name=name, user_id=uid,
+                                         token=token, remember=remember is True)
         # the reply goes out before the backlog, which follows as message pushes
         session.send(reply_frame("login", msg.get("req", _MISSING), body))
         try:
@@ -201,6 +211,35 @@ class Dispatcher:
     async def handle_logout(self, session: Session, msg: Frame) -> Frame:
         await self.accounts.logout(session)
         return {}
+
+    async def handle_password_change(self, session: Session, msg: Frame) -> Frame:
+        old, new = _str(msg, "old"), _str(msg, "new")
+        assert old is not None and new is not None
+        return await self.accounts.change_password(session, old, new)
+
+    def _page(self, msg: Frame, default: int, high: int) -> int:
+        return _int(msg, "limit", required=False, high=high,
+                    what=f"an integer from 1 to {high}") or default
+
+    async def handle_user_search(self, session: Session, msg: Frame) -> Frame:
+        query = _str(msg, "query")
+        assert query is not None
+        lim = self.limits
+        return await self.search.users(session, query, _int(msg, "after", required=False),
+                                       self._page(msg, lim.search_default, lim.search_max))
+
+    async def handle_group_search(self, session: Session, msg: Frame) -> Frame:
+        query = _str(msg, "query")
+        assert query is not None
+        lim = self.limits
+        return await self.search.groups(session, query, _int(msg, "after", required=False),
+                                        self._page(msg, lim.search_default, lim.search_max))
+
+    async def handle_conversations(self, session: Session, msg: Frame) -> Frame:
+        lim = self.limits
+        return await self.conversations.page(
+            session, _int(msg, "before", required=False),
+            self._page(msg, lim.conversations_default, lim.conversations_max))
 
     async def handle_who(self, session: Session, msg: Frame) -> Frame:
         lim = self.limits

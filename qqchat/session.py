@@ -33,8 +33,8 @@ class Session:
     sees every message once, and nothing lands before the login reply.
     """
 
-    __slots__ = ("_held", "acked", "closed", "conn", "max_sent", "name", "seen", "syncing",
-                 "token", "user_id")
+    __slots__ = ("_held", "acked", "closed", "conn", "max_sent", "name", "remembered", "seen",
+                 "syncing", "token", "user_id")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -50,6 +50,8 @@ class Session:
         self._held: list[tuple[int | None, bytes]] = []
         #: identifies this login cluster-wide (set by the relay when it claims the user)
         self.token = ""
+        #: hash of the session token this login used or was given (K3), revoked at logout
+        self.remembered: str | None = None
         #: in cluster mode, ids delivered above ``acked``: pushes from several nodes can
         #: arrive out of order or twice, so acks are checked against this set
         self.seen: set[int] | None = None
@@ -125,5 +127,6 @@ class Session:
         self.syncing = False
         self._held = []
         self.token = ""
+        self.remembered = None
         if self.seen is not None:
             self.seen = set()

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.enterprise import adbapi
 from unit_support import InlineReactor, InlineThreadPool, make_store, result_of
 
-from qqchat import db
+from qqchat.storage.schema import apply_schema
 from qqchat.storage.store import KIND_DIRECT, STAGE_ROWS, NewMessage, Store
 
 
@@ -24,13 +24,7 @@ def _pool(path: str) -> adbapi.ConnectionPool:
                                  cp_max=1, cp_reactor=InlineReactor(), cp_noisy=False)
     pool.threadpool = InlineThreadPool()
     pool.start()
-    statements = db.schema_statements("sqlite")
-
-    def apply(txn: Any) -> None:
-        for stmt in statements:
-            txn.execute(stmt)
-
-    result_of(pool.runInteraction(apply))
+    result_of(pool.runInteraction(apply_schema, "sqlite"))
     return pool
 
 

@@ -17,21 +17,25 @@ from twisted.internet import defer, task
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from qqchat import db
 from qqchat.dispatch import Dispatcher
 from qqchat.passwords import Hasher
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
 from qqchat.services.accounts import AccountService
+from qqchat.services.conversations import ConversationService
 from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
 from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
 from qqchat.services.presence import PresenceService
+from qqchat.services.search import SearchService
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
+from qqchat.storage.directory import DirectoryStore
 from qqchat.storage.log import MessageLog
+from qqchat.storage.schema import apply_schema
 from qqchat.storage.store import Store
+from qqchat.storage.tokens import TokenStore
 
 T = TypeVar("T")
 
@@ -124,13 +128,7 @@ def make_store() -> tuple[adbapi.ConnectionPool, Store]:
                                  cp_noisy=False)
     pool.threadpool = InlineThreadPool()
     pool.start()
-    statements = db.schema_statements("sqlite")
-
-    def apply(txn: Any) -> None:
-        for stmt in statements:
-            txn.execute(stmt)
-
-    result_of(pool.runInteraction(apply))
+    result_of(pool.runInteraction(apply_schema, "sqlite"))
     return pool, Store(pool, "sqlite")
 
 
@@ -158,7 +156,7 @@ class Services:
 
 
 def build_services(clock: task.Clock, limits: Limits | None = None,
-                   kick_on_duplicate: bool = True) -> Services:
+                   kick_on_duplicate: bool = True, token_ttl: float = 3600.0) -> Services:
     """Wire the layers exactly as ``qqchat.app.build`` does, on the inline store.
 
     Password hashing runs inline at the cheapest cost the daemon accepts, so a
@@ -173,11 +171,15 @@ def build_services(clock: task.Clock, limits: Limits | None = None,
     presence = PresenceService(store, relay)
     hasher = Hasher(lambda f, *a: defer.maybeDeferred(f, *a), 4)
     accounts = AccountService(store, hasher, relay, presence, users, clock, limits,
+                              TokenStore(pool, "sqlite"), token_ttl,
                               kick_on_duplicate=kick_on_duplicate)
     messages = MessageService(store, log, relay, users, limits, clock)
     friends = FriendService(store, relay, users, clock, limits)
     groups = GroupService(store, relay, clock, limits)
-    dispatcher = Dispatcher(accounts, presence, messages, friends, groups, limits)
+    directory = DirectoryStore(pool, "sqlite")
+    dispatcher = Dispatcher(accounts, presence, messages, friends, groups,
+                            SearchService(directory, relay, clock, limits),
+                            ConversationService(directory), limits)
     return Services(clock, pool, store, log, hub, relay, users, presence, accounts, messages,
                     friends, groups, dispatcher, limits)
 

@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from qqchat.errors import ChatError
+from qqchat.names import fold
 from qqchat.passwords import Hasher
 from qqchat.ratelimit import KeyedBuckets
 from qqchat.relay.base import Relay
@@ -16,7 +17,8 @@ from qqchat.services.limits import Limits
 from qqchat.services.presence import PresenceService
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
-from qqchat.storage.store import Store
+from qqchat.storage.store import Store, UserRow
+from qqchat.storage.tokens import TokenStore, new_token, token_hash
 
 _NAME = re.compile(r"[\w.\-]+")
 
@@ -26,8 +28,11 @@ class AccountService:
 
     def __init__(self, store: Store, hasher: Hasher, relay: Relay, presence: PresenceService,
                  users: UserDirectory, clock: IReactorTime, limits: Limits,
+                 tokens: TokenStore, token_ttl: float = 30 * 24 * 3600,
                  kick_on_duplicate: bool = True) -> None:
         self._store = store
+        self._tokens = tokens
+        self._token_ttl_ms = int(token_ttl * 1000)
         self._hasher = hasher
         self._relay = relay
         self._presence = presence
@@ -66,20 +71,59 @@ class AccountService:
         self.log.info("registered user {uid} {name}", uid=uid, name=name)
         return {"id": uid, "name": name}
 
-    async def login(self, session: Session, password: str, name: str | None = None,
-                    user_id: int | None = None) -> dict[str, Any]:
-        """Check credentials and make this the user's session.
+    def _now(self) -> int:
+        return int(self._clock.seconds() * 1000)
 
-        Returns the reply body (profile, friends, groups, requests); the caller
-        then sends the backlog (``MessageService.sync``).
+    async def login(self, session: Session, password: str | None, name: str | None = None,
+                    user_id: int | None = None, token: str | None = None,
+                    remember: bool = False) -> dict[str, Any]:
+        """Check credentials (a password, or a session token) and make this the
+        user's session.
+
+        Returns the reply body (profile, friends, groups, requests, and the token
+        when one was asked for or used); the caller then sends the backlog
+        (``MessageService.sync``).
         """
         if session.user_id is not None:
             raise ChatError("already_logged_in", "this connection is logged in; log out first")
+        digest: str | None = None
+        issued = False
+        if token is not None:
+            digest = token_hash(token)
+            row = await self._tokens.resume(digest, self._now(), self._token_ttl_ms)
+            if row is None or (name is not None and fold(name) != fold(row.name)) or (
+                    user_id is not None and user_id != row.id):
+                raise ChatError("bad_token", "this session token is unknown, expired or "
+                                             "revoked; log in with your password")
+        else:
+            row = await self._password_login(password or "", name, user_id)
+            if remember:
+                token = new_token()
+                digest = token_hash(token)
+                await self._tokens.issue(row.id, digest, self._now(), self._token_ttl_ms)
+                issued = True
+        try:
+            body = await self._become(session, row)
+        except BaseException:
+            if issued and digest is not None:
+                await self._tokens.revoke(digest)  # issued for a login that did not happen
+            raise
+        if token is not None:
+            session.remembered = digest
+            body["token"] = token
+        return body
+
+    async def _password_login(self, password: str, name: str | None, user_id: int | None
+                              ) -> UserRow:
         row = (await self._store.user_by_name(name) if name is not None
                else await self._store.user_by_id(user_id or 0))
         ok = await self._hasher.verify(password, row.pw_hash if row else None)
         if not ok or row is None:
             raise ChatError("bad_credentials", "wrong user or password")
+        return row
+
+    async def _become(self, session: Session, row: UserRow) -> dict[str, Any]:
+        """Claim the one-session slot for ``row``'s user, then read the login summary."""
         if session.user_id is not None:
             raise ChatError("already_logged_in", "this connection is logged in; log out first")
         if session.closed:
@@ -130,10 +174,33 @@ class AccountService:
             "requests": [{"from": rid, "name": rname, "ts": ts} for rid, rname, ts in requests],
         }
 
+    async def change_password(self, session: Session, old: str, new: str) -> dict[str, Any]:
+        """Every token of the user is revoked; this session stays logged in, and gets a
+        fresh token if it was remembered."""
+        uid = session.user_id
+        if uid is None:
+            raise ChatError("not_logged_in", "log in first")
+        self._check_password(new)
+        row = await self._store.user_by_id(uid)
+        if row is None or not await self._hasher.verify(old, row.pw_hash):
+            raise ChatError("bad_credentials", "the old password is wrong")
+        pw_hash = await self._hasher.hash(new)
+        await self._tokens.change_password(uid, pw_hash)
+        self.log.info("password changed for {uid} from {peer}", uid=uid, peer=session.peer)
+        body: dict[str, Any] = {}
+        if session.remembered is not None and session.user_id == uid:
+            token = new_token()
+            session.remembered = token_hash(token)
+            await self._tokens.issue(uid, session.remembered, self._now(), self._token_ttl_ms)
+            body["token"] = token
+        return body
+
     async def logout(self, session: Session) -> None:
         if session.user_id is None:
             raise ChatError("not_logged_in", "log in first")
         uid = session.user_id
+        if session.remembered is not None:
+            await self._tokens.revoke(session.remembered)
         await self._presence.went_offline(session)
         session.reset()
         self.log.info("logout {uid} from {peer}", uid=uid, peer=session.peer)

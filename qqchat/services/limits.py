@@ -28,6 +28,15 @@ class Limits:
     #: reset it.
     send_rate: float = 50.0
     send_burst: int = 200
+    #: searches (users and groups) a second per user, and how many at once; 0 is no limit
+    search_rate: float = 5.0
+    search_burst: int = 20
+    search_default: int = 20
+    search_max: int = 50
+    #: longest search query, in characters
+    query_max: int = 64
+    conversations_default: int = 20
+    conversations_max: int = 100
     #: registrations a minute per client address, and how many at once; 0 is no limit
     register_rate: float = 10.0
     register_burst: int = 20

@@ -15,8 +15,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from qqchat.db import schema_statements
 from qqchat.errors import StartupError
+from qqchat.storage.schema import apply_schema
 
 
 class DatabaseURLError(ValueError):
@@ -181,13 +181,7 @@ class DatabaseService(Service):
 
     def _try(self) -> None:
         self._retry = None
-        statements = schema_statements(self.config.dialect)
-
-        def apply(txn: Any) -> None:
-            for stmt in statements:
-                txn.execute(stmt)
-
-        d = self.pool.runInteraction(apply)
+        d = self.pool.runInteraction(apply_schema, self.config.dialect)
         d.addCallbacks(self._ready, self._failed)
 
     def _ready(self, _: object) -> None:

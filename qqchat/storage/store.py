@@ -1,23 +1,20 @@
-"""Every SQL statement qqchat runs, for SQLite and MySQL alike.
+"""Users, friends, groups and the message log, for SQLite and MySQL alike.
 
-Blocking code lives only in the ``_txn`` functions, which adbapi runs in its
-thread pool inside one transaction each (commit on return, rollback on raise).
-Statements are written with ``?`` placeholders and translated once for MySQL.
+Session tokens are in ``tokens.py`` and the searches and conversation list in
+``directory.py``; ``access.py`` holds what they all share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from twisted.enterprise import adbapi
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
-from qqchat.errors import UnavailableError
-
-T = TypeVar("T")
+from qqchat.names import fold
+from qqchat.storage.access import Access
+from qqchat.storage.schema import move_staged
 
 KIND_DIRECT = 1
 KIND_GROUP = 2
@@ -83,88 +80,8 @@ _LOG_COLUMNS = "id, kind, sender, recipient, group_id, body, ts, cid"
 STAGE_ROWS = 1000
 
 
-class Store:
-    """All reads and writes; methods return Deferreds that fire in the reactor thread."""
-
-    def __init__(self, pool: adbapi.ConnectionPool, dialect: str) -> None:
-        self._pool = pool
-        self.dialect = dialect
-        #: SQLite writes new messages to ``messages_recent`` (db/sqlite.sql says why)
-        self._staged = dialect == "sqlite"
-        self._log_table = "messages_recent" if self._staged else "messages"
-        self._sql_cache: dict[str, str] = {}
-        dbapi = pool.dbapi
-        self._integrity_error = dbapi.IntegrityError
-        self._unavailable_errors: tuple[type[BaseException], ...] = (
-            dbapi.OperationalError,
-            dbapi.InterfaceError,
-            adbapi.ConnectionLost,
-        )
-
-    # -- plumbing ---------------------------------------------------------
-
-    def _q(self, sql: str) -> str:
-        """Translate ``?`` placeholders for MySQLdb's %s paramstyle, once per statement."""
-        cached = self._sql_cache.get(sql)
-        if cached is None:
-            cached = sql.replace("?", "%s") if self.dialect == "mysql" else sql
-            self._sql_cache[sql] = cached
-        return cached
-
-    def _run(self, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        d = self._pool.runInteraction(fn, *args)
-        d.addErrback(self._translate)
-        return d
-
-    def _translate(self, failure: Failure) -> Failure:
-        if failure.check(*self._unavailable_errors):
-            raise UnavailableError("the database")
-        return failure
-
-    def _all(self, sql: str, *params: Any) -> defer.Deferred[list[tuple[Any, ...]]]:
-        q = self._q(sql)
-
-        def txn(t: Any) -> list[tuple[Any, ...]]:
-            t.execute(q, params)
-            return list(t.fetchall())
-
-        return self._run(txn)
-
-    def _one(self, sql: str, *params: Any) -> defer.Deferred[tuple[Any, ...] | None]:
-        q = self._q(sql)
-
-        def txn(t: Any) -> tuple[Any, ...] | None:
-            t.execute(q, params)
-            return t.fetchone()
-
-        return self._run(txn)
-
-    def _log_all(self, sql: str, *params: Any) -> defer.Deferred[list[tuple[Any, ...]]]:
-        """As ``_all``, for a read of the message log: staged messages are moved first."""
-        q = self._q(sql)
-
-        def txn(t: Any) -> list[tuple[Any, ...]]:
-            self._settle(t)
-            t.execute(q, params)
-            return list(t.fetchall())
-
-        return self._run(txn)
-
-    def _settle(self, t: Any) -> None:
-        """Move every staged message into ``messages``, so that reads see the whole log."""
-        if self._staged:
-            t.execute("SELECT 1 FROM messages_recent LIMIT 1")
-            if t.fetchone() is not None:
-                self._move_staged(t)
-
-    @staticmethod
-    def _move_staged(t: Any) -> None:
-        t.execute(f"INSERT INTO messages ({_LOG_COLUMNS}) "
-                  f"SELECT {_LOG_COLUMNS} FROM messages_recent")
-        t.execute("DELETE FROM messages_recent")
-
-    def _placeholders(self, n: int) -> str:
-        return ",".join("?" * n)
+class Store(Access):
+    """Users, friends, groups and the message log; Deferreds fire in the reactor thread."""
 
     # -- users ------------------------------------------------------------
 
@@ -172,13 +89,14 @@ class Store:
         """Insert a user; None if the name is taken. New users start past the log head,
         so they do not receive broadcasts sent before they existed."""
         q_head = self._q("SELECT last_id FROM log_seq WHERE id = 1")
-        q_ins = self._q("INSERT INTO users (name, pw_hash, created_at, acked) VALUES (?, ?, ?, ?)")
+        q_ins = self._q("INSERT INTO users (name, pw_hash, created_at, acked, name_key) "
+                        "VALUES (?, ?, ?, ?, ?)")
 
         def txn(t: Any) -> int | None:
             t.execute(q_head)
             head = t.fetchone()[0]
             try:
-                t.execute(q_ins, (name, pw_hash, now, head))
+                t.execute(q_ins, (name, pw_hash, now, head, fold(name)))
             except self._integrity_error:
                 return None
             return int(t.lastrowid)
@@ -340,15 +258,15 @@ class Store:
         return int(t.fetchone()[0])
 
     def create_group(self, name: str, desc: str, creator: int, now: int) -> defer.Deferred[int]:
-        q_group = self._q(
-            "INSERT INTO chat_groups (name, descr, creator, created_at) VALUES (?, ?, ?, ?)")
+        q_group = self._q("INSERT INTO chat_groups (name, descr, creator, created_at, name_key) "
+                          "VALUES (?, ?, ?, ?, ?)")
         q_member = self._q(
             "INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
             "VALUES (?, ?, ?, ?, ?)")
 
         def txn(t: Any) -> int:
             head = self._locked_head(t)
-            t.execute(q_group, (name, desc, creator, now))
+            t.execute(q_group, (name, desc, creator, now, fold(name)))
             gid = int(t.lastrowid)
             t.execute(q_member, (gid, creator, "creator", head, now))
             return gid
@@ -500,10 +418,12 @@ class Store:
                     next_id += 1
                 if rows:
                     t.executemany(q_ins, rows)
+                    if mysql:
+                        self._write_derived(t, rows)
                     if self._staged:
                         t.execute("SELECT MIN(id) FROM messages_recent")
                         if next_id - int(t.fetchone()[0]) >= STAGE_ROWS:
-                            self._move_staged(t)
+                            move_staged(t)
             if ack_rows:
                 self._write_acks(t, ack_rows)
             return results
@@ -537,6 +457,17 @@ class Store:
         params: list[Any] = [n]
         for k, m in enumerate(messages):
             params += (n - 1 - k, m.kind, m.sender, m.recipient, m.body, now)
+        # the conversation list: each pair's newest message, by its offset from the head
+        newest: dict[tuple[int, int], int] = {}
+        for k, m in enumerate(messages):
+            if m.kind == KIND_DIRECT and m.recipient is not None:
+                newest[(m.sender, m.recipient)] = newest[(m.recipient, m.sender)] = n - 1 - k
+        if newest:
+            parts.append("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
+                         + ",".join(["(%s, %s, LAST_INSERT_ID() - %s)"] * len(newest))
+                         + self._CONVERSATION_UPSERT)
+            for (user, peer), offset in sorted(newest.items()):
+                params += (user, peer, offset)
         for row in ack_rows:
             parts.append(self._q(self._ACK))
             params += row
@@ -551,6 +482,29 @@ class Store:
             raise RuntimeError("the log head was not returned")
         first = head - n + 1
         return [Stored(first + k, now, False) for k in range(n)]
+
+    _CONVERSATION_UPSERT = (" ON DUPLICATE KEY UPDATE"
+                            " last_id = GREATEST(conversations.last_id, VALUES(last_id))")
+
+    def _write_derived(self, t: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+        """MySQL: keep the conversation list (each pair's and each group's newest
+        message) in step with the rows just inserted, in the same transaction.
+        (SQLite does this in bulk when staged rows move: ``schema.move_staged``.)"""
+        newest: dict[tuple[int, int], int] = {}
+        groups: dict[int, int] = {}
+        for mid, kind, sender, recipient, gid, *_ in rows:
+            if kind == KIND_DIRECT:
+                newest[(sender, recipient)] = newest[(recipient, sender)] = mid
+            elif kind == KIND_GROUP:
+                groups[gid] = mid
+        if newest:
+            t.execute("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
+                      + ",".join(["(%s, %s, %s)"] * len(newest)) + self._CONVERSATION_UPSERT,
+                      [v for (user, peer), mid in sorted(newest.items())
+                       for v in (user, peer, mid)])
+        for gid, mid in sorted(groups.items()):
+            t.execute("UPDATE chat_groups SET last_id = GREATEST(last_id, %s) WHERE id = %s",
+                      (mid, gid))
 
     _ACK = "UPDATE users SET acked = ? WHERE id = ? AND acked < ?"
     #: MySQL: acks written per multi-statement
