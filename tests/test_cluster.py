@@ -270,3 +270,34 @@ async def test_node_restarted_under_its_old_id_clears_what_it_held(
     await alice.silence(0.5)
     who = await alice.ok("who")
     assert who["users"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_issued_on_one_node_resumes_on_another(cluster: Cluster) -> None:
+    c = await cluster.client(0)
+    await c.ok("register", name="alice", password="password1")
+    token = (await c.ok("login", name="alice", password="password1", remember=True))["token"]
+    await c.push("synced")
+    on_two = await cluster.client(2)
+    reply = await on_two.ok("login", token=token)
+    assert reply["user"]["name"] == "alice" and reply["token"] == token
+    kicked = await c.push("kicked")  # one session per user holds for token logins too
+    assert kicked["type"] == "kicked"
+    await on_two.push("synced")
+    await on_two.ok("logout")
+    again = await cluster.client(1)
+    assert (await again.call("login", token=token))["code"] == "bad_token"
+
+
+@pytest_twisted.ensureDeferred
+async def test_search_on_any_node_finds_users_and_groups_of_all(cluster: Cluster) -> None:
+    users = [await cluster.user(f"member{n}", n) for n in range(3)]
+    gid = (await users[2].ok("group_create", name="members-club"))["group"]["id"]
+    for node in range(3):
+        asker = await cluster.client(node)
+        await asker.ok("register", name=f"asker{node}", password="password1")
+        await asker.login(f"asker{node}", "password1")
+        found = await asker.ok("user_search", query="MEMBER")
+        assert [u["name"] for u in found["users"]] == ["member0", "member1", "member2"]
+        groups = await asker.ok("group_search", query="members")
+        assert [g["id"] for g in groups["groups"]] == [gid]
