@@ -583,13 +583,15 @@ class ChatConsole:
         proto = self.proto
         if proto is None or not proto.is_open:
             return
-        acked = self._flush_ack()  # sent before the logout, so the server has it when we go
+        self._flush_ack()  # sent before the logout, so the server has it when we go
         if self.roster.me is not None and self.session_saved:
-            # a logout would revoke the saved token: leave logged in, once the ack is in
-            if acked is not None:
-                acked.addTimeout(QUIT_TIMEOUT, self.clock)
+            # a logout would revoke the saved token: leave logged in, once the server has
+            # answered everything sent (acks included; it answers in order)
+            answered = self._background({"type": "ping"})
+            if answered is not None:
+                answered.addTimeout(QUIT_TIMEOUT, self.clock)
                 with contextlib.suppress(defer.TimeoutError, defer.CancelledError):
-                    await acked
+                    await answered
             self._info(f"Left; the session stays saved for the next 'login "
                        f"{clean(self.roster.my_name or '')}' ('logout' ends it).")
         elif self.roster.me is not None:
