@@ -1,0 +1,400 @@
+// The session: logs in (by password or by a remembered token), keeps the connection up
+// (reconnect with backoff, resume with the token), feeds pushes to the store, sends
+// with client ids, and acknowledges only what the views have rendered.
+// No DOM here either: the views listen to "status" and "notice" events.
+
+import { Connection, Disconnected, ServerError, socketUrl } from "./connection.js";
+import { SYSTEM_KEY } from "./store.js";
+
+const TOKEN_KEY = "qqchat.token";
+/** Reconnect delays in ms: doubling, capped, with jitter so a restarted node is not stampeded. */
+const BACKOFF_FIRST = 500;
+const BACKOFF_CAP = 8000;
+/** A ping keeps the server's idle timer (300 s) from firing and finds dead links. */
+const PING_EVERY = 30000;
+const PING_TIMEOUT = 10000;
+/** Acks wait this long so a burst of messages costs one ack. */
+const ACK_DELAY = 200;
+const HISTORY_PAGE = 30;
+
+/**
+ * Where tokens live: localStorage when "remember me" was ticked, else sessionStorage
+ * (it survives a reload of this tab, not a closed browser).
+ */
+export class TokenStore {
+  constructor(local = globalThis.localStorage, session = globalThis.sessionStorage) {
+    this.local = local;
+    this.session = session;
+  }
+
+  get() {
+    return this.local?.getItem(TOKEN_KEY) || this.session?.getItem(TOKEN_KEY) || null;
+  }
+
+  get remembered() {
+    return !!this.local?.getItem(TOKEN_KEY);
+  }
+
+  set(token, remember) {
+    this.forget();
+    (remember ? this.local : this.session)?.setItem(TOKEN_KEY, token);
+  }
+
+  forget() {
+    this.local?.removeItem(TOKEN_KEY);
+    this.session?.removeItem(TOKEN_KEY);
+  }
+}
+
+/** The delay before reconnect attempt `n` (0-based), in ms. */
+export function backoff(n, random = Math.random) {
+  const base = Math.min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** n);
+  return Math.round(base * (0.75 + random() * 0.5));
+}
+
+/**
+ * status: "signedout" (the form), "connecting" (first login or resume under way),
+ * "online" (synced), "reconnecting" (dropped; `retryAt` says when), "kicked".
+ */
+export class Session extends EventTarget {
+  /**
+   * @param {import("./store.js").ChatStore} store
+   * @param {{url?: string, WebSocketImpl?: typeof WebSocket, tokens?: TokenStore}} [opts]
+   */
+  constructor(store, opts = {}) {
+    super();
+    this.store = store;
+    this.tokens = opts.tokens ?? new TokenStore();
+    this.conn = new Connection(opts.url ?? socketUrl(), opts.WebSocketImpl ?? WebSocket);
+    this.conn.addEventListener("push", (ev) => this._push(ev.detail));
+    this.conn.addEventListener("close", () => this._dropped());
+    this.status = "signedout";
+    this.retryAt = 0;
+    this.synced = false;
+    this._attempt = 0;
+    this._retryTimer = null;
+    this._pingTimer = null;
+    this._ackTimer = null;
+    /** highest message id pushed on this connection, and the highest acknowledged */
+    this._received = 0;
+    this._rendered = 0;
+    this._acked = 0;
+    this._remember = false;
+    /** logged in on the current connection: a drop now means reconnect */
+    this._live = false;
+  }
+
+  _setStatus(status) {
+    this.status = status;
+    this.dispatchEvent(new CustomEvent("status", { detail: status }));
+  }
+
+  _notice(kind, detail = {}) {
+    this.dispatchEvent(new CustomEvent("notice", { detail: { kind, ...detail } }));
+  }
+
+  // -- logging in -------------------------------------------------------------------------
+
+  async _ensureOpen() {
+    if (!this.conn.isOpen) await this.conn.open();
+  }
+
+  /** Create an account (the form's Register): does not log in by itself. */
+  async register(name, password) {
+    await this._ensureOpen();
+    return this.conn.request("register", { name, password });
+  }
+
+  /** Log in with a password; the token it returns is kept for reconnects and reloads. */
+  async login(name, password, remember) {
+    this._remember = remember;
+    this._setStatus("connecting");
+    try {
+      await this._ensureOpen();
+      await this._loggedIn(await this.conn.request("login", { name, password, remember: true }));
+    } catch (err) {
+      this.conn.close();
+      this._setStatus("signedout");
+      throw err;
+    }
+  }
+
+  /** At page load: resume with a stored token, if there is one. Returns whether it tried. */
+  start() {
+    const token = this.tokens.get();
+    if (!token) return false;
+    this._remember = this.tokens.remembered;
+    this._setStatus("connecting");
+    this._resume();
+    return true;
+  }
+
+  async _resume() {
+    clearTimeout(this._retryTimer);
+    const token = this.tokens.get();
+    if (!token) {
+      this._signedOut();
+      return;
+    }
+    try {
+      await this.conn.open();
+      await this._loggedIn(await this.conn.request("login", { token }));
+    } catch (err) {
+      if (err instanceof ServerError && err.code === "bad_token") {
+        this.tokens.forget();
+        this._signedOut();
+        this._notice("expired");
+      } else if (err instanceof ServerError && err.code !== "rate_limited") {
+        // e.g. already_online with --duplicate-login reject: do not hammer the server
+        this.conn.close();
+        this._signedOut();
+        this._notice("error", { code: err.code, message: err.message });
+      } else if (this.status !== "kicked" && this.status !== "signedout") {
+        this.conn.close();
+        this._scheduleReconnect();
+      }
+    }
+  }
+
+  async _loggedIn(reply) {
+    if (reply.token) this.tokens.set(reply.token, this._remember);
+    this.synced = false;
+    this._live = true;
+    this._received = 0;
+    this._rendered = 0;
+    this._acked = 0;
+    this.store.applyLogin(reply);
+    // the backlog follows, then `synced` (handled in _push)
+  }
+
+  /** Log out: the server revokes the token; forget everything here. */
+  async logout() {
+    clearTimeout(this._retryTimer);
+    if (this.conn.isOpen && this.synced) {
+      try {
+        await this.conn.request("logout");
+      } catch {
+        // gone already: the token still expires on its own
+      }
+    }
+    this.tokens.forget();
+    this.conn.close();
+    this._signedOut();
+  }
+
+  _signedOut() {
+    this._live = false;
+    this._stopTimers();
+    this.synced = false;
+    this.store.reset();
+    this._setStatus("signedout");
+  }
+
+  /** After a kick, the user asks to come back: resume with the token again. */
+  reconnectNow() {
+    this._attempt = 0;
+    this._setStatus("connecting");
+    this._resume();
+  }
+
+  // -- the connection's life ------------------------------------------------------------
+
+  _dropped() {
+    this._stopTimers();
+    this.synced = false;
+    const live = this._live;
+    this._live = false;
+    // before a login succeeded, the login or resume that is waiting handles it
+    if (!live || this.status === "kicked" || this.status === "signedout") return;
+    this._scheduleReconnect();
+  }
+
+  _scheduleReconnect() {
+    clearTimeout(this._retryTimer);
+    const delay = backoff(this._attempt++);
+    this.retryAt = Date.now() + delay;
+    this._setStatus("reconnecting");
+    this._retryTimer = setTimeout(() => this._resume(), delay);
+  }
+
+  _stopTimers() {
+    clearInterval(this._pingTimer);
+    clearTimeout(this._ackTimer);
+    this._pingTimer = this._ackTimer = null;
+  }
+
+  _startPings() {
+    clearInterval(this._pingTimer);
+    this._pingTimer = setInterval(() => {
+      const conn = this.conn;
+      const timeout = setTimeout(() => conn.ws && conn.ws.close(), PING_TIMEOUT);
+      conn.request("ping").then(() => clearTimeout(timeout), () => clearTimeout(timeout));
+    }, PING_EVERY);
+  }
+
+  // -- pushes -----------------------------------------------------------------------------
+
+  _push(frame) {
+    const store = this.store;
+    switch (frame.type) {
+      case "message":
+        this._received = Math.max(this._received, frame.id);
+        if (store.addMessage(frame) && this.synced) {
+          this._notice("message", { message: frame, key: store.keyOf(frame) });
+        }
+        break;
+      case "synced":
+        this._synced();
+        break;
+      case "presence":
+        store.presence(frame.user, frame.name, frame.online);
+        break;
+      case "friend_request":
+        store.friendRequest(frame.from, frame.name, frame.ts);
+        this._notice("friend_request", { name: frame.name });
+        break;
+      case "friend_added":
+        store.friendAdded({ id: frame.user, name: frame.name, online: frame.online });
+        this._notice("friend_added", { name: frame.name });
+        break;
+      case "friend_declined":
+        this._notice("friend_declined", { name: frame.name });
+        break;
+      case "friend_removed":
+        store.friendRemoved(frame.user);
+        break;
+      case "group_joined":
+        store.groupMember(frame.group, frame.user, frame.name, true);
+        break;
+      case "group_left":
+        store.groupMember(frame.group, frame.user, frame.name, false);
+        break;
+      case "kicked":
+        // another login took over: stay down, or the two would kick each other forever
+        this._stopTimers();
+        clearTimeout(this._retryTimer);
+        this._live = false;
+        this._setStatus("kicked");
+        this.conn.close();
+        break;
+      case "server_shutdown":
+        this._notice("server_shutdown");
+        break; // the close that follows schedules the reconnect
+      case "error":
+        this._notice("error", { code: frame.code, message: frame.message });
+        break;
+      default:
+        break;
+    }
+  }
+
+  async _synced() {
+    this.synced = true;
+    this._attempt = 0;
+    this._startPings();
+    this._setStatus("online");
+    // conversations goes first: the server counts unread from the acknowledged
+    // position, so it must be read before the backlog just shown is acknowledged
+    const convs = this.conn.request("conversations", { limit: 50 });
+    for (const m of this.store.pending()) this._transmit(m);
+    this._scheduleAck();
+    try {
+      this.store.applyConversations((await convs).conversations);
+    } catch (err) {
+      if (!(err instanceof Disconnected)) this._notice("error", { code: err.code });
+    }
+    // a conversation on screen before a reconnect may have missed messages
+    const open = this.store.open;
+    if (open && open !== SYSTEM_KEY) this._refreshOpen(open);
+  }
+
+  async _refreshOpen(key) {
+    const conv = this.store.conv(key);
+    try {
+      const reply = await this.conn.request("history", { ...this._target(conv), limit: HISTORY_PAGE });
+      this.store.applyHistory(key, reply.messages, conv.loaded ? conv.more : reply.more);
+    } catch {
+      // shown again when the user scrolls or reopens it
+    }
+  }
+
+  // -- acknowledgements -----------------------------------------------------------------
+
+  /**
+   * The views call this after each render pass: every message received so far is on
+   * screen (or in the sidebar), so it may be acknowledged.
+   */
+  rendered() {
+    this._rendered = this._received;
+    this._scheduleAck();
+  }
+
+  _scheduleAck() {
+    if (!this.synced || this._ackTimer || this._rendered <= this._acked) return;
+    this._ackTimer = setTimeout(() => {
+      this._ackTimer = null;
+      const id = Math.min(this._rendered, this._received);
+      if (!this.synced || id <= this._acked) return;
+      this._acked = id;
+      this.conn.request("ack", { id }).catch(() => {
+        // not stored: the backlog brings it back after a reconnect, and it is deduplicated
+      });
+    }, ACK_DELAY);
+  }
+
+  // -- requests and sends -------------------------------------------------------------
+
+  /** Any request while online; rejects with ServerError or Disconnected. */
+  request(type, fields = {}) {
+    if (!this.synced) return Promise.reject(new Disconnected());
+    return this.conn.request(type, fields);
+  }
+
+  _target(conv) {
+    return conv.kind === "group" ? { group: conv.id } : { with: conv.id };
+  }
+
+  /** Send text to the conversation `key`: shown pending now, sent when online. */
+  send(key, text) {
+    const m = this.store.queueSend(key, text);
+    if (this.synced) this._transmit(m);
+    return m;
+  }
+
+  /** Retry a failed send with the same cid: a try that did get through is not stored twice. */
+  retry(cid) {
+    const m = this.store.retrying(cid);
+    if (m && this.synced) this._transmit(m);
+  }
+
+  async _transmit(m) {
+    const [type, fields] = m.group !== undefined
+      ? ["group_chat", { group: m.group }]
+      : ["chat", { to: m.to }];
+    try {
+      const reply = await this.conn.request(type, { ...fields, text: m.text, cid: m.cid });
+      this.store.sendDone(m.cid, reply);
+    } catch (err) {
+      // dropped: it stays pending and goes again, same cid, once resumed
+      if (!(err instanceof Disconnected)) this.store.sendFailed(m.cid, err.code ?? "error");
+    }
+  }
+
+  /** Load the newest page of a conversation, or the page before what is held. */
+  async loadHistory(key, older = false) {
+    const conv = this.store.conv(key);
+    if (conv.kind === "system" || conv.loading || (older && conv.more === false)) return;
+    if (!older && conv.loaded) return;
+    if (!this.synced) return;
+    conv.loading = true;
+    const fields = { ...this._target(conv), limit: HISTORY_PAGE };
+    const before = older ? this.store.oldestId(key) : undefined;
+    if (before !== undefined) fields.before = before;
+    try {
+      const reply = await this.conn.request("history", fields);
+      this.store.applyHistory(key, reply.messages, reply.more);
+    } catch {
+      conv.loading = false;
+    }
+  }
+}
