@@ -22,8 +22,7 @@ HELP: dict[str, tuple[str, str]] = {
     "help": ("help [COMMAND]", "list the commands, or show how to use one"),
     "register": ("register NAME", "create an account (asks for a password)"),
     "login": ("login [--remember] NAME|ID",
-              "log in (asks for a password); --remember saves a session token so the "
-              "next login NAME needs none"),
+              "log in (asks for a password; with --remember, later logins do not)"),
     "logout": ("logout", "log out and stay connected (forgets a saved session)"),
     "passwd": ("passwd", "change your password (asks for the old one and the new one twice)"),
     "who": ("who", "list the users online now"),

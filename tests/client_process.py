@@ -21,22 +21,30 @@ from types import TracebackType
 CLIENT = Path(sys.executable).parent / "qqchat-client"
 TIMEOUT = 20.0
 PASSWORD = "secret-pw"
+#: where a client keeps saved sessions unless a test gives it a directory: a path that
+#: can never be created, so no test reads or writes the real ~/.config
+NO_CONFIG = os.path.join(os.devnull, "config")
 
 
-def client_env(password: str | None = PASSWORD) -> dict[str, str]:
+def client_env(password: str | None = PASSWORD, config: Path | str | None = None,
+               **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QQCHAT_")}
     if password is not None:
         env["QQCHAT_PASSWORD"] = password
     env["TZ"] = "UTC"
+    env["XDG_CONFIG_HOME"] = str(config) if config is not None else NO_CONFIG
+    env.update(extra)
     return env
 
 
 def run_client(port: int, script: str, *args: str, password: str | None = PASSWORD,
-               timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run the client with ``script`` on stdin until it exits."""
+               timeout: float = TIMEOUT, config: Path | str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the client with ``script`` on stdin until it exits; ``config`` is its
+    XDG_CONFIG_HOME (saved sessions), ``env`` more variables."""
     return subprocess.run([str(CLIENT), "--host", "127.0.0.1", "--port", str(port), *args],
                           input=script, capture_output=True, text=True, timeout=timeout,
-                          env=client_env(password))
+                          env=client_env(password, config, **(env or {})))
 
 
 def register(port: int, *names: str, client_args: Sequence[str] = ()) -> dict[str, int]:
@@ -51,11 +59,12 @@ def register(port: int, *names: str, client_args: Sequence[str] = ()) -> dict[st
 class ClientProcess:
     """A client whose stdin stays open, so the test decides when each line is typed."""
 
-    def __init__(self, port: int, *args: str, password: str | None = PASSWORD) -> None:
+    def __init__(self, port: int, *args: str, password: str | None = PASSWORD,
+                 config: Path | str | None = None) -> None:
         self.proc = subprocess.Popen(
             [str(CLIENT), "--host", "127.0.0.1", "--port", str(port), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=client_env(password))
+            env=client_env(password, config))
         self.lines: list[str] = []  # everything read so far
         self._unread: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -7,6 +7,8 @@ These tests block on pipes, so the daemon is a separate process too
 from __future__ import annotations
 
 import json
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,156 @@ def test_second_login_kicks_the_first(daemon: DaemonProcess) -> None:
         assert second.returncode == 0, second.stdout
         first.expect(r"\* You were logged out: logged in from another place\.$")
         assert first.wait() == 1
+
+
+# -- K3: finding people and groups by name, conversations, saved sessions, passwd -----------
+
+
+def test_search_and_chat_with_a_user_never_seen(daemon: DaemonProcess) -> None:
+    ids = register(daemon.port, "alice", "Alan", "bob")
+    a, al, b = ids["alice"], ids["Alan"], ids["bob"]
+    # bob has never seen alice: the name is looked up on the server, offline or not
+    done = run_client(daemon.port, "login bob\nsearch al\nchat alice hello alice\n"
+                                   "addfriend ALAN\n")
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    found = lines.index("Users whose name starts with 'al':")
+    assert sorted(lines[found + 1:found + 3]) == sorted([f"  alice ({a})", f"  Alan ({al})"])
+    assert re.search(rf"^{TIME} you -> alice \({a}\): hello alice$", done.stdout, re.M)
+    assert f"Friend request sent to Alan ({al})." in lines
+    later = run_client(daemon.port, "login alice\n")
+    assert re.search(rf"^{TIME} bob \({b}\): hello alice$", later.stdout, re.M), later.stdout
+    # the friend shows up as such in a search
+    with logged_in(daemon.port, "Alan") as alan:
+        alan.send(f"accept {b}")
+        alan.expect(rf"^bob \({b}\) is now your friend\.$")
+        alan.send("search b")
+        alan.expect(rf"^  bob \({b}\), friend, offline$")
+        assert alan.finish() == 0, alan.transcript
+
+
+def test_an_ambiguous_name_fails_a_script_and_sends_nothing(daemon: DaemonProcess) -> None:
+    ids = register(daemon.port, "alice", "alan", "bob")
+    done = run_client(daemon.port, "login bob\nchat al hi\nchat zed hi\n")
+    assert done.returncode == 1, done.stdout
+    assert (f"chat failed: 'al' matches several users: alan ({ids['alan']}), "
+            f"alice ({ids['alice']}); give the id or the whole name.") in done.stdout
+    assert "chat failed: no user is called 'zed', nor has a name starting with it." \
+        in done.stdout
+    assert "you ->" not in done.stdout
+    later = run_client(daemon.port, "login alice\n")
+    assert "Offline messages: 0" in later.stdout
+
+
+def test_findgroup_by_name_and_id(daemon: DaemonProcess) -> None:
+    register(daemon.port, "alice", "bob")
+    made = run_client(daemon.port, "login alice\ncreategroup devs our team\n")
+    gid = int(re.search(r"Created group devs \(g(\d+)\)", made.stdout)[1])  # type: ignore[index]
+    done = run_client(daemon.port, f"login bob\nfindgroup DE\nfindgroup g{gid}\n"
+                                   f"joingroup {gid}\nfindgroup devs\n")
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    assert lines.count("Groups matching 'DE':") == 1
+    assert lines.count(f"  devs (g{gid}), 1 member, join with: joingroup {gid}: our team") == 2
+    assert f"  devs (g{gid}), 2 members, you are a member: our team" in lines
+
+
+def test_chats_lists_conversations_newest_first(daemon: DaemonProcess) -> None:
+    ids = register(daemon.port, "alice", "bob", "carol")
+    a, c = ids["alice"], ids["carol"]
+    made = run_client(daemon.port, f"login alice\nchat {ids['bob']} lunch?\n"
+                                   "creategroup devs\n")
+    gid = int(re.search(r"Created group devs \(g(\d+)\)", made.stdout)[1])  # type: ignore[index]
+    assert run_client(daemon.port, f"login carol\nchat {a} hi alice\n").returncode == 0
+    assert run_client(daemon.port, f"login alice\ngroupchat {gid} hello\n"
+                                   "chat carol on my way\n").returncode == 0
+    done = run_client(daemon.port, "login alice\nchats\n")
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    top = lines.index("Chats, newest first:")
+    assert [re.sub(TIME, "[t]", line) for line in lines[top + 1:top + 4]] == [
+        f"  [t] carol ({c}): you: on my way",
+        f"  [t] devs (g{gid}): you: hello",
+        f"  [t] bob ({ids['bob']}): you: lunch?",
+    ]
+    # bob's message from alice came in his backlog: shown, acknowledged, so not unread
+    bob = run_client(daemon.port, "login bob\nchats\n")
+    assert f"  carol ({c})" not in bob.stdout
+    assert re.search(rf"^  {TIME} alice \({a}\): lunch\?$", bob.stdout, re.M), bob.stdout
+
+
+def test_login_remember_then_login_without_password(daemon: DaemonProcess,
+                                                    tmp_path: Path) -> None:
+    ids = register(daemon.port, "alice", "bob")
+    config = tmp_path / "config"
+    first = run_client(daemon.port, "login --remember alice\n", config=config)
+    assert first.returncode == 0, first.stdout
+    store = config / "qqchat" / "tokens.json"
+    assert f"Session saved in {store}" in first.stdout
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.parent.stat().st_mode) == 0o700
+    saved = json.loads(store.read_text())["servers"][f"127.0.0.1:{daemon.port}"]["alice"]
+    assert saved["id"] == ids["alice"] and len(saved["token"]) >= 22
+    assert saved["token"] not in first.stdout
+    # no password anywhere: the saved session logs in, and survives quitting
+    for _ in range(2):
+        again = run_client(daemon.port, f"login alice\nchat {ids['bob']} hi\n",
+                           password=None, config=config)
+        assert again.returncode == 0, again.stdout
+        assert f"Logged in as alice ({ids['alice']})." in again.stdout
+    # logout ends it: the token is revoked and deleted, a password is needed again
+    out = run_client(daemon.port, "login alice\nlogout\n", password=None, config=config)
+    assert out.returncode == 0, out.stdout
+    assert "alice" not in json.loads(store.read_text())["servers"].get(
+        f"127.0.0.1:{daemon.port}", {})
+    gone = run_client(daemon.port, "login alice\n", password=None, config=config)
+    assert gone.returncode == 1 and "QQCHAT_PASSWORD" in gone.stdout, gone.stdout
+    # a token the server does not know: deleted, and the password used instead
+    first = run_client(daemon.port, "login alice --remember\n", config=config)
+    assert first.returncode == 0, first.stdout
+    token = json.loads(store.read_text())["servers"][f"127.0.0.1:{daemon.port}"]["alice"]
+    store.write_text(store.read_text().replace(token["token"], "x" * 43))
+    fallback = run_client(daemon.port, "login alice\n", config=config)
+    assert fallback.returncode == 0, fallback.stdout
+    assert "The saved session for alice has ended" in fallback.stdout
+    assert f"Logged in as alice ({ids['alice']})." in fallback.stdout
+    assert "alice" not in json.loads(store.read_text())["servers"].get(
+        f"127.0.0.1:{daemon.port}", {})
+
+
+def test_passwd_changes_the_password_and_ends_other_saved_sessions(
+        daemon: DaemonProcess, tmp_path: Path) -> None:
+    register(daemon.port, "alice")
+    laptop, phone = tmp_path / "laptop", tmp_path / "phone"
+    for config in (laptop, phone):
+        assert run_client(daemon.port, "login --remember alice\n",
+                          config=config).returncode == 0
+    laptop_store = laptop / "qqchat" / "tokens.json"
+    before = laptop_store.read_text()
+    done = run_client(daemon.port, "login alice\npasswd\n", password=None, config=laptop,
+                      env={"QQCHAT_PASSWORD": PASSWORD, "QQCHAT_NEW_PASSWORD": "brand-new-pw"})
+    assert done.returncode == 0, done.stdout
+    assert "Password changed" in done.stdout
+    after = laptop_store.read_text()
+    assert after != before  # this session's new token replaced the old one
+    assert run_client(daemon.port, "login alice\n", password=None,
+                      config=laptop).returncode == 0
+    # the phone's token was revoked: it falls back to the password, the new one only
+    old = run_client(daemon.port, "login alice\n", config=phone)
+    assert old.returncode == 1 and "wrong user or password" in old.stdout, old.stdout
+    assert "The saved session for alice has ended" in old.stdout
+    new = run_client(daemon.port, "login alice\n", password="brand-new-pw", config=phone)
+    assert new.returncode == 0, new.stdout
+
+
+def test_passwd_failures(daemon: DaemonProcess) -> None:
+    register(daemon.port, "alice")
+    weak = run_client(daemon.port, "login alice\npasswd\n", env={"QQCHAT_NEW_PASSWORD": "x"})
+    assert weak.returncode == 1
+    assert re.search(r"^passwd failed: .*password", weak.stdout, re.M), weak.stdout
+    unasked = run_client(daemon.port, "login alice\npasswd\n")
+    assert unasked.returncode == 1 and "QQCHAT_NEW_PASSWORD" in unasked.stdout
+    anonymous = run_client(daemon.port, "passwd\n")
+    assert anonymous.returncode == 1 and "passwd failed: log in first." in anonymous.stdout
+    # nothing changed
+    assert run_client(daemon.port, "login alice\n").returncode == 0

@@ -253,3 +253,37 @@ def test_incoming_message_keeps_half_typed_line_tmux(daemon: DaemonProcess) -> N
         subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
                        timeout=TIMEOUT)
         shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_ambiguous_name_and_passwd_asked_in_the_terminal(daemon: DaemonProcess) -> None:
+    ids = register(daemon.port, "alice", "Alan", "bob")
+    term = PtyClient(daemon.port)
+    try:
+        term.wait_for("qq> ")
+        term.type("login bob\r")
+        term.wait_for("Password for bob: ")
+        term.type(PASSWORD + "\r")
+        term.wait_for("bob> ", after="Offline messages: 0")
+        term.type("chat al which of you\r")
+        term.wait_for("Which one for chat? Number or name (Enter cancels): ")
+        assert f"1) Alan ({ids['Alan']})" in term.output
+        assert f"2) alice ({ids['alice']})" in term.output
+        term.type("2\r")
+        term.wait_for(f"you -> alice ({ids['alice']}): which of you")
+
+        term.type("passwd\r")
+        term.wait_for("Current password: ")
+        term.type(PASSWORD + "\r")
+        term.wait_for("New password: ")
+        term.type("fresh-secret\r")
+        term.wait_for("The new password again: ")
+        term.type("fresh-secret\r")
+        term.wait_for("Password changed")
+        term.type("\x04")
+        term.wait_for("Logged out.")
+        assert term.proc.wait(TIMEOUT) == 0
+        assert PASSWORD not in term.output and "fresh-secret" not in term.output
+    finally:
+        term.close()
+    assert run_client(daemon.port, "login bob\n", password="fresh-secret").returncode == 0
+    assert run_client(daemon.port, "login bob\n").returncode == 1
