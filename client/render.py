@@ -128,6 +128,9 @@ def render_error(frame: Frame, command: str | None = None) -> str:
     message = clean(str(frame.get("message") or frame.get("code") or "unknown error")).strip()
     if message[-1:] not in (".", "!", "?"):
         message += "."
+    wait = frame.get("retry_after")
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
+        message += f" Try again in {wait:g} s."
     if command:
         return f"{command} failed: {message}"
     return f"Server error: {message}"

@@ -247,6 +247,10 @@ def test_errors_are_sentences() -> None:
              "message": "wrong user or password"}
     assert render_error(error, "login") == "login failed: wrong user or password."
     assert render_error({"type": "error", "code": "x"}) == "Server error: x."
+    limited = {"type": "error", "req": 4, "code": "rate_limited",
+               "message": "you are searching too fast; slow down", "retry_after": 1.5}
+    assert render_error(limited, "search") == (
+        "search failed: you are searching too fast; slow down. Try again in 1.5 s.")
 
 
 def test_login_summary() -> None:
