@@ -15,7 +15,7 @@ from twisted.internet import defer, endpoints, threads
 
 from qqchat.dispatch import Dispatcher
 from qqchat.metrics import Registry, watch_process
-from qqchat.net.listener import ChatListenerService
+from qqchat.net.listener import ChatListenerService, Edge
 from qqchat.net.metrics_http import MetricsService
 from qqchat.net.protocol import (
     DEFAULT_IDLE_TIMEOUT,
@@ -78,6 +78,10 @@ class Settings:
     #: PEM paths: serve TLS on ``listen`` (the certificate file may carry its chain)
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: a Twisted endpoint serving the browser app and its WebSocket; None: off
+    web_listen: str | None = None
+    #: origins, besides the page's own, whose pages may open the WebSocket
+    web_origins: tuple[str, ...] = ()
 
 
 class ChatDaemon(MultiService):
@@ -160,11 +164,22 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     if settings.proxy_protocol:
         # under TLS: the PROXY header comes first, in clear, then the handshake
         endpoint = ProxyProtocolEndpoint(endpoint, reactor)
+    edges: list[Edge] = []
+    if settings.web_listen:
+        from qqchat.net.web import WebSite  # wsproto only when the web edge is on
+
+        web_endpoint = endpoints.serverFromString(reactor, settings.web_listen)
+        if settings.tls_cert and settings.tls_key:
+            from qqchat.net.tls import tls_endpoint
+
+            web_endpoint = tls_endpoint(web_endpoint, settings.tls_cert, settings.tls_key)
+        edges.append(("web", web_endpoint, WebSite(factory, settings.web_origins)))
     if settings.tls_cert and settings.tls_key:
         from qqchat.net.tls import tls_endpoint  # pyOpenSSL only when TLS is used
 
         endpoint = tls_endpoint(endpoint, settings.tls_cert, settings.tls_key)
-    listener = ChatListenerService(endpoint, factory, database.ready, reactor, on_fatal)
+    listener = ChatListenerService(endpoint, factory, database.ready, reactor, on_fatal,
+                                   edges=edges)
     listener.setServiceParent(daemon)
 
     daemon.database, daemon.listener, daemon.dispatcher = database, listener, dispatcher

@@ -18,6 +18,10 @@ def _env(name: str) -> str:
     return "QQCHAT_" + name.upper().replace("-", "_")
 
 
+def _origins(text: str) -> list[str]:
+    return [o.strip() for o in text.split(",") if o.strip()]
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -81,6 +85,12 @@ class Options(usage.Options):
         ["metrics-port", None, None,
          "Serve Prometheus metrics over HTTP at /metrics on this port (default: off)."],
         ["metrics-interface", None, "127.0.0.1", "Address for --metrics-port."],
+        ["web-port", None, None,
+         "Serve the browser app over HTTP on this port, and the chat over a WebSocket at "
+         "/ws (HTTPS and WSS with --tls-cert/--tls-key; default: off)."],
+        ["web-interface", None, "127.0.0.1", "Address for --web-port."],
+        ["web-listen", None, None, "A Twisted endpoint string for the web edge; overrides "
+                                   "--web-port/--web-interface."],
     ]
 
     optFlags = [
@@ -92,6 +102,8 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        self.web_origins: list[str] = []
+        self._web_origins_env = _origins(os.environ.get(_env("web-origin"), ""))
         for long_name, *_ in self.optParameters:
             value = os.environ.get(_env(long_name))
             if value is not None:
@@ -100,6 +112,32 @@ class Options(usage.Options):
             value = os.environ.get(_env(long_name), "").strip().lower()
             if value:
                 self[long_name] = int(value in ("1", "yes", "true", "on"))
+
+    def opt_web_origin(self, origins: str) -> None:
+        """Another origin (https://host[:port]) whose pages may open the WebSocket; repeat or comma-separate."""  # noqa: E501
+        self.web_origins.extend(_origins(origins))
+
+    def _web_listen(self) -> str | None:
+        if self["web-listen"]:
+            return str(self["web-listen"])
+        if not self["web-port"]:
+            return None
+        port = self._number("web-port", int, 0)
+        if port > 65535:
+            raise usage.UsageError("--web-port must be at most 65535")
+        return f"tcp:{port}:interface={quoteStringArgument(self['web-interface'])}"
+
+    def _web_origins(self) -> tuple[str, ...]:
+        given = self.web_origins or self._web_origins_env  # the command line wins
+        if not given:
+            return ()
+        from qqchat.net.web import normal_origin
+
+        for origin in given:
+            if normal_origin(origin) is None:
+                raise usage.UsageError(f"--web-origin {origin!r} is not an origin: give "
+                                       "scheme://host[:port], e.g. https://chat.example.com")
+        return tuple(given)
 
     def _number(self, key: str, kind: type, low: float) -> Any:
         try:
@@ -144,6 +182,10 @@ class Options(usage.Options):
                 raise usage.UsageError("--redis (cluster mode) needs a shared --db mysql://...")
         listen = self["listen"] or f"tcp:{port}:interface={self['interface']}"
         tls_cert, tls_key = self["tls-cert"] or None, self["tls-key"] or None
+        web_listen = self._web_listen()
+        if web_listen is not None and web_listen.lower().startswith("ssl:") and tls_cert:
+            raise usage.UsageError("--web-listen ssl:... names its own certificate; use a "
+                                   "tcp: endpoint with --tls-cert/--tls-key, or drop them")
         if tls_cert or tls_key or listen.lower().startswith("ssl:"):
             from qqchat.net.tls import TLSConfigError, check_options
 
@@ -179,6 +221,8 @@ class Options(usage.Options):
             redis=self["redis"] or None,
             node_id=self["node-id"] or None,
             metrics_listen=self._metrics_listen(),
+            web_listen=web_listen,
+            web_origins=self._web_origins(),
         )
 
 

@@ -91,8 +91,8 @@ async def test_dashboard_counts_what_clients_did(server: Running) -> None:
     await anon.ok("ping")
 
     exp = await scrape(server.daemon)
-    assert exp.value("qqchat_connections_open") == 4
-    assert exp.value("qqchat_connections_accepted_total") == 4
+    assert exp.value("qqchat_connections_open", edge="tcp") == 4
+    assert exp.value("qqchat_connections_accepted_total", edge="tcp") == 4
     assert exp.value("qqchat_users_logged_in") == 2
     assert by_label(exp, "qqchat_requests_total") == {
         "register": 3, "login": 3, "group_create": 1, "group_join": 1, "chat": 2,
@@ -121,10 +121,10 @@ async def test_dashboard_counts_what_clients_did(server: Running) -> None:
 
     for _ in range(50):  # the server sees the close a moment after the client
         exp = await scrape(server.daemon)
-        if exp.value("qqchat_connections_open") == 3:
+        if exp.value("qqchat_connections_open", edge="tcp") == 3:
             break
         await task.deferLater(reactor, 0.05, lambda: None)
-    assert exp.value("qqchat_connections_open") == 3
+    assert exp.value("qqchat_connections_open", edge="tcp") == 3
     assert exp.value("qqchat_users_logged_in") == 1
 
 
@@ -146,8 +146,8 @@ async def test_errors_the_protocol_sends_itself_are_counted(server: Running) -> 
     exp = await scrape(server.daemon)
     assert by_label(exp, "qqchat_errors_sent_total") == {"rate_limited": 2, "line_too_long": 1}
     assert by_label(exp, "qqchat_requests_total") == {"ping": 2}  # refused ones never ran
-    assert exp.value("qqchat_connections_accepted_total") == 2
-    assert exp.value("qqchat_connections_open") == 1
+    assert exp.value("qqchat_connections_accepted_total", edge="tcp") == 2
+    assert exp.value("qqchat_connections_open", edge="tcp") == 1
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -221,7 +221,7 @@ def test_twistd_daemon_serves_metrics(tmp_path: Path) -> None:
         assert by_label(exp, "qqchat_requests_total") == {"register": 1, "ping": 1}
         assert by_label(exp, "qqchat_errors_sent_total") == {"bad_json": 1}
         # start() connected once to see the daemon up, then the exchange above
-        assert exp.value("qqchat_connections_accepted_total") == 2
+        assert exp.value("qqchat_connections_accepted_total", edge="tcp") == 2
         assert exp.value("qqchat_process_resident_memory_bytes") > 0
     assert proc.returncode in (0, -15)  # SIGTERM: a clean stop, metrics service included
     assert f"metrics on http://127.0.0.1:{mport}/metrics" in daemon.output()

@@ -331,7 +331,7 @@ def test_pushes_are_counted_by_kind_and_every_error_by_code(
                                                                      "no_such_user"]
     assert exp.series("qqchat_errors_sent_total") == {
         (("code", "no_such_user"),): 1, (("code", "bad_json"),): 1}
-    assert exp.value("qqchat_connections_accepted_total") == 3
-    assert exp.value("qqchat_connections_open") == 3
+    assert exp.value("qqchat_connections_accepted_total", edge="tcp") == 3
+    assert exp.value("qqchat_connections_open", edge="tcp") == 3
     b.connectionLost()
-    assert parse(reg.render().decode()).value("qqchat_connections_open") == 2
+    assert parse(reg.render().decode()).value("qqchat_connections_open", edge="tcp") == 2
