@@ -72,6 +72,10 @@ class Options(usage.Options):
          "limit); past it, sends get rate_limited with retry_after."],
         ["user-rate-burst", None, "200", "Messages a user may send at once before "
                                          "--user-rate-limit applies."],
+        ["search-rate", None, "5",
+         "Searches (user_search, group_search) a second one user may make (0: no limit)."],
+        ["search-burst", None, "20", "Searches a user may make at once before "
+                                     "--search-rate applies."],
         ["register-rate", None, "10",
          "Registrations a minute from one client address (0: no limit)."],
         ["register-burst", None, "20", "Registrations an address may make at once before "
@@ -214,6 +218,8 @@ class Options(usage.Options):
             limits=Limits(
                 send_rate=self._number("user-rate-limit", float, 0),
                 send_burst=self._number("user-rate-burst", int, 1),
+                search_rate=self._number("search-rate", float, 0),
+                search_burst=self._number("search-burst", int, 1),
                 register_rate=self._number("register-rate", float, 0),
                 register_burst=self._number("register-burst", int, 1),
             ),
