@@ -322,6 +322,7 @@ class Daemon:
     db: str
     redis: str
     port: int = field(default_factory=free_port)
+    web_port: int = field(default_factory=free_port)
     node: str = ""
     proc: subprocess.Popen[bytes] | None = None
 
@@ -334,6 +335,7 @@ class Daemon:
         cmd = [str(BIN / "twistd"), "-n", "--pidfile=", "qqchat", "--interface", HOST,
                "--port", str(self.port), "--db", self.db, "--redis", self.redis,
                "--node-id", self.node, "--hash-cost", "4",
+               "--web-port", str(self.web_port), "--web-interface", HOST,
                # the tests stream and register as fast as they can, all from 127.0.0.1
                "--rate-limit", "0", "--user-rate-limit", "0", "--register-rate", "0",
                "--max-conns-per-address", "0"]
@@ -376,10 +378,12 @@ class Daemon:
 class Nginx:
     """nginx in the foreground with the shipped template, rendered for ``backends``."""
 
-    def __init__(self, workdir: Path, backends: list[int]) -> None:
+    def __init__(self, workdir: Path, backends: list[int], web_backends: list[int]) -> None:
         self.prefix = workdir / "nginx"
         self.backends = backends
+        self.web_backends = web_backends
         self.port = free_port()
+        self.web_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Nginx:
@@ -390,7 +394,8 @@ class Nginx:
                                "(scripts/test does)")
         self.prefix.mkdir(parents=True, exist_ok=True)
         conf = lc.render_nginx_conf(f"{HOST}:{self.port}", self.backends, self.prefix,
-                                    lc.nginx_stream_module(nginx))
+                                    lc.nginx_stream_module(nginx), f"{HOST}:{self.web_port}",
+                                    self.web_backends)
         (self.prefix / "nginx.conf").write_text(conf)
         cmd = lc.nginx_command(nginx, self.prefix)
         with (self.prefix / "stdout.log").open("ab") as out:
@@ -439,7 +444,8 @@ class ProcessCluster:
         # (commands, and the subscription to broadcasts)
         wait_until(lambda: self._redis_clients() >= len(self.daemons), START_TIMEOUT,
                    "every daemon's Redis subscription")
-        self.nginx = Nginx(self.workdir, [d.port for d in self.daemons]).start()
+        self.nginx = Nginx(self.workdir, [d.port for d in self.daemons],
+                           [d.web_port for d in self.daemons]).start()
         return self
 
     def _redis_clients(self) -> int:

@@ -31,6 +31,7 @@ from cluster_processes import (
     wait_until,
 )
 from redis_server import RedisServer
+from wsclient import UPGRADE, BlockingWS, http_get
 
 _db_names = itertools.count(1)
 T = TypeVar("T")
@@ -258,6 +259,51 @@ def test_clients_spread_over_nodes_and_chat_across_them(cluster: ProcessCluster)
         seen = [f["id"] for f in x.pushes if f["type"] == "message"]
         assert len(seen) == len(set(seen))
         assert all(f["from"] != x.user_id for f in x.pushes if f["type"] == "message")
+
+
+def test_websockets_through_nginx_chat_with_tcp_clients_on_other_nodes(
+        cluster: ProcessCluster) -> None:
+    """The web port behind nginx: real WebSocket handshakes through its HTTP proxy,
+    spread over the nodes, chatting with TCP users elsewhere; a WebSocket login kicks
+    the TCP session of the same user on another node; a foreign page is refused."""
+    assert cluster.nginx is not None
+    web = cluster.nginx.web_port
+    origin = f"http://127.0.0.1:{web}"
+    tcp = cluster.user()
+    names = [cluster.register()[0] for _ in range(3)]
+    browsers = []
+    for name in names:
+        ws = BlockingWS(web, origin=origin)
+        assert ws.accepted is not None
+        headers = {k.decode().lower(): v.decode() for k, v in ws.accepted.extra_headers}
+        assert headers["x-content-type-options"] == "nosniff"
+        ws.send(type="login", name=name, password="password1", req="login")
+        me = ws.until("login")["user"]["id"]
+        ws.until("synced")
+        browsers.append((ws, me))
+    nodes = {cluster.node_of(me) for _, me in browsers}
+    assert len(nodes) >= 2, f"least_conn should spread the WebSockets: {nodes}"
+
+    for n, (ws, me) in enumerate(browsers):
+        mid = tcp.ok("chat", to=me, text=f"tcp to web {n}")["id"]
+        assert ws.until("message")["id"] == mid
+        ws.send(type="chat", to=tcp.user_id, text=f"web {n} to tcp", req=n)
+        assert tcp.message(text=f"web {n} to tcp")["id"] == ws.until("chat")["id"]
+
+    # the same user logging in from a browser, on another node: the TCP session goes
+    home = cluster.node_of(tcp.user_id)  # type: ignore[arg-type]
+    for _ in range(len(cluster.daemons)):
+        again = BlockingWS(web, origin=origin)
+        again.send(type="login", name=tcp.name, password="password1")
+        again.until("synced")
+        if cluster.node_of(tcp.user_id) != home:  # type: ignore[arg-type]
+            break
+    else:
+        raise AssertionError("no WebSocket login landed on another node")
+    assert tcp.push(lambda f: f["type"] == "kicked")["reason"]
+
+    status, headers, _ = http_get(web, "/ws", {**UPGRADE, "Origin": "http://evil.example"})
+    assert status == 403 and headers["content-security-policy"].startswith("default-src")
 
 
 def test_login_on_another_node_kicks_the_first(cluster: ProcessCluster) -> None:

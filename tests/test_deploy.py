@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cluster_processes import LOCAL_CLUSTER, LineClient, free_port, load_local_cluster
+from wsclient import UPGRADE, BlockingWS, http_get
 
 UP_TIMEOUT = 240.0  # may install Debian packages first on a bare machine
 DOWN_TIMEOUT = 120.0
@@ -65,8 +66,9 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def test_local_cluster_up_chat_status_down(env: dict[str, str]) -> None:
     state = Path(env["QQCHAT_LOCAL_CLUSTER_DIR"])
-    port = free_port()
-    up = run(["up", "2", "--port", str(port), "--hash-cost", "4"], env, UP_TIMEOUT)
+    port, web_port = free_port(), free_port()
+    up = run(["up", "2", "--port", str(port), "--web-port", str(web_port), "--hash-cost", "4"],
+             env, UP_TIMEOUT)
     assert up.returncode == 0, up.stdout + up.stderr
     address = re.search(r"^connect to: 127\.0\.0\.1:(\d+)$", up.stdout, re.M)
     assert address and int(address.group(1)) == port, up.stdout
@@ -85,6 +87,24 @@ def test_local_cluster_up_chat_status_down(env: dict[str, str]) -> None:
     mid = bob.ok("chat", to=alice.user_id, text="and back")["id"]
     assert alice.message(text="and back")["id"] == mid
     assert alice.who() == {alice.user_id, bob.user_id}
+
+    # the web client's URL, through nginx: the app, and a browser's WebSocket chatting
+    # with a TCP user
+    url = re.search(r"^web client: http://127\.0\.0\.1:(\d+)/$", up.stdout, re.M)
+    assert url and int(url.group(1)) == web_port, up.stdout
+    status, headers, body = http_get(web_port, "/")
+    assert status == 200 and headers["x-content-type-options"] == "nosniff" and body
+    carol = BlockingWS(web_port, origin=f"http://127.0.0.1:{web_port}")
+    carol.send(type="register", name="carol", password="password1", req=1)
+    carol_id = carol.until("register")["id"]
+    carol.send(type="login", name="carol", password="password1")
+    carol.until("synced")
+    mid = alice.ok("chat", to=carol_id, text="to the browser")["id"]
+    assert carol.until("message")["id"] == mid
+    carol.send(type="chat", to=alice.user_id, text="from the browser", req=2)
+    assert alice.message(text="from the browser")["id"] == carol.until("chat")["id"]
+    carol.close()
+    assert http_get(web_port, "/ws", {**UPGRADE, "Origin": "http://evil.example"})[0] == 403
     for daemon_port in daemon_ports:  # each daemon also answers directly
         direct = LineClient(daemon_port)
         assert direct.ok("ping")["type"] == "pong"
@@ -96,6 +116,7 @@ def test_local_cluster_up_chat_status_down(env: dict[str, str]) -> None:
         assert re.search(rf"^  {name}\s+pid \d+\s+\S+\s+running", status.stdout, re.M), \
             status.stdout
     assert f"connect to: 127.0.0.1:{port}" in status.stdout
+    assert f"web client: http://127.0.0.1:{web_port}/" in status.stdout
 
     again = run(["up", "2"], env, 60)
     assert again.returncode == 0 and "already up" in again.stdout, again.stdout + again.stderr
@@ -122,11 +143,17 @@ def test_nginx_conf_is_accepted_by_nginx(tmp_path: Path) -> None:
     nginx = lc.nginx_binary()
     assert nginx, "nginx is needed: apt-get install nginx libnginx-mod-stream"
     out = subprocess.run([str(LOCAL_CLUSTER), "nginx-conf", "--listen", "127.0.0.1:6000",
-                          "--prefix", str(tmp_path), "7001", "7002", "7003"],
+                          "--prefix", str(tmp_path), "7001", "7002", "7003",
+                          "--web-listen", "127.0.0.1:8080", "--web-ports", "8001", "8002",
+                          "8003"],
                          capture_output=True, text=True, timeout=30, check=True).stdout
     assert "least_conn;" in out and not re.search(r"@[A-Z_]+@", out)
     servers = re.findall(r"^\s+server 127\.0\.0\.1:(\d+) ", out, re.M)
-    assert servers == ["7001", "7002", "7003"]
+    assert servers == ["7001", "7002", "7003", "8001", "8002", "8003"]
+    # the WebSocket upgrade reaches the daemons, and idle chats outlive nginx's timeouts
+    assert "proxy_set_header Upgrade $http_upgrade;" in out
+    assert "proxy_set_header Connection $qqchat_connection;" in out
+    assert "proxy_read_timeout 10m;" in out and "proxy_http_version 1.1;" in out
     conf = tmp_path / "nginx.conf"
     conf.write_text(out)
     check = subprocess.run([nginx, "-t", "-p", f"{tmp_path}/", "-c", str(conf),
@@ -138,6 +165,7 @@ def test_nginx_conf_is_accepted_by_nginx(tmp_path: Path) -> None:
 def test_systemd_unit_runs_one_daemon_per_port(tmp_path: Path) -> None:
     unit = (LOCAL_CLUSTER.parent / "qqchat@.service").read_text()
     assert re.search(r"^ExecStart=/\S+/twist qqchat --port %i$", unit, re.M)
+    assert "QQCHAT_WEB_PORT" in unit and "QQCHAT_WEB_ORIGIN" in unit  # the web edge, documented
     for line in ("EnvironmentFile=/etc/qqchat/qqchat.env", "Restart=on-failure",
                  "KillSignal=SIGTERM", "User=qqchat", "NoNewPrivileges=yes"):
         assert re.search(rf"^{re.escape(line)}$", unit, re.M), line
