@@ -34,7 +34,7 @@ class App {
       type: "button", class: "small primary", hidden: true,
       on: { click: () => this.session.reconnectNow() },
     });
-    this.banner = h("div", { class: "banner", hidden: true }, h("span", { class: "banner-text" }),
+    this.banner = h("div", { class: "banner", hidden: true, attrs: { role: "alert" } }, h("span", { class: "banner-text" }),
       this.reconnectButton);
     this.toasts = h("div", { class: "toasts", attrs: { role: "status", "aria-live": "polite" } });
     this.topbar = h("header", { class: "topbar" }, this.brand, this.status,
@@ -76,7 +76,7 @@ class App {
   render() {
     const status = this.session.status;
     const signedIn = !!this.store.me && status !== "signedout";
-    const wasLogin = !this.login.el.hidden;
+    const mainWasShown = !this.main.hidden;
     show(this.login.el, status === "signedout");
     show(this.splash, status !== "signedout" && !this.store.me);
     show(this.main, signedIn);
@@ -86,10 +86,11 @@ class App {
       setText(this.splash.firstChild, this.statusText(status));
       return;
     }
-    if (wasLogin && this.login.el.hidden) this.sidebar.tabs[this.sidebar.tab].focus();
+    // just logged in: keyboard users start at the tabs
+    if (!mainWasShown) this.sidebar.tabs[this.sidebar.tab].focus();
 
     setText(this.brand, t("appName"));
-    setText(this.status, this.statusText(status));
+    setText(this.status, t(`short_${status}`));
     this.status.dataset.state = status;
     setText(this.meName, this.store.me.name);
     this.meName.title = t("me", { name: this.store.me.name });

@@ -1,0 +1,723 @@
+"""The browser client end to end: Debian's Chromium (Playwright) against a real
+``twistd -n qqchat --web-port`` child process. Elements are found by role and
+accessible name, the contract the UI promises (SPEC K2).
+
+One Chromium for the module and one daemon shared by the tests that do not restart
+it; each test makes its own users, each user in a browser context of their own.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser_support import (
+    PASSWORD,
+    SCREENSHOTS,
+    WAIT_MS,
+    BrowserUser,
+    WebDaemon,
+    launch,
+)
+from cluster_processes import LineClient
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+_names = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{next(_names)}"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = launch(pw)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDaemon]:
+    d = WebDaemon(tmp_path_factory.mktemp("web"))
+    d.start()
+    yield d
+    print(d.output())  # shown when a test fails
+    d.stop()
+
+
+@pytest.fixture
+def users(browser: Browser, daemon: WebDaemon) -> Iterator[list[BrowserUser]]:
+    """Browser users made during a test, closed after it; no script errors allowed."""
+    made: list[BrowserUser] = []
+    yield made
+    errors = [e for u in made for e in u.errors]
+    for u in made:
+        u.close()
+    assert not errors, errors
+
+
+def new_user(users: list[BrowserUser], browser: Browser, daemon: WebDaemon, prefix: str,
+             **context: object) -> BrowserUser:
+    u = BrowserUser(browser, daemon.url, unique(prefix), **context)
+    users.append(u)
+    return u
+
+
+def tcp_user(daemon: WebDaemon, name: str) -> LineClient:
+    c = LineClient(daemon.port)
+    c.ok("register", name=name, password=PASSWORD)
+    c.login(name, PASSWORD)
+    return c
+
+
+def befriend(a: BrowserUser, b: BrowserUser) -> None:
+    a.add_friend(b.name)
+    b.accept(a.name)
+    a.tab("Friends")
+    expect(a.conversation(b.name)).to_be_visible()
+
+
+# -- logging in ------------------------------------------------------------------------------
+
+
+def test_register_log_in_and_errors_in_words(browser: Browser, daemon: WebDaemon,
+                                             users: list[BrowserUser]) -> None:
+    alice = new_user(users, browser, daemon, "alice")
+    page = alice.page
+    expect(page).to_have_title("qqchat")
+    alice.register()
+    expect(page.get_by_role("tab", name="Chats")).to_have_attribute("aria-selected", "true")
+    alice.logout()
+
+    # the same name again
+    alice.fill_form()
+    page.get_by_role("button", name="Register").click()
+    expect(page.get_by_role("alert")).to_have_text("That name is taken.")
+    # too short a password
+    alice.fill_form(unique("erin"), "12345")
+    page.get_by_role("button", name="Register").click()
+    expect(page.get_by_role("alert")).to_have_text(re.compile("password is too weak"))
+    # a wrong password
+    alice.fill_form(alice.name, "not-the-password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_have_text("Wrong name or password.")
+    alice.login()
+
+
+def test_keyboard_only(browser: Browser, daemon: WebDaemon, users: list[BrowserUser]) -> None:
+    """Log in, move between tabs and send, with no mouse."""
+    kim = new_user(users, browser, daemon, "kim")
+    page = kim.page
+    # the Name box has focus when the page opens
+    expect(page.get_by_role("textbox", name="Name")).to_be_focused()
+    page.keyboard.type(kim.name)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Tab")  # Remember me
+    page.keyboard.press("Tab")  # Log in
+    page.keyboard.press("Tab")  # Register
+    expect(page.get_by_role("button", name="Register")).to_be_focused()
+    page.keyboard.press("Enter")
+    kim.expect_online()
+    chats = page.get_by_role("tab", name="Chats")
+    expect(chats).to_be_focused()
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("tab", name="Friends")).to_be_focused()
+    expect(page.get_by_role("tab", name="Friends")).to_have_attribute("aria-selected", "true")
+    page.keyboard.press("ArrowRight")
+    groups = page.get_by_role("tab", name="Groups")
+    expect(groups).to_be_focused()
+    # New group, type a name, Enter creates it and opens its conversation
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="New group")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("textbox", name="Group name")).to_be_focused()
+    group = unique("keys")
+    page.keyboard.type(group)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("textbox", name="Message")).to_be_focused()
+    page.keyboard.type("typed, not clicked")
+    page.keyboard.press("Enter")
+    kim.expect_sent("typed, not clicked")
+
+
+# -- friends and chat ---------------------------------------------------------------------------
+
+
+def test_search_befriend_and_chat_both_ways(browser: Browser, daemon: WebDaemon,
+                                            users: list[BrowserUser]) -> None:
+    alice = new_user(users, browser, daemon, "alice").register()
+    bob = new_user(users, browser, daemon, "bob").register()
+
+    # bob finds alice by a prefix of her name, in any case
+    bob.tab("Friends")
+    bob.panel().get_by_role("searchbox", name="Search").fill(alice.name[:4].upper())
+    expect(bob.panel().get_by_role("listitem").filter(has_text=alice.name)).to_be_visible()
+    bob.add_friend(alice.name)
+    alice.tab("Friends")
+    expect(alice.panel().get_by_role("listitem").filter(has_text=bob.name)
+           .get_by_role("button", name="Decline")).to_be_visible()
+    alice.accept(bob.name)
+    bob.tab("Friends")
+    # online, with a presence dot; the entry opens the conversation
+    expect(bob.conversation(alice.name)).to_contain_text("online")
+
+    alice.open_friend(bob.name)
+    alice.send("hi bob!\nsecond line")
+    alice.expect_sent("hi bob!\nsecond line")
+    # bob: unread in the Chats tab and in the page title, then read
+    bob.tab("Chats")
+    expect(bob.conversation(alice.name)).to_contain_text("1")
+    expect(bob.page).to_have_title("(1) qqchat")
+    bob.open_chat(alice.name)
+    bob.expect_message("hi bob!\nsecond line")
+    expect(bob.page).to_have_title("qqchat")
+    bob.send("hey alice")
+    alice.expect_message("hey alice")
+    # mine on the right, theirs on the left
+    expect(alice.log().locator(".msg.theirs").filter(
+        has=alice.bubble("hey alice", alice.page))).to_have_count(1)
+
+    # Shift+Enter is a newline, not a send
+    box = alice.page.get_by_role("textbox", name="Message")
+    box.fill("line one")
+    box.press("Shift+Enter")
+    box.type("line two")
+    expect(box).to_have_value("line one\nline two")
+    box.press("Enter")
+    bob.expect_message("line one\nline two")
+
+
+def test_html_is_shown_as_text(browser: Browser, daemon: WebDaemon,
+                               users: list[BrowserUser]) -> None:
+    alice = new_user(users, browser, daemon, "alice").register()
+    bob = new_user(users, browser, daemon, "bob").register()
+    befriend(alice, bob)
+    evil = '<img src=x onerror="window.pwned=1"><b>bold</b><script>window.pwned=2</script>'
+    alice.open_friend(bob.name)
+    alice.send(evil)
+    bob.open_chat(alice.name)
+    bob.expect_message(evil)
+    for who in (alice, bob):
+        expect(who.log().locator("img, b, script")).to_have_count(0)
+        assert who.page.evaluate("window.pwned") is None
+
+
+def test_offline_delivery_and_token_resume(browser: Browser, daemon: WebDaemon,
+                                           users: list[BrowserUser]) -> None:
+    carol = new_user(users, browser, daemon, "carol").register()
+    dave = new_user(users, browser, daemon, "dave").register()
+    befriend(carol, dave)
+    dave.logout()
+    carol.tab("Friends")
+    expect(carol.conversation(dave.name)).to_contain_text("offline")
+    carol.open_friend(dave.name)
+    carol.send("while you were out")
+    carol.expect_sent("while you were out")
+
+    dave.login(remember=True)
+    dave.tab("Chats")
+    expect(dave.conversation(carol.name)).to_contain_text("while you were out")
+    expect(dave.conversation(carol.name)).to_contain_text("1")
+    dave.open_chat(carol.name)
+    dave.expect_message("while you were out")
+    token = dave.page.evaluate("localStorage.getItem('qqchat.token')")
+    assert token and len(token) >= 22
+
+    # a reload resumes with the token: no form, the same conversation, nothing doubled
+    dave.page.reload()
+    dave.expect_online()
+    expect(dave.page.get_by_role("button", name="Log in")).to_have_count(0)
+    dave.open_chat(carol.name)
+    dave.expect_message("while you were out")
+
+    # a token the server no longer knows: forgotten, and the form comes back
+    dave.page.evaluate("localStorage.setItem('qqchat.token', 'x' + localStorage.getItem("
+                       "'qqchat.token').slice(1))")
+    dave.page.reload()
+    expect(dave.page.get_by_role("button", name="Log in")).to_be_visible(timeout=WAIT_MS)
+    assert dave.page.evaluate("localStorage.getItem('qqchat.token')") is None
+
+    # logging out revokes the token: a copy of it no longer works
+    dave.login(remember=True)
+    token = dave.page.evaluate("localStorage.getItem('qqchat.token')")
+    dave.logout()
+    probe = LineClient(daemon.port)
+    try:
+        assert probe.call("login", token=token)["code"] == "bad_token"
+    finally:
+        probe.close()
+
+
+def test_tcp_client_and_browser_user_chat(browser: Browser, daemon: WebDaemon,
+                                          users: list[BrowserUser]) -> None:
+    web = new_user(users, browser, daemon, "web").register()
+    term = tcp_user(daemon, unique("term"))
+    try:
+        web.add_friend(term.name or "")
+        req = term.push(lambda f: f["type"] == "friend_request")
+        term.ok("friend_accept", **{"from": req["from"]})
+        web.open_friend(term.name or "")
+        web.send("hello terminal")
+        got = term.message(text="hello terminal")
+        term.ok("ack", id=got["id"])
+        term.ok("chat", to=got["from"], text="hello browser", cid="t1")
+        web.expect_message("hello browser")
+        # the terminal user's presence reaches the browser
+        term.close()
+        web.tab("Friends")
+        expect(web.conversation(term.name or "")).to_contain_text("offline")
+    finally:
+        term.close()
+
+
+def test_group_create_join_chat_and_leave(browser: Browser, daemon: WebDaemon,
+                                          users: list[BrowserUser]) -> None:
+    alice = new_user(users, browser, daemon, "alice").register()
+    bob = new_user(users, browser, daemon, "bob").register()
+    group = unique("hikers")
+
+    alice.tab("Groups")
+    alice.page.get_by_role("button", name="New group").click()
+    alice.page.get_by_role("textbox", name="Group name").fill(group)
+    alice.page.get_by_role("button", name="Create").click()
+    expect(alice.page.get_by_role("heading", name=group, exact=True)).to_be_visible()
+
+    bob.tab("Groups")
+    bob.panel().get_by_role("searchbox", name="Search").fill(group[:5])
+    row = bob.panel().get_by_role("listitem").filter(has_text=group)
+    expect(row).to_contain_text("1 members")
+    row.get_by_role("button", name="Join").click()
+    expect(bob.page.get_by_role("heading", name=group, exact=True)).to_be_visible()
+    alice.expect_message(f"{bob.name} joined the group")
+
+    # the group pane: members, roles, online
+    pane = alice.page.get_by_role("complementary", name="Members")
+    expect(pane.get_by_role("listitem").filter(has_text=alice.name)).to_contain_text("creator")
+    expect(pane.get_by_role("listitem").filter(has_text=bob.name)).to_contain_text("member")
+    expect(pane.get_by_role("listitem").filter(has_text=bob.name)).to_contain_text("online")
+
+    bob.send("who is in on Saturday?")
+    alice.expect_message("who is in on Saturday?")
+    # the sender's name is shown in groups
+    expect(alice.log().locator(".msg").filter(
+        has=alice.bubble("who is in on Saturday?", alice.page)).locator(".sender")
+    ).to_have_text(bob.name)
+    alice.send("me!")
+    bob.expect_message("me!")
+
+    bob.page.get_by_role("button", name="Leave group").click()
+    bob.tab("Groups")
+    expect(bob.conversation(group)).to_have_count(0)
+    alice.expect_message(f"{bob.name} left the group")
+
+
+def test_history_pages_in_on_scroll(browser: Browser, daemon: WebDaemon,
+                                    users: list[BrowserUser]) -> None:
+    """120 messages already acknowledged: the log shows the newest page, and scrolling
+    up loads the older ones until the beginning."""
+    sender = tcp_user(daemon, unique("talker"))
+    name = unique("reader")
+    reader = tcp_user(daemon, name)
+    try:
+        assert reader.user_id is not None
+        last = 0
+        for i in range(1, 121):
+            last = sender.ok("chat", to=reader.user_id, text=f"note {i}", cid=f"n{i}")["id"]
+        reader.message(id=last)
+        reader.ok("ack", id=last)
+        reader.close()
+
+        web = BrowserUser(browser, daemon.url, name)
+        users.append(web)
+        web.login()
+        web.open_chat(sender.name or "")
+        web.expect_message("note 120")
+        expect(web.bubble("note 1")).to_have_count(0)
+        log = web.log()
+        top = log.locator(".log-top")
+        for _ in range(10):
+            if top.text_content() == "Beginning of the conversation":
+                break
+            expect(top).not_to_have_text(re.compile("Loading"))
+            log.evaluate("el => { el.scrollTop = 0; el.dispatchEvent(new Event('scroll')); }")
+        web.expect_message("note 1")
+        expect(top).to_have_text("Beginning of the conversation")
+        # every message once, in order
+        texts = log.locator(".bubble").all_text_contents()
+        assert texts == [f"note {i}" for i in range(1, 121)]
+    finally:
+        sender.close()
+        reader.close()
+
+
+def test_kicked_by_a_second_login(browser: Browser, daemon: WebDaemon,
+                                  users: list[BrowserUser]) -> None:
+    erin = new_user(users, browser, daemon, "erin").register()
+    other = LineClient(daemon.port)
+    try:
+        other.login(erin.name, PASSWORD)
+        banner = erin.page.get_by_role("alert").filter(
+            has_text="your account logged in somewhere else")
+        expect(banner).to_be_visible(timeout=WAIT_MS)
+        # it stays down: the other session is not kicked back
+        assert other.read_frame(timeout=2.0) is None
+        assert other.ok("ping")["type"] == "pong"
+        # until the person asks
+        erin.page.get_by_role("button", name="Reconnect").click()
+        erin.expect_online()
+        kicked = other.push(lambda f: f["type"] == "kicked")
+        assert kicked["type"] == "kicked"
+    finally:
+        other.close()
+
+
+def test_reconnect_after_daemon_restart(browser: Browser, tmp_path: Path,
+                                        users: list[BrowserUser]) -> None:
+    """The daemon stops and comes back: the page reconnects by itself with its token;
+    what was sent meanwhile, both ways, arrives once."""
+    d = WebDaemon(tmp_path)
+    d.start()
+    try:
+        alice = BrowserUser(browser, d.url, unique("alice"))
+        users.append(alice)
+        alice.register()
+        peer_name = unique("peer")
+        peer = tcp_user(d, peer_name)
+        alice.add_friend(peer.name or "")
+        peer.ok("friend_accept", **{"from": peer.push(
+            lambda f: f["type"] == "friend_request")["from"]})
+        alice.open_friend(peer.name or "")
+        alice.send("before")
+        first = peer.message(text="before")
+        peer.ok("ack", id=first["id"])
+        peer.ok("chat", to=first["from"], text="reply before", cid="r0")
+        alice.expect_message("reply before")
+
+        d.stop()
+        peer.close()
+        expect(alice.page.get_by_role("alert").filter(has_text="Reconnecting in")).to_be_visible(
+            timeout=WAIT_MS)
+        alice.send("typed while down")
+        expect(alice.log().locator(".msg.pending")).to_have_count(1)
+
+        d.start()
+        alice.expect_online()
+        alice.expect_sent("typed while down")
+        # what came before the stop is there once (the backlog repeats what was not acked)
+        alice.expect_message("reply before")
+        alice.expect_message("before")
+        peer = LineClient(d.port)
+        _, backlog = peer.login(peer_name, PASSWORD)
+        assert [m["text"] for m in backlog if m["text"] == "typed while down"] == \
+            ["typed while down"]
+        peer.ok("ack", id=max(m["id"] for m in backlog))
+        peer.ok("chat", to=first["from"], text="after the restart", cid="r1")
+        alice.expect_message("after the restart")
+        alice.page.reload()
+        alice.expect_online()
+        alice.open_chat(peer_name)
+        for text in ("before", "reply before", "typed while down", "after the restart"):
+            alice.expect_message(text)
+        peer.close()
+    finally:
+        d.stop()
+
+
+# -- the HTTP edge ------------------------------------------------------------------------------
+
+
+def test_headers_and_origin_check(daemon: WebDaemon) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.web_port, timeout=10)
+    for path in ("/", "/js/app.js", "/style.css", "/no-such-file"):
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        csp = resp.getheader("Content-Security-Policy") or ""
+        assert "default-src 'self'" in csp, (path, csp)
+        assert "frame-ancestors 'none'" in csp, (path, csp)
+        assert resp.getheader("X-Content-Type-Options") == "nosniff"
+        assert resp.getheader("Referrer-Policy") == "no-referrer"
+    conn.close()
+
+    def upgrade(origin: str) -> int:
+        c = http.client.HTTPConnection("127.0.0.1", daemon.web_port, timeout=10)
+        c.request("GET", "/ws", headers={
+            "Connection": "Upgrade", "Upgrade": "websocket", "Origin": origin,
+            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        })
+        status = c.getresponse().status
+        c.close()
+        return status
+
+    assert upgrade("http://evil.example") == 403
+    assert upgrade(daemon.url) == 101
+
+
+# -- the client's logic on its own, in the browser ----------------------------------------------
+
+UNIT_PAGE = "/__unit__.html"
+
+
+def run_unit(page: Page, base: str, script: str) -> object:
+    """Run ``script`` (the body of an async function given the modules) in a blank page
+    of the app's origin, so the modules load as the app loads them."""
+    page.route(base + UNIT_PAGE, lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<!doctype html><title>unit</title>"))
+    page.goto(base + UNIT_PAGE)
+    return page.evaluate(
+        """async (body) => {
+             const store = await import('/js/store.js');
+             const session = await import('/js/session.js');
+             const conn = await import('/js/connection.js');
+             const login = await import('/js/login-view.js');
+             const fn = new Function('m', 'return (async () => {' + body + '})()');
+             return await fn({ ...store, ...session, ...conn, ...login });
+           }""", script)
+
+
+JS_FAKES = r"""
+const sent = [];
+class FakeSocket {
+  static last = null;
+  constructor(url) { this.url = url; this.readyState = 0; FakeSocket.last = this;
+    setTimeout(() => { this.readyState = 1; this.onopen && this.onopen(); }, 0); }
+  send(data) { sent.push(JSON.parse(data)); }
+  close() { this.readyState = 3; }
+  drop() { this.readyState = 3; this.onclose && this.onclose({ code: 1006 }); }
+  push(frame) { this.onmessage({ data: JSON.stringify(frame) }); }
+  reply(type, fields = {}) {
+    const req = [...sent].reverse().find((f) => f.type === type).req;
+    this.push({ type, req, ...fields });
+  }
+}
+const memory = () => { const m = new Map(); return {
+  getItem: (k) => m.has(k) ? m.get(k) : null, setItem: (k, v) => m.set(k, String(v)),
+  removeItem: (k) => m.delete(k) }; };
+const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+const until = async (f) => { for (let i = 0; i < 200 && !f(); i++) await tick(10); return f(); };
+const bobSays = { type: "message", id: 7, from: 2, name: "bob", text: "a", ts: 1, to: 1 };
+const loginReply = { user: { id: 1, name: "me" }, friends: [{ id: 2, name: "bob", online: true }],
+  groups: [], requests: [], token: "T".repeat(43) };
+"""
+
+
+def test_unit_store(browser: Browser, daemon: WebDaemon) -> None:
+    page = browser.new_page()
+    try:
+        result = run_unit(page, daemon.url, r"""
+          const s = new m.ChatStore();
+          s.applyLogin({ user: { id: 1, name: "me" },
+            friends: [{ id: 2, name: "bob", online: false }],
+            groups: [{ id: 5, name: "devs", desc: "", role: "creator",
+              members: [{ id: 1, name: "me", role: "creator", online: true }] }], requests: [] });
+          const out = {};
+          // dedupe by id; keys by conversation
+          const msg = { id: 10, from: 2, name: "bob", text: "hi", ts: 1000, to: 1 };
+          out.first = s.addMessage(msg);
+          out.again = s.addMessage({ ...msg });
+          out.count = s.conv("u2").msgs.length;
+          out.unread = s.conv("u2").unread;
+          out.groupKey = s.keyOf({ id: 11, from: 3, group: 5 });
+          out.selfKey = s.keyOf({ id: 12, from: 1, to: 1 });
+          out.sentKey = s.keyOf({ id: 13, from: 1, to: 2 });
+          out.bcastKey = s.keyOf({ id: 14, from: 3, broadcast: true });
+          // conversations reply: the server's count, and pushes above last.id count again
+          s.applyConversations([{ kind: "direct", id: 2, name: "bob", unread: 3,
+            last: { id: 10, ts: 1000, from: 2, name: "bob", text: "hi" } }]);
+          out.afterConvs = s.conv("u2").unread;
+          s.addMessage({ id: 20, from: 2, name: "bob", text: "more", ts: 2000, to: 1 });
+          out.afterPush = s.conv("u2").unread;
+          out.total = s.totalUnread();
+          s.setOpen("u2");
+          out.opened = s.conv("u2").unread;
+          s.addMessage({ id: 21, from: 2, name: "bob", text: "seen", ts: 2100, to: 1 });
+          out.whileOpen = s.conv("u2").unread;
+          // the outbox: pending, then sent with the server's id; a retry keeps the cid
+          const p = s.queueSend("u2", "yo");
+          out.pending = p.state;
+          out.newest = s.chatList()[0].key;
+          s.sendFailed(p.cid, "unavailable");
+          out.failed = p.state;
+          const again = s.retrying(p.cid);
+          out.sameCid = again.cid === p.cid && again.state === "pending";
+          s.sendDone(p.cid, { id: 30, ts: 3000 });
+          out.sent = s.conv("u2").msgs.at(-1).state + ":" + s.conv("u2").msgs.at(-1).id;
+          out.outbox = s.outbox.size;
+          // a note to myself: the push may come before the reply; one copy stays
+          const n = s.queueSend("u1", "note");
+          s.addMessage({ id: 40, from: 1, name: "me", text: "note", ts: 4000, to: 1 });
+          s.sendDone(n.cid, { id: 40, ts: 4000 });
+          out.selfCopies = s.conv("u1").msgs.filter((x) => x.id === 40).length;
+          // history merges in id order, without doubles
+          s.applyHistory("u2", [{ id: 5, from: 2, name: "bob", text: "old", ts: 500, to: 1 },
+            { id: 10, from: 2, name: "bob", text: "hi", ts: 1000, to: 1 }], false);
+          out.order = s.conv("u2").msgs.map((x) => x.id).join(",");
+          out.oldest = s.oldestId("u2");
+          out.more = s.conv("u2").more;
+          // group membership notices
+          s.groupMember(5, 2, "bob", true);
+          out.members = s.groups.get(5).members.length;
+          out.notice = s.conv("g5").msgs.at(-1).event;
+          out.preview = m.ChatStore.preview("a\n  b" + "x".repeat(200)).length;
+          out.cid = /^[0-9a-z]{1,64}$/.test(m.newCid()) && m.newCid() !== m.newCid();
+          return out;
+        """)
+    finally:
+        page.close()
+    assert result == {
+        "first": True, "again": False, "count": 1, "unread": 1,
+        "groupKey": "g5", "selfKey": "u1", "sentKey": "u2", "bcastKey": "system",
+        "afterConvs": 3, "afterPush": 4, "total": 4, "opened": 0, "whileOpen": 0,
+        "pending": "pending", "newest": "u2", "failed": "failed", "sameCid": True,
+        "sent": "sent:30", "outbox": 0, "selfCopies": 1, "order": "5,10,20,21,30",
+        "oldest": 5, "more": False, "members": 2, "notice": "joined", "preview": 101,
+        "cid": True,
+    }
+
+
+def test_unit_session(browser: Browser, daemon: WebDaemon) -> None:
+    """The session with a fake WebSocket: acks only after a render, resends with the same
+    cid after a drop, forgets a bad token, stays down when kicked."""
+    page = browser.new_page()
+    try:
+        result = run_unit(page, daemon.url, JS_FAKES + r"""
+          const out = {};
+          const store = new m.ChatStore();
+          const tokens = new m.TokenStore(memory(), memory());
+          const s = new m.Session(store, { url: "ws://x/ws", WebSocketImpl: FakeSocket, tokens });
+          const p = s.login("me", "pw", true);
+          await until(() => sent.some((f) => f.type === "login"));
+          out.remember = sent.at(-1).remember;
+          FakeSocket.last.reply("login", loginReply);
+          await p;
+          out.token = tokens.get() === "T".repeat(43) && tokens.remembered;
+          FakeSocket.last.push(bobSays);
+          FakeSocket.last.push({ type: "synced", count: 1 });
+          out.convsFirst = sent.at(-1).type;
+          await tick(400);
+          out.ackBeforeRender = sent.filter((f) => f.type === "ack").length;
+          s.rendered();
+          await until(() => sent.some((f) => f.type === "ack"));
+          out.ack = sent.filter((f) => f.type === "ack").map((f) => f.id).join(",");
+          // a send, then the connection drops before the reply
+          const msg = s.send("u2", "hello");
+          await until(() => sent.some((f) => f.type === "chat"));
+          const cid = sent.filter((f) => f.type === "chat")[0].cid;
+          FakeSocket.last.drop();
+          out.status = s.status;
+          out.stillPending = msg.state;
+          // it reconnects with the token and resends the same cid
+          await until(() => sent.filter((f) => f.type === "login").length === 2);
+          out.resume = sent.filter((f) => f.type === "login")[1].token === "T".repeat(43);
+          FakeSocket.last.reply("login", loginReply);
+          FakeSocket.last.push(bobSays);
+          FakeSocket.last.push({ type: "synced", count: 1 });
+          await until(() => sent.filter((f) => f.type === "chat").length === 2);
+          out.resent = sent.filter((f) => f.type === "chat")[1].cid === cid;
+          out.noDouble = store.conv("u2").msgs.filter((x) => x.id === 7).length;
+          FakeSocket.last.reply("chat", { id: 8, ts: 2, duplicate: true });
+          await until(() => msg.state === "sent");
+          out.sent = msg.state + ":" + msg.id;
+          // kicked: stays down
+          FakeSocket.last.push({ type: "kicked", reason: "x" });
+          out.kicked = s.status;
+          const logins = sent.filter((f) => f.type === "login").length;
+          await tick(1500);
+          out.noRelogin = sent.filter((f) => f.type === "login").length === logins;
+          // a token the server refuses is forgotten
+          s.reconnectNow();
+          await until(() => sent.filter((f) => f.type === "login").length === logins + 1);
+          await tick(0);
+          FakeSocket.last.push({ type: "error", req: sent.at(-1).req, code: "bad_token" });
+          await until(() => s.status === "signedout");
+          out.afterBadToken = s.status + ":" + tokens.get();
+          out.backoff = [0, 1, 2, 3, 10].map((n) => m.backoff(n, () => 0.5)).join(",");
+          out.rateWords = m.loginError({ code: "rate_limited", frame: { retry_after: 2.2 } });
+          out.takenWords = m.loginError({ code: "name_taken" });
+          return out;
+        """)
+    finally:
+        page.close()
+    assert result == {
+        "remember": True, "token": True, "convsFirst": "conversations", "ackBeforeRender": 0,
+        "ack": "7", "status": "reconnecting", "stillPending": "pending", "resume": True,
+        "resent": True, "noDouble": 1, "sent": "sent:8", "kicked": "kicked",
+        "noRelogin": True, "afterBadToken": "signedout:null",
+        "backoff": "500,1000,2000,4000,8000",
+        "rateWords": "Too many attempts. Try again in 3 s.",
+        "takenWords": "That name is taken.",
+    }
+
+
+def test_screenshots(browser: Browser, daemon: WebDaemon, users: list[BrowserUser]) -> None:
+    """The main screens, light and dark, English and Chinese, and the 360 px layout, into
+    docs/screenshots/ (taken here so they always show the current app)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    alice = new_user(users, browser, daemon, "alice").register()
+    bob = new_user(users, browser, daemon, "bob").register()
+    befriend(alice, bob)
+    group = unique("周末爬山")
+    alice.tab("Groups")
+    alice.page.get_by_role("button", name="New group").click()
+    alice.page.get_by_role("textbox", name="Group name").fill(group)
+    alice.page.get_by_role("button", name="Create").click()
+    bob.tab("Groups")
+    bob.panel().get_by_role("searchbox", name="Search").fill(group)
+    bob.panel().get_by_role("button", name="Join").click()
+    bob.send("周六谁去? Who is in on Saturday?")
+    alice.expect_message("周六谁去? Who is in on Saturday?")
+    alice.send("我去! Count me in.")
+    bob.expect_message("我去! Count me in.")
+    alice.open_friend(bob.name)
+    alice.send("Lunch at noon?")
+    bob.open_chat(alice.name)
+    bob.send("Sure, see you there 👍")
+    alice.expect_message("Sure, see you there 👍")
+    alice.open_chat(group)
+
+    for scheme in ("light", "dark"):
+        for locale, lang in (("en-US", "en"), ("zh-CN", "zh")):
+            shot = BrowserUser(browser, daemon.url, bob.name, locale=locale,
+                               color_scheme=scheme, viewport={"width": 1100, "height": 680})
+            users.append(shot)
+            login_name = "登录" if lang == "zh" else "Log in"
+            expect(shot.page.get_by_role("button", name=login_name)).to_be_visible()
+            shot.page.screenshot(path=str(SCREENSHOTS / f"login-{scheme}-{lang}.png"))
+            shot.close()
+            users.remove(shot)
+
+    for scheme in ("light", "dark"):
+        for lang in ("en", "zh"):
+            alice.page.emulate_media(color_scheme=scheme)
+            alice.page.evaluate(f"localStorage.setItem('qqchat.lang', '{lang}')")
+            alice.page.reload()
+            expect(alice.page.get_by_role("status").filter(
+                has_text=re.compile("Connected|已连接"))).to_be_visible(timeout=WAIT_MS)
+            alice.page.locator(".conv").filter(has_text=group).first.click()
+            expect(alice.log().locator(".bubble").filter(has_text="Count me in")).to_be_visible()
+            alice.page.screenshot(path=str(SCREENSHOTS / f"chat-{scheme}-{lang}.png"))
+    alice.page.evaluate("localStorage.setItem('qqchat.lang', 'en')")
+
+    # 360 px: one pane at a time, with a way back
+    narrow = BrowserUser(browser, daemon.url, bob.name, viewport={"width": 360, "height": 720})
+    users.append(narrow)
+    alice.logout()  # bob's other session would be kicked; this one is alice's seat
+    narrow.name = alice.name
+    narrow.login()
+    narrow.tab("Chats")
+    narrow.page.screenshot(path=str(SCREENSHOTS / "mobile-list-light-en.png"))
+    narrow.open_chat(bob.name)
+    expect(narrow.page.get_by_role("tab", name="Chats")).to_be_hidden()
+    narrow.send("from a phone")
+    narrow.expect_sent("from a phone")
+    narrow.page.screenshot(path=str(SCREENSHOTS / "mobile-chat-light-en.png"))
+    width = narrow.page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360
+    narrow.page.get_by_role("button", name="Back").click()
+    expect(narrow.page.get_by_role("tab", name="Chats")).to_be_visible()
