@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="idle: seconds to hold the clients before checking them (2)")
     w.add_argument("--senders", type=int, default=20,
                    help="backlog: users filling the backlog concurrently (20)")
+    w.add_argument("--ws", action="store_true",
+                   help="chat: every client over a WebSocket on the daemon's web port "
+                        "(--web-port), instead of TCP")
     w.add_argument("--cross", action="store_true",
                    help="chat: two cluster nodes on one MariaDB and a throwaway Redis; "
                         "senders on one node, receivers on the other")
@@ -101,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.db == "sqlite":
             p.error("--cross needs MariaDB (--db mysql or --db-url): cluster nodes share "
                     "one MySQL database")
+    if args.ws and (args.workload != "chat" or args.cross or args.connect):
+        p.error("--ws goes with chat, on a daemon the generator starts (no --cross or "
+                "--connect)")
     if args.db is None:
         args.db = "mysql" if args.cross else "sqlite"
     for key, value in DEFAULTS[args.workload].items():
@@ -163,7 +169,8 @@ def case_label(args: argparse.Namespace, case: dict[str, Any]) -> str:
         return f"{db} cost={cost} users={case['users']}"
     if w == "chat":
         cross = " cross" if args.cross else ""
-        return f"{db}{cross} pairs={args.pairs} msgs={args.messages}"
+        edge = " ws" if args.ws else ""
+        return f"{db}{cross}{edge} pairs={args.pairs} msgs={args.messages}"
     if w == "group":
         return f"{db} members={args.members} msgs={args.messages}"
     if w == "soak":
@@ -265,7 +272,8 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
                     result = await cross_run(reactor, args, case, dbs, plan, observed)
                 else:
                     with dmod.workdir() as wd, dbs.fresh(wd) as url:
-                        daemon = dmod.start_daemon(url, case["cost"], wd, plan[0])
+                        daemon = dmod.start_daemon(url, case["cost"], wd, plan[0],
+                                                   web=args.ws)
                         try:
                             result = await one_run(reactor, daemon, args, case,
                                                    observed=observed)

@@ -9,7 +9,9 @@ says what it was.
 
 from __future__ import annotations
 
+import base64
 import collections
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -201,6 +203,88 @@ class Conn(LineReceiver):
             self.lost.callback(None)
 
 
+class WSConn(Conn):
+    """The same client over a WebSocket (``/ws`` on the daemon's web port): each
+    request leaves as one masked text frame, each frame received is one line.
+
+    A lean framer of the generator's own, so what is measured is the daemon's edge:
+    no fragmentation, no extensions, one random masking key per connection.
+    ``ready`` fires once the server has accepted the upgrade.
+    """
+
+    def __init__(self, errors: Errors, host: str, port: int) -> None:
+        super().__init__(errors)
+        self.host_header = f"{host}:{port}"
+        self.ready: defer.Deferred[WSConn] = defer.Deferred()
+        self._upgraded = False
+        self._in = b""
+        self._key = os.urandom(4)
+        self._masks: dict[int, int] = {}  # payload length -> the key repeated, as an int
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        nonce = base64.b64encode(os.urandom(16)).decode()
+        self.transport.write(
+            f"GET /ws HTTP/1.1\r\nHost: {self.host_header}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {nonce}\r\n\r\n".encode())
+
+    def write_line(self, line: bytes) -> None:
+        payload = line[:-1]  # one JSON object per frame, no newline
+        n = len(payload)
+        if n < 126:
+            head = bytes((0x81, 0x80 | n))
+        elif n < 0x10000:
+            head = b"\x81\xfe" + n.to_bytes(2, "big")
+        else:
+            head = b"\x81\xff" + n.to_bytes(8, "big")
+        mask = self._masks.get(n)
+        if mask is None:
+            mask = self._masks[n] = int.from_bytes((self._key * (n // 4 + 1))[:n], "big")
+        masked = (int.from_bytes(payload, "big") ^ mask).to_bytes(n, "big")
+        super().write_line(head + self._key + masked)
+
+    def dataReceived(self, data: bytes) -> None:
+        buf = self._in + data
+        if not self._upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self._in = buf
+                return
+            status = buf[:buf.find(b"\r\n")]
+            if b" 101 " not in status + b" ":
+                self.errors.add("upgrade_refused", status[:80])
+                self.ready.errback(RequestError("upgrade_refused", status.decode("latin-1")))
+                self.abort()
+                return
+            self._upgraded = True
+            buf = buf[end + 4:]
+            self.ready.callback(self)
+        pos, size = 0, len(buf)
+        while size - pos >= 2:
+            op, n = buf[pos] & 0x0F, buf[pos + 1] & 0x7F
+            start = pos + 2
+            if n == 126:
+                if size - pos < 4:
+                    break
+                n, start = int.from_bytes(buf[pos + 2:pos + 4], "big"), pos + 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n, start = int.from_bytes(buf[pos + 2:pos + 10], "big"), pos + 10
+            if size - start < n:
+                break
+            payload = buf[start:start + n]
+            pos = start + n
+            if op == 1:
+                self.lineReceived(payload)
+            elif op == 8:
+                self.transport.loseConnection()  # the server's goodbye
+            elif op != 10:
+                self.errors.add("unexpected_frame", op)
+        self._in = buf[pos:]
+
+
 # -- setting up many connections ----------------------------------------------------
 
 
@@ -213,14 +297,23 @@ async def bounded(items: Iterable[Any], fn: Callable[[Any], defer.Deferred[Any]]
 
 
 def connect_one(reactor: IReactorTCP, host: str, port: int, errors: Errors,
-                timeout: float) -> defer.Deferred[Conn]:
+                timeout: float, ws: bool = False) -> defer.Deferred[Conn]:
+    """A connection to the TCP port, or with ``ws`` a WebSocket on the web port
+    (fires once the upgrade is through)."""
     endpoint = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=int(timeout))
-    return endpoints.connectProtocol(endpoint, Conn(errors))
+    if not ws:
+        return endpoints.connectProtocol(endpoint, Conn(errors))
+    conn = WSConn(errors, host, port)
+    d = endpoints.connectProtocol(endpoint, conn)
+    d.addCallback(lambda _: conn.ready)
+    d.addTimeout(timeout, reactor)
+    return d
 
 
 async def connect_many(reactor: Any, host: str, port: int, n: int, errors: Errors,
                        timeout: float, concurrency: int = 100,
-                       stop_after_failures: int | None = None) -> list[Conn]:
+                       stop_after_failures: int | None = None, ws: bool = False
+                       ) -> list[Conn]:
     """Open ``n`` connections, ``concurrency`` at a time (the daemon's accept queue
     is short; a flood would measure SYN retries). Failures are counted; with
     ``stop_after_failures`` the rest are not attempted once that many failed."""
@@ -230,7 +323,7 @@ async def connect_many(reactor: Any, host: str, port: int, n: int, errors: Error
     def one(_: int) -> defer.Deferred[None]:
         if stop_after_failures is not None and failures >= stop_after_failures:
             return defer.succeed(None)
-        d = connect_one(reactor, host, port, errors, timeout)
+        d = connect_one(reactor, host, port, errors, timeout, ws)
 
         def ok(conn: Conn) -> None:
             conns.append(conn)

@@ -142,9 +142,11 @@ class Daemon:
 
     def __init__(self, host: str, port: int, pid: int,
                  proc: subprocess.Popen[bytes] | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, web_port: int | None = None) -> None:
         self.host = host
         self.port = port
+        #: the web edge's port (WebSocket at /ws), when started with one
+        self.web_port = web_port
         self.pid = pid
         self.proc = proc
         self.log_path = log_path
@@ -200,10 +202,12 @@ def _daemon_setup(cpu: int | None) -> None:
 
 def start_daemon(db_url: str, hash_cost: int, workdir: Path, cpu: int | None,
                  host: str = "127.0.0.1", redis_url: str | None = None,
-                 node_id: str | None = None, name: str = "daemon") -> Daemon:
+                 node_id: str | None = None, name: str = "daemon", web: bool = False
+                 ) -> Daemon:
     """Start ``twistd -n qqchat`` on a free loopback port and wait until it listens.
     With ``redis_url`` it is a cluster node named ``node_id``; ``name`` names its log
-    in ``workdir`` (two nodes share one workdir)."""
+    in ``workdir`` (two nodes share one workdir); with ``web`` it also serves its web
+    edge on another free port."""
     twistd = Path(sys.executable).parent / "twistd"
     if not twistd.exists():
         found = shutil.which("twistd")
@@ -219,23 +223,30 @@ def start_daemon(db_url: str, hash_cost: int, workdir: Path, cpu: int | None,
         ["--node-id", node_id] if node_id else [])
     for _attempt in range(3):
         port = free_port(host)
+        web_port = free_port(host) if web else None
+        web_args = [] if web_port is None else ["--web-port", str(web_port),
+                                                 "--web-interface", host]
         cmd = [str(twistd), "-n", "--pidfile=", "qqchat", "--interface", host,
                "--port", str(port), "--db", db_url, "--hash-cost", str(hash_cost),
                # the generator floods on purpose, from one address: no rate limits or caps
                "--idle-timeout", "3600", "--rate-limit", "0", "--user-rate-limit", "0",
-               "--register-rate", "0", "--max-conns-per-address", "0", *cluster]
+               "--register-rate", "0", "--max-conns-per-address", "0", *cluster,
+               *web_args]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env,
                                     preexec_fn=lambda: _daemon_setup(cpu))
-        daemon = Daemon(host, port, proc.pid, proc, log_path)
+        daemon = Daemon(host, port, proc.pid, proc, log_path, web_port)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
             try:
-                with socket.create_connection((host, port), timeout=1):
-                    return daemon
+                for listening in (port, web_port):  # the web port listens after the TCP one
+                    if listening is not None:
+                        with socket.create_connection((host, listening), timeout=1):
+                            pass
+                return daemon
             except OSError:
                 time.sleep(0.05)
         else:

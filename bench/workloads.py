@@ -161,8 +161,12 @@ async def setup_users(ctx: RunContext, n: int, register_conns: int = 32,
     per_node = []
     for j, node in enumerate(nodes):
         want = len(range(j, n, len(nodes)))
-        got = await connect_many(ctx.reactor, node.host, node.port, want, ctx.errors,
-                                 opts.op_timeout)
+        ws = bool(getattr(opts, "ws", False))
+        if ws and node.web_port is None:
+            raise SetupError("--ws needs the daemon's web port")
+        got = await connect_many(ctx.reactor, node.host,
+                                 node.web_port if ws and node.web_port else node.port, want,
+                                 ctx.errors, opts.op_timeout, ws=ws)
         ctx.conns.extend(got)
         if len(got) < want:
             raise SetupError(f"only {len(got)} of {want} connections opened to "

@@ -64,6 +64,15 @@ def test_chat() -> None:
     assert run["acks"] >= 2
 
 
+def test_chat_over_websockets() -> None:
+    """``--ws``: the same chat between clients on the daemon's web port."""
+    out = run_bench("chat", "--ws", "--pairs", "2", "--messages", "20", "--warmup", "2")
+    assert " ws " in out["cases"][0]["label"]
+    run = only_run(out)
+    assert run["delivered"] == run["expected"] == 40
+    assert run["acks"] >= 2 and run["msgs_per_s"] > 0
+
+
 def test_login_both_costs() -> None:
     out = run_bench("login", "--users", "5")
     assert [c["hash_cost"] for c in out["cases"]] == [14, 4]
