@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS users (
     name_key    VARBINARY(512) NOT NULL DEFAULT '',
     UNIQUE KEY users_name (name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
-CREATE INDEX IF NOT EXISTS users_by_key ON users (name_key, id);
+-- one account per folded name (R7); also what user_search reads, in (name_key, id) order
+CREATE UNIQUE INDEX IF NOT EXISTS users_name_key ON users (name_key);
 
 -- Session tokens (login with remember): only a hash of the token is kept.
 CREATE TABLE IF NOT EXISTS session_tokens (

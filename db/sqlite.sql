@@ -10,7 +10,8 @@ CREATE TABLE IF NOT EXISTS users (
     -- the name folded (NFKC, case fold) for search; qqchat/names.py says how
     name_key    TEXT    NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS users_by_key ON users (name_key, id);
+-- one account per folded name (R7); also what user_search reads, in (name_key, id) order
+CREATE UNIQUE INDEX IF NOT EXISTS users_name_key ON users (name_key);
 
 -- Session tokens (login with remember): only a hash of the token is kept.
 CREATE TABLE IF NOT EXISTS session_tokens (

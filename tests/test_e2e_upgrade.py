@@ -30,11 +30,13 @@ def _statements(dialect: str) -> list[str]:
 
 
 def _seed(cursor: Any, p: str, staged: bool) -> None:
-    """Two users, a group, and a log as the old version wrote it: 1-2 one-to-one,
-    3 in the group, 4 a broadcast (on SQLite, 4 still staged, as a stop leaves it)."""
+    """Three users (two whose names differ only in case, as the old version allowed), a
+    group, and a log as the old version wrote it: 1-2 one-to-one, 3 in the group, 4 a
+    broadcast (on SQLite, 4 still staged, as a stop leaves it)."""
     pw = hash_password("password1", 4)
     cursor.execute(f"INSERT INTO users (id, name, pw_hash, created_at, acked) VALUES "
-                   f"(1, 'Alice', {p}, 1, 0), (2, 'bob', {p}, 1, 1)", (pw, pw))
+                   f"(1, 'Alice', {p}, 1, 0), (2, 'bob', {p}, 1, 1), (3, 'ALICE', {p}, 1, 4)",
+                   (pw, pw, pw))
     cursor.execute("INSERT INTO chat_groups (id, name, descr, creator, created_at) "
                    "VALUES (1, 'Devs', '', 1, 1)")
     cursor.execute("INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
@@ -97,6 +99,14 @@ async def test_an_older_database_upgrades_without_loss(old_database: str) -> Non
                                                             (3, "to the group")]
         found = await alice.ok("user_search", query="B")
         assert [u["name"] for u in found["users"]] == ["bob"]
+        # look-alike accounts of old both stay, each with its own name, and block a third
+        both = await alice.ok("user_search", query="alice")
+        assert [u["name"] for u in both["users"]] == ["Alice", "ALICE"]
+        twin, twin_reply, _ = await _login(port, "ALICE")
+        clients.append(twin)
+        assert twin_reply["user"]["id"] == 3
+        assert (await twin.call("register", name="alice", password="password1"))["code"] \
+            == "name_taken"
         groups = await alice.ok("group_search", query="dev")
         assert [g["name"] for g in groups["groups"]] == ["Devs"]
         page = await alice.ok("conversations")

@@ -9,7 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from qqchat.errors import ChatError
-from qqchat.names import fold
+from qqchat.names import check_name, fold
 from qqchat.passwords import Hasher
 from qqchat.ratelimit import KeyedBuckets
 from qqchat.relay.base import Relay
@@ -48,6 +48,7 @@ class AccountService:
                                         "'_', '.' or '-'")
         if name.isdigit():
             raise ChatError("bad_name", "a name cannot be all digits: those are user ids")
+        check_name(name)
 
     def _check_password(self, password: str) -> None:
         lim = self._limits

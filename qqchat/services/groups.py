@@ -8,6 +8,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from qqchat.codec import encode
 from qqchat.errors import ChatError
+from qqchat.names import check_name
 from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.session import Session
@@ -40,6 +41,7 @@ class GroupService:
         lim = self._limits
         if not name.strip() or len(name) > lim.group_name_max:
             raise ChatError("bad_name", f"a group name is 1-{lim.group_name_max} characters")
+        check_name(name, "a group name")
         if len(desc) > lim.group_desc_max:
             raise ChatError("too_long", f"a group description is at most {lim.group_desc_max} "
                                         "characters")

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
+
 from qqchat.db import schema_statements
 from qqchat.names import fold
 
+_log = Logger()
 _LOG_COLUMNS = "id, kind, sender, recipient, group_id, body, ts, cid"
 
 #: (table, column, SQLite type, MySQL type) added after the first schema
@@ -38,12 +41,13 @@ def apply_schema(t: Any, dialect: str) -> None:
                       + (f"IF NOT EXISTS {column} {mysql_type}" if mysql
                          else f"{column} {sqlite_type}"))
             added.add((table, column))
-    for stmt in schema_statements(dialect):
-        t.execute(stmt)
+    # before the file's indexes on them: the unique one needs every key filled
     if ("users", "name_key") in added:
-        _fill_keys(t, mysql, "users")
+        _fill_keys(t, mysql, "users", unique=True)
     if ("chat_groups", "name_key") in added:
         _fill_keys(t, mysql, "chat_groups")
+    for stmt in schema_statements(dialect):
+        t.execute(stmt)
     if not mysql:
         move_staged(t)  # what a stop left staged, before anything reads the log
     if ("chat_groups", "last_id") in added:
@@ -73,11 +77,31 @@ def _has_column(t: Any, mysql: bool, table: str, column: str) -> bool:
     return any(row[1] == column for row in t.fetchall())
 
 
-def _fill_keys(t: Any, mysql: bool, table: str, chunk: int = 5000) -> None:
-    """Fold every existing name (in Python: SQL has no NFKC)."""
+def _fill_keys(t: Any, mysql: bool, table: str, unique: bool = False,
+               chunk: int = 5000) -> None:
+    """Fold every existing name (in Python: SQL has no NFKC).
+
+    Versions before R7 let "alice" and "Alice" be two accounts. Both are kept, and
+    both still log in by their exact name; the oldest holds the folded key, each
+    later one gets the key plus "#" and its id ("#" is never in a user name), so
+    the unique index holds and nobody can register a third look-alike. Each such
+    account is logged once, for the operator to sort out.
+    """
     p = "%s" if mysql else "?"
-    t.execute(f"SELECT id, name FROM {table}")
-    rows = [(fold(name), int(rid)) for rid, name in t.fetchall()]
+    t.execute(f"SELECT id, name FROM {table} ORDER BY id")
+    rows: list[tuple[str, int]] = []
+    holders: dict[str, tuple[int, str]] = {}
+    for rid, name in t.fetchall():
+        key = fold(name)
+        if unique and key in holders:
+            first_id, first_name = holders[key]
+            _log.warn("account {id} {name!r} looks like account {first_id} {first_name!r}; "
+                      "both are kept, and a new account can take neither name",
+                      id=int(rid), name=name, first_id=first_id, first_name=first_name)
+            key = f"{key}#{int(rid)}"
+        else:
+            holders[key] = (int(rid), name)
+        rows.append((key, int(rid)))
     for i in range(0, len(rows), chunk):
         t.executemany(f"UPDATE {table} SET name_key = {p} WHERE id = {p}", rows[i : i + chunk])
 

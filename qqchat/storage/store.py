@@ -109,7 +109,21 @@ class Store(Access):
         return d
 
     def user_by_name(self, name: str) -> defer.Deferred[UserRow | None]:
-        return self._user("name", name)
+        """The account of this exact name, else the one whose folded name it is
+        ("ALICE" logs in as "alice"). Exact first: look-alike accounts made before
+        names were folded each keep their own name (``schema._fill_keys``)."""
+        q = self._q("SELECT id, name, pw_hash, acked FROM users WHERE name = ?")
+        q_key = self._q("SELECT id, name, pw_hash, acked FROM users WHERE name_key = ?")
+
+        def txn(t: Any) -> UserRow | None:
+            t.execute(q, (name,))
+            row = t.fetchone()
+            if row is None:
+                t.execute(q_key, (fold(name),))
+                row = t.fetchone()
+            return UserRow(*row) if row else None
+
+        return self._run(txn)
 
     def user_by_id(self, user_id: int) -> defer.Deferred[UserRow | None]:
         return self._user("id", user_id)
