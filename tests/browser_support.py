@@ -132,7 +132,9 @@ class BrowserUser:
 
     def conversation(self, peer: str) -> Locator:
         """The sidebar entry of a conversation: a button whose name starts with ``peer``."""
-        return self.panel().get_by_role("button", name=re.compile(rf"^{re.escape(peer)}\b"))
+        # not followed by another name character (\b would not work after CJK in JS)
+        return self.panel().get_by_role(
+            "button", name=re.compile(rf"^{re.escape(peer)}(?![\w.-])"))
 
     def open_chat(self, peer: str) -> None:
         self.tab("Chats")
