@@ -418,3 +418,38 @@ def test_real_dispatcher_register_login_chat_over_websocket(tmp_path: Path) -> N
         assert (push["type"], push["text"], push["from"]) == ("message", "hi bob", 1)
     finally:
         services.close()
+
+
+def test_oversize_frame_is_refused_from_its_header_alone(tmp_path: Path) -> None:
+    """A frame announcing more than --max-line bytes is refused before any of its
+    payload is read or held."""
+    dispatcher = FakeDispatcher()
+    web = make_web(dispatcher, tmp_path, max_line=1024)
+    b = web.open()
+    b.channel.dataReceived(b"\x81\xff" + (1 << 30).to_bytes(8, "big") + b"mask")
+    assert [f["code"] for f in b.frames()] == ["line_too_long"]
+    assert b.transport.disconnecting and dispatcher.requests == []
+
+
+def test_invalid_utf8_text_is_bad_json_as_on_tcp(echo: Any) -> None:
+    web, dispatcher = echo
+    b = web.open()
+    raw = b'{"type":"ping","x":"\xff"}'
+    b.channel.dataReceived(bytes((0x81, 0x80 | len(raw))) + b"\0\0\0\0" + raw)
+    assert [f["code"] for f in b.frames()] == ["bad_json"]
+    assert dispatcher.requests == [] and not b.transport.disconnecting
+
+
+@pytest.mark.parametrize("frame", [
+    b"\x81\x02{}",  # not masked
+    b"\xc1\x82\0\0\0\0{}",  # a reserved bit set
+    b"\x80\x82\0\0\0\0{}",  # a continuation of nothing
+    b"\x83\x80\0\0\0\0",  # an opcode RFC 6455 does not have
+])
+def test_frames_that_break_the_protocol_get_close_1002(echo: Any, frame: bytes) -> None:
+    web, dispatcher = echo
+    b = web.open()
+    b.channel.dataReceived(frame)
+    (event,) = b.events()
+    assert isinstance(event, CloseConnection) and event.code == 1002
+    assert b.transport.disconnecting and dispatcher.requests == []

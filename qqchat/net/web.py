@@ -1,11 +1,12 @@
 """The web edge: the browser app's static files, and the chat over a WebSocket at ``/ws``.
 
 One ``twisted.web`` Site serves both. The upgrade is Twisted's
-``WebSocketResource`` handshake (wsproto underneath); what follows is a
+``WebSocketResource`` with wsproto's handshake; what follows is a
 ``ChatConnection`` like any TCP client, framed as one JSON object per text
-frame. The connection reads wsproto's events itself rather than through
-Twisted's message layer, which would hold a whole message, however large,
-before handing it over: a frame is cut off at ``--max-line`` as it arrives.
+frame. The connection reads frames itself rather than through Twisted's message
+layer, which would hold a whole message, however large, before handing it over
+(here a frame is refused at ``--max-line`` from its header), and whose parsing
+costs several times what this does per frame (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import weakref
 from collections import deque
 from collections.abc import Iterable
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,16 +24,9 @@ from twisted.web import http, pages, server, static
 from twisted.web.resource import IResource, Resource
 from twisted.web.websocket import WebSocketResource
 from wsproto import ConnectionType
-from wsproto.connection import Connection as WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    TextMessage,
-)
+from wsproto.events import AcceptConnection
 from wsproto.handshake import H11Handshake
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.utilities import RemoteProtocolError
 
 from qqchat.net.connection import ChatConnection, ConnectionFactory
 
@@ -69,12 +62,25 @@ def text_frame(line: bytes) -> bytes:
     return head + line[:-1]
 
 
-class WebSocketConnection(ChatConnection):
-    """A browser's chat connection: the core, fed one text frame per request.
+def _unmask(data: bytes, key: bytes) -> bytes:
+    """XOR a client frame's payload with its masking key, as one big-integer XOR."""
+    n = len(data)
+    if not n:
+        return b""
+    mask = int.from_bytes((key * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(data, "big") ^ mask).to_bytes(n, "big")
 
-    Messages are queued as they complete and served one at a time (``_drain``);
-    while a request waits, more than one message's worth of queued input pauses
-    the socket, as on TCP.
+
+class WebSocketConnection(ChatConnection):
+    """A browser's chat connection: the core, fed one text message per request.
+
+    Frames are read here (RFC 6455, server side: masked frames, no extensions): a
+    data frame's length is known from its header, so a message that would pass
+    ``--max-line`` is refused before its payload is buffered. Complete messages are
+    queued and served one at a time (``_drain``); while a request waits, more than
+    one message's worth of queued input pauses the socket, as on TCP. Text is not
+    checked for UTF-8 here: the JSON decoder refuses bad UTF-8 with ``bad_json``,
+    exactly as on TCP.
     """
 
     edge = "web"
@@ -82,13 +88,14 @@ class WebSocketConnection(ChatConnection):
     goodbye = _CLOSE_NORMAL
     unit = "text frame"
 
-    def __init__(self, factory: ConnectionFactory, ws: WSConnection) -> None:
+    def __init__(self, factory: ConnectionFactory) -> None:
         super().__init__(factory)
-        self._ws = ws
+        self._in = b""  # bytes of a frame not complete yet
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes in _queue
-        self._pieces: list[str] = []
-        self._piece_len = 0  # characters (or bytes) so far of the message being read
+        self._op = 0  # opcode of the message being put together from fragments, or 0
+        self._pieces: list[bytes] = []
+        self._piece_len = 0  # bytes so far of the message being read
         self._done_reading = False
         self._too_long = False
 
@@ -102,50 +109,70 @@ class WebSocketConnection(ChatConnection):
     def dataReceived(self, data: bytes) -> None:
         if not self._counted or self._done_reading:
             return  # refused, or closing: nothing more it says is read
-        ws = self._ws
-        ws.receive_data(data)
-        limit = self.MAX_LENGTH
-        for event in ws.events():
-            if isinstance(event, TextMessage):
-                piece = event.data
-                self._piece_len += len(piece)
-                if self._piece_len > limit:  # characters never outnumber UTF-8 bytes
-                    self._stop_input(too_long=True)
+        buf = self._in + data if self._in else data
+        pos, size, limit = 0, len(buf), self.MAX_LENGTH
+        while size - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n, key_at = b1 & 0x7F, pos + 2
+            if n == 126:
+                if size - pos < 4:
                     break
-                if not event.message_finished:
-                    self._pieces.append(piece)
+                n, key_at = int.from_bytes(buf[pos + 2:pos + 4], "big"), pos + 4
+            elif n == 127:
+                if size - pos < 10:
+                    break
+                n, key_at = int.from_bytes(buf[pos + 2:pos + 10], "big"), pos + 10
+            op = b0 & 0x0F
+            if b0 & 0x70 or not b1 & 0x80 or (op >= 8 and (n > 125 or not b0 & 0x80)):
+                self._fail(1002)  # reserved bits, an unmasked frame, a bad control frame
+                return
+            if op < 8 and self._piece_len + n > limit:
+                self._stop_input(too_long=True)  # refused before its payload is read
+                break
+            end = key_at + 4 + n
+            if size < end:
+                break  # the rest of the frame has not arrived
+            payload = _unmask(buf[key_at + 4:end], buf[key_at:key_at + 4])
+            pos = end
+            if op == 0x1 or op == 0x2 or op == 0x0:
+                if (op == 0) == (self._op == 0):
+                    self._fail(1002)  # a continuation of nothing, or a message inside one
+                    return
+                if op:
+                    self._op = op
+                if not b0 & 0x80:  # more fragments to come
+                    self._pieces.append(payload)
+                    self._piece_len += n
                     continue
                 if self._pieces:
-                    self._pieces.append(piece)
-                    piece = "".join(self._pieces)
+                    self._pieces.append(payload)
+                    payload = b"".join(self._pieces)
                     self._pieces = []
-                self._piece_len = 0
-                message = piece.encode()
-                if len(message) > limit:
-                    self._stop_input(too_long=True)
-                    break
+                message = payload if self._op == 0x1 else _BINARY
+                self._op, self._piece_len = 0, 0
                 self._queue.append(message)
                 self._queued += len(message)
-            elif isinstance(event, BytesMessage):
-                self._piece_len += len(event.data)
-                if self._piece_len > limit:
-                    self._stop_input(too_long=True)
-                    break
-                if event.message_finished:
-                    self._piece_len = 0
-                    self._queue.append(_BINARY)
-                    self._queued += 1
-            elif isinstance(event, Ping):
+            elif op == 0x9:  # ping
                 self.resetTimeout()
-                self.transport.write(ws.send(event.response()))
-            elif isinstance(event, CloseConnection):
-                with suppress(LocalProtocolError):  # unless we had said goodbye first
-                    self.transport.write(ws.send(event.response()))
+                self.transport.write(bytes((0x8A, n)) + payload)
+            elif op == 0x8:  # close: answer with the same status, then hang up
                 self._stop_input(too_long=False)
                 self._queue.clear()
+                self.transport.write(bytes((0x88, min(n, 2))) + payload[:2])
                 self.transport.loseConnection()
                 return
+            elif op != 0xA:  # a pong is ignored; any other opcode is not in RFC 6455
+                self._fail(1002)
+                return
+        self._in = buf[pos:]
         self._drain()
+
+    def _fail(self, status: int) -> None:
+        """A frame that breaks the protocol: Close with ``status`` and hang up."""
+        self._stop_input(too_long=False)
+        self._queue.clear()
+        self.transport.write(b"\x88\x02" + status.to_bytes(2, "big"))
+        self.transport.loseConnection()
 
     def _stop_input(self, too_long: bool) -> None:
         """Read nothing more; what is queued is served, then (if ``too_long``) the
@@ -153,6 +180,7 @@ class WebSocketConnection(ChatConnection):
         self._done_reading = True
         self._too_long = too_long
         self._pieces = []
+        self._in = b""
 
     def _drain(self) -> None:
         queue = self._queue
@@ -180,10 +208,9 @@ class ConnectionMaker:
     def __init__(self, core: ConnectionFactory) -> None:
         self.core = core
 
-    def buildProtocol(self, request: server.Request, ws: WSConnection | None = None
-                      ) -> WebSocketConnection:
+    def buildProtocol(self, request: server.Request) -> WebSocketConnection:
         self.core.accepted.labels(WebSocketConnection.edge).inc()
-        return WebSocketConnection(self.core, ws or WSConnection(ConnectionType.SERVER))
+        return WebSocketConnection(self.core)
 
 
 def normal_origin(origin: str) -> str | None:
@@ -255,9 +282,7 @@ class ChatWebSocketResource(WebSocketResource):
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return b"This is the chat WebSocket: connect with a WebSocket client.\n"
         accept = handshake.send(AcceptConnection(extra_headers=list(SECURITY_HEADERS)))
-        ws = handshake.connection
-        assert ws is not None
-        conn = self.maker.buildProtocol(request, ws)
+        conn = self.maker.buildProtocol(request)
         channel: Any = request.channel
         channel.setTimeout(None)  # the connection keeps its own idle timeout
         site = request.site
