@@ -152,7 +152,7 @@ export class SidebarView {
 
   select(name, focus = false) {
     this.tab = name;
-    this.app.changed();
+    this.app.render(); // now, so the panel is there before the next key press
     if (focus) this.tabs[name].focus();
   }
 
