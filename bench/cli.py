@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog", "soak")
+WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog", "soak", "directory")
 DEFAULT_COST = 14  # the daemon's default password-hash cost
 CHEAPEST_COST = 4  # the cheapest it accepts
 SETUP_COST = 4  # for workloads that only need users to exist
@@ -29,6 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "login": {"messages": 0, "warmup": 0},
     "idle": {"messages": 0, "warmup": 0, "clients": 20_000},
     "soak": {"messages": 0, "warmup": 0, "clients": 1000},
+    "directory": {"messages": 0, "warmup": 20, "clients": 1},
 }
 
 
@@ -89,6 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="idle: seconds to hold the clients before checking them (2)")
     w.add_argument("--senders", type=int, default=20,
                    help="backlog: users filling the backlog concurrently (20)")
+    w.add_argument("--sizes", help="directory: USERS:MESSAGES[,...] seeded, one case each "
+                                   "(1000:10000,1000000:10000000)")
+    w.add_argument("--requests", type=int, default=2000,
+                   help="directory: requests of each kind per client (2000)")
+    w.add_argument("--seed-cache", metavar="DIR",
+                   help="directory: where seeded SQLite files are kept for later runs "
+                        "(~/.cache/qqchat-bench)")
     w.add_argument("--ws", action="store_true",
                    help="chat: every client over a WebSocket on the daemon's web port "
                         "(--web-port), instead of TCP")
@@ -104,6 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.db == "sqlite":
             p.error("--cross needs MariaDB (--db mysql or --db-url): cluster nodes share "
                     "one MySQL database")
+    if args.workload == "directory":
+        from bench.directory import check_sizes
+
+        if args.connect:
+            p.error("directory seeds the database of a daemon it starts: no --connect")
+        if problem := check_sizes(args.sizes):
+            p.error(problem)
     if args.ws and (args.workload != "chat" or args.cross or args.connect):
         p.error("--ws goes with chat, on a daemon the generator starts (no --cross or "
                 "--connect)")
@@ -117,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.deadline is None:
         args.deadline = args.minutes * 60 + 600 if args.workload == "soak" else 900.0
     for key in ("runs", "pairs", "members", "clients", "senders", "ack_every", "text_size",
-                "groups"):
+                "groups", "requests"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be at least 1")
     if args.messages < 0 or args.warmup < 0:
@@ -157,6 +172,11 @@ def case_list(args: argparse.Namespace) -> list[dict[str, Any]]:
             costs = [args.hash_cost]  # the running daemon has whatever it has
         return [{"cost": c, "users": args.users or (200 if (c or 0) >= 10 else 1000)}
                 for c in costs]
+    if args.workload == "directory":
+        from bench.directory import DEFAULT_SIZES, parse_sizes
+
+        return [{"cost": args.hash_cost if args.hash_cost is not None else SETUP_COST,
+                 "users": u, "messages": m} for u, m in parse_sizes(args.sizes or DEFAULT_SIZES)]
     return [{"cost": args.hash_cost if args.hash_cost is not None else SETUP_COST,
              "users": args.users}]
 
@@ -177,6 +197,8 @@ def case_label(args: argparse.Namespace, case: dict[str, Any]) -> str:
         return f"{db} clients={args.clients} minutes={args.minutes:g}"
     if w == "idle":
         return f"{db} cap={args.clients}"
+    if w == "directory":
+        return f"{db} users={case['users']} msgs={case['messages']}"
     return f"{db} msgs={args.messages} senders={args.senders}"
 
 
@@ -243,6 +265,7 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
                      plan: tuple[int | None, int | None], out: dict[str, Any]) -> bool:
     from bench import daemon as dmod
     from bench import soak  # noqa: F401  (registers the soak workload and its summary)
+    from bench.directory import prepare  # (importing it registers the directory workload)
     from bench.stats import aggregate, median_line, run_line
 
     log = sys.stderr if args.json else sys.stdout
@@ -272,6 +295,8 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
                     result = await cross_run(reactor, args, case, dbs, plan, observed)
                 else:
                     with dmod.workdir() as wd, dbs.fresh(wd) as url:
+                        if args.workload == "directory":
+                            args.directory_manifest = prepare(args, case, url)
                         daemon = dmod.start_daemon(url, case["cost"], wd, plan[0],
                                                    web=args.ws)
                         try:

@@ -230,8 +230,8 @@ def start_daemon(db_url: str, hash_cost: int, workdir: Path, cpu: int | None,
                "--port", str(port), "--db", db_url, "--hash-cost", str(hash_cost),
                # the generator floods on purpose, from one address: no rate limits or caps
                "--idle-timeout", "3600", "--rate-limit", "0", "--user-rate-limit", "0",
-               "--register-rate", "0", "--max-conns-per-address", "0", *cluster,
-               *web_args]
+               "--register-rate", "0", "--max-conns-per-address", "0", "--search-rate", "0",
+               *cluster, *web_args]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env,
