@@ -98,7 +98,8 @@ class Checker:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self.fold = _fold()
-        self.found = 0  # search replies with at least one entry
+        self.searched = 0
+        self.found = 0  # search replies with at least one entry, all as expected
 
     def bad(self, kind: str, detail: Any) -> None:
         self.ctx.errors.add(f"bad_{kind}_reply", str(detail)[:300])
@@ -116,6 +117,7 @@ class Checker:
 
     def search(self, kind: str, query: str, exact: int | None, reply: Frame) -> None:
         key = "users" if kind == "user_search" else "groups"
+        self.searched += 1
         items = self._page(kind, reply, key, SEARCH_LIMIT)
         if items is None:
             return
@@ -307,7 +309,7 @@ async def directory(ctx: RunContext) -> None:
                     f"{kind}_daemon_cpu_us": per(window.cpu, n),
                     f"{kind}_daemon_main_thread_cpu_us": per(window.main_cpu, n),
                     **{f"{kind}_{k}": v for k, v in window.per_op("request", n).items()}})
-    res["searches_found"] = checker.found
+    res.update(searches=checker.searched, searches_found=checker.found)
     res["ok"] = all(res[f"{k}_requests"] == o.requests * len(conns) for k in KINDS)
 
 
