@@ -268,6 +268,17 @@ def test_tcp_client_and_browser_user_chat(browser: Browser, daemon: WebDaemon,
         term.ok("ack", id=got["id"])
         term.ok("chat", to=got["from"], text="hello browser", cid="t1")
         web.expect_message("hello browser")
+        # a broadcast is a system message, not a conversation with its sender
+        term.ok("broadcast", text="maintenance at 22:00")
+        web.open_chat("System messages")
+        web.expect_message(f"Broadcast · {term.name}: maintenance at 22:00")
+        expect(web.page.get_by_role("textbox", name="Message")).to_be_hidden()
+        # someone who is not a friend writes: their name heads the conversation
+        stranger = tcp_user(daemon, unique("stranger"))
+        stranger.ok("chat", to=got["from"], text="hi, we have not met")
+        web.open_chat(stranger.name or "")
+        web.expect_message("hi, we have not met")
+        stranger.close()
         # the terminal user's presence reaches the browser
         term.close()
         web.tab("Friends")

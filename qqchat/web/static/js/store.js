@@ -246,6 +246,8 @@ export class ChatStore extends EventTarget {
   addMessage(msg, opts = {}) {
     const conv = this.conv(this.keyOf(msg));
     if (conv.ids.has(msg.id)) return false;
+    // someone who is not a friend: the message carries their name
+    if (conv.kind === "direct" && this.me && msg.from !== this.me.id) conv.name = msg.name;
     const m = { ...msg };
     delete m.type;
     if (this._mine(m)) {
