@@ -82,3 +82,25 @@ def test_proxy_protocol_flag_from_the_command_line_or_the_environment(
     assert parse().settings.proxy_protocol is True
     monkeypatch.setenv("QQCHAT_PROXY_PROTOCOL", "0")
     assert parse().settings.proxy_protocol is False
+
+
+def test_web_edge_options_and_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ["QQCHAT_WEB_PORT", "QQCHAT_WEB_LISTEN", "QQCHAT_WEB_INTERFACE",
+                 "QQCHAT_WEB_ORIGIN"]:
+        monkeypatch.delenv(name, raising=False)
+    assert parse().settings.web_listen is None  # off unless asked for
+    s = parse("--web-port", "8080").settings
+    assert (s.web_listen, s.web_origins) == ("tcp:8080:interface=127.0.0.1", ())
+    assert parse("--web-listen", "tcp:0:interface=::1").settings.web_listen == \
+        "tcp:0:interface=::1"
+    monkeypatch.setenv("QQCHAT_WEB_PORT", "8081")
+    monkeypatch.setenv("QQCHAT_WEB_ORIGIN", "https://a.example, https://b.example:8443")
+    s = parse().settings
+    assert s.web_listen == "tcp:8081:interface=127.0.0.1"
+    assert s.web_origins == ("https://a.example", "https://b.example:8443")
+    s = parse("--web-origin", "https://c.example", "--web-origin", "http://d.example").settings
+    assert s.web_origins == ("https://c.example", "http://d.example")  # the command line wins
+    for bad in (["--web-port", "70000"], ["--web-origin", "not an origin"],
+                ["--web-origin", "https://x.example/path"]):
+        with pytest.raises(usage.UsageError):
+            parse(*bad)
