@@ -254,6 +254,40 @@ def test_offline_delivery_and_token_resume(browser: Browser, daemon: WebDaemon,
         probe.close()
 
 
+def test_change_password(browser: Browser, daemon: WebDaemon,
+                         users: list[BrowserUser]) -> None:
+    """The new password works, the old one and the old token do not; this page stays
+    logged in and resumes with the token it was handed."""
+    fay = new_user(users, browser, daemon, "fay").register(remember=True)
+    page = fay.page
+    old_token = page.evaluate("localStorage.getItem('qqchat.token')")
+    page.get_by_role("button", name="Change password").click()
+    dialog = page.get_by_role("dialog", name="Change password")
+    dialog.get_by_label("Current password").fill("wrong-one")
+    dialog.get_by_label("New password").fill("brand-new-pw")
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog.get_by_role("alert")).to_have_text("The current password is wrong.")
+    dialog.get_by_label("Current password").fill(PASSWORD)
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_text("Password changed.")).to_be_visible()
+    new_token = page.evaluate("localStorage.getItem('qqchat.token')")
+    assert new_token and new_token != old_token
+    probe = LineClient(daemon.port)
+    try:
+        assert probe.call("login", token=old_token)["code"] == "bad_token"
+        assert probe.call("login", name=fay.name, password=PASSWORD)["code"] == \
+            "bad_credentials"
+    finally:
+        probe.close()
+    page.reload()
+    fay.expect_online()
+    fay.logout()
+    fay.fill_form(password="brand-new-pw")
+    page.get_by_role("button", name="Log in").click()
+    fay.expect_online()
+
+
 def test_tcp_client_and_browser_user_chat(browser: Browser, daemon: WebDaemon,
                                           users: list[BrowserUser]) -> None:
     web = new_user(users, browser, daemon, "web").register()

@@ -6,6 +6,7 @@ import { ChatView } from "./chat-view.js";
 import { h, setText, show } from "./dom.js";
 import { lang, setLang, t } from "./i18n.js";
 import { loginError, LoginView } from "./login-view.js";
+import { PasswordDialog } from "./password-view.js";
 import { Session } from "./session.js";
 import { SidebarView } from "./sidebar-view.js";
 import { ChatStore, SYSTEM_KEY } from "./store.js";
@@ -29,6 +30,10 @@ class App {
     this.status = h("span", { class: "status", attrs: { role: "status" } });
     this.meName = h("span", { class: "me" });
     this.langButton = h("button", { type: "button", class: "link lang", on: { click: () => this.toggleLang() } });
+    this.password = new PasswordDialog(this.session, this);
+    this.passwordButton = h("button", {
+      type: "button", class: "small", on: { click: () => this.password.open() },
+    });
     this.logoutButton = h("button", { type: "button", class: "small", on: { click: () => this.logout() } });
     this.reconnectButton = h("button", {
       type: "button", class: "small primary", hidden: true,
@@ -38,11 +43,12 @@ class App {
       this.reconnectButton);
     this.toasts = h("div", { class: "toasts", attrs: { role: "status", "aria-live": "polite" } });
     this.topbar = h("header", { class: "topbar" }, this.brand, this.status,
-      h("span", { class: "spacer" }), this.meName, this.langButton, this.logoutButton);
+      h("span", { class: "spacer" }), this.meName, this.langButton, this.passwordButton,
+      this.logoutButton);
     this.main = h("div", { class: "main-screen" }, this.topbar, this.banner,
       h("main", { class: "layout" }, this.sidebar.el, this.chat.el));
     this.splash = h("div", { class: "splash" }, h("p", { class: "splash-text" }));
-    root.append(this.login.el, this.main, this.splash, this.toasts);
+    root.append(this.login.el, this.main, this.splash, this.toasts, this.password.el);
 
     this.store.addEventListener("change", () => this.changed());
     this.session.addEventListener("status", () => this.changed());
@@ -98,6 +104,8 @@ class App {
     this.langButton.lang = lang() === "zh" ? "en" : "zh";
     this.langButton.setAttribute("aria-label", `${t("languageLabel")}: ${t("language")}`);
     setText(this.logoutButton, t("logout"));
+    setText(this.passwordButton, t("passwordButton"));
+    this.passwordButton.setAttribute("aria-label", t("changePassword"));
 
     const trouble = status === "kicked" || status === "reconnecting";
     show(this.banner, trouble);

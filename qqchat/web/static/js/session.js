@@ -197,6 +197,13 @@ export class Session extends EventTarget {
     this._resume();
   }
 
+  /** Change the password; the server revokes every old token and hands this session a new one. */
+  async changePassword(old, password) {
+    const reply = await this.request("password_change", { old, new: password });
+    if (reply.token) this.tokens.set(reply.token, this._remember);
+    return reply;
+  }
+
   // -- the connection's life ------------------------------------------------------------
 
   _dropped() {
