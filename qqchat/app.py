@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints, threads
+from twisted.python.threadpool import ThreadPool
 
 from qqchat.dispatch import Dispatcher
 from qqchat.metrics import Registry, watch_process
@@ -39,12 +40,32 @@ from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
 from qqchat.services.presence import PresenceService
 from qqchat.services.search import SearchService
+from qqchat.services.throttle import Counters, LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
 from qqchat.storage.directory import DirectoryStore
 from qqchat.storage.log import MessageLog
 from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
 from qqchat.storage.store import Store
 from qqchat.storage.tokens import TokenStore
+
+#: threads that hash passwords (scrypt at the default cost: 16 MiB and ~50 ms each)
+HASH_THREADS = 2
+
+
+class ThreadPoolService(Service):
+    """A thread pool that lives as long as the daemon."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if not self.pool.joined:  # the daemon may be stopped twice
+            self.pool.stop()
 
 
 @dataclass(frozen=True)
@@ -127,7 +148,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     hub = SessionHub(metrics=metrics)
     relay: Relay
     if settings.redis:
-        from qqchat.relay.redis import RedisRelay, parse_redis_url
+        from qqchat.relay.redis import RedisCounters, RedisRelay, parse_redis_url
 
         cluster = RedisRelay(parse_redis_url(settings.redis), hub, reactor, settings.node_id,
                              metrics=metrics)
@@ -138,12 +159,18 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     limits = settings.limits
     users = UserDirectory(store)
     presence = PresenceService(store, relay)
-    threadpool = reactor.getThreadPool()
-    hasher = Hasher(lambda f, *a: threads.deferToThreadPool(reactor, threadpool, f, *a),
+    # password hashing on threads of its own: a login flood queues there, never in
+    # front of the database's threads or the reactor's
+    hash_threads = ThreadPoolService(ThreadPool(0, HASH_THREADS, "qqchat-hash"))
+    hash_threads.setServiceParent(daemon)
+    hasher = Hasher(lambda f, *a: threads.deferToThreadPool(reactor, hash_threads.pool, f, *a),
                     settings.hash_cost)
+    counters: Counters = RedisCounters(cluster) if settings.redis else LocalCounters(reactor)
+    throttle = LoginThrottle(counters, limits.login_failures_account,
+                             limits.login_failures_address, limits.login_window)
     accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
                               TokenStore(pool, db_config.dialect), settings.token_ttl,
-                              kick_on_duplicate=settings.kick_on_duplicate)
+                              kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle)
     messages = MessageService(store, log, relay, users, limits, reactor, metrics=metrics)
     friends = FriendService(store, relay, users, reactor, limits)
     groups = GroupService(store, relay, reactor, limits)

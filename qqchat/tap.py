@@ -72,6 +72,11 @@ class Options(usage.Options):
          "limit); past it, sends get rate_limited with retry_after."],
         ["user-rate-burst", None, "200", "Messages a user may send at once before "
                                          "--user-rate-limit applies."],
+        ["login-failures-account", None, "5",
+         "Failed logins a minute one account may take (0: no limit); past it every login "
+         "of the account is refused with rate_limited, before the password is checked."],
+        ["login-failures-address", None, "30",
+         "Failed logins a minute from one client address (0: no limit), as above."],
         ["search-rate", None, "5",
          "Searches (user_search, group_search) a second one user may make (0: no limit)."],
         ["search-burst", None, "20", "Searches a user may make at once before "
@@ -218,6 +223,8 @@ class Options(usage.Options):
             limits=Limits(
                 send_rate=self._number("user-rate-limit", float, 0),
                 send_burst=self._number("user-rate-burst", int, 1),
+                login_failures_account=self._number("login-failures-account", int, 0),
+                login_failures_address=self._number("login-failures-address", int, 0),
                 search_rate=self._number("search-rate", float, 0),
                 search_burst=self._number("search-burst", int, 1),
                 register_rate=self._number("register-rate", float, 0),

@@ -301,3 +301,17 @@ async def test_search_on_any_node_finds_users_and_groups_of_all(cluster: Cluster
         assert [u["name"] for u in found["users"]] == ["member0", "member1", "member2"]
         groups = await asker.ok("group_search", query="members")
         assert [g["id"] for g in groups["groups"]] == [gid]
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_login_budget_is_shared_by_every_node(cluster: Cluster) -> None:
+    """Guesses spread over nodes count against one budget (kept in Redis)."""
+    c = await cluster.client(0)
+    await c.ok("register", name="alice", password="password1")
+    for k in range(5):
+        guesser = await cluster.client(k % 2)
+        reply = await guesser.call("login", name="alice", password=f"wrong-{k}")
+        assert reply["code"] == "bad_credentials"
+    on_three = await cluster.client(2)
+    refused = await on_three.call("login", name="alice", password="password1")
+    assert refused["code"] == "rate_limited" and refused["retry_after"] > 0

@@ -15,6 +15,7 @@ from qqchat.ratelimit import KeyedBuckets
 from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.services.presence import PresenceService
+from qqchat.services.throttle import LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
 from qqchat.storage.store import Store, UserRow
@@ -29,8 +30,12 @@ class AccountService:
     def __init__(self, store: Store, hasher: Hasher, relay: Relay, presence: PresenceService,
                  users: UserDirectory, clock: IReactorTime, limits: Limits,
                  tokens: TokenStore, token_ttl: float = 30 * 24 * 3600,
-                 kick_on_duplicate: bool = True) -> None:
+                 kick_on_duplicate: bool = True, throttle: LoginThrottle | None = None
+                 ) -> None:
         self._store = store
+        self._throttle = throttle or LoginThrottle(
+            LocalCounters(clock), limits.login_failures_account,
+            limits.login_failures_address, limits.login_window)
         self._tokens = tokens
         self._token_ttl_ms = int(token_ttl * 1000)
         self._hasher = hasher
@@ -97,7 +102,7 @@ class AccountService:
                 raise ChatError("bad_token", "this session token is unknown, expired or "
                                              "revoked; log in with your password")
         else:
-            row = await self._password_login(password or "", name, user_id)
+            row = await self._password_login(password or "", name, user_id, session.address)
             if remember:
                 token = new_token()
                 digest = token_hash(token)
@@ -114,12 +119,19 @@ class AccountService:
             body["token"] = token
         return body
 
-    async def _password_login(self, password: str, name: str | None, user_id: int | None
-                              ) -> UserRow:
+    async def _password_login(self, password: str, name: str | None, user_id: int | None,
+                              address: str) -> UserRow:
         row = (await self._store.user_by_name(name) if name is not None
                else await self._store.user_by_id(user_id or 0))
+        # one budget per account however it is named; unknown names count too
+        account = (f"user:{row.id}" if row is not None
+                   else f"name:{fold(name)}" if name is not None else f"user:{user_id}")
+        await self._throttle.check(account, address)
         ok = await self._hasher.verify(password, row.pw_hash if row else None)
         if not ok or row is None:
+            await self._throttle.failed(account, address)
+            self.log.info("failed login for {who} from {address}",
+                          who=name if name is not None else f"id {user_id}", address=address)
             raise ChatError("bad_credentials", "wrong user or password")
         return row
 

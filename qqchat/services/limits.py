@@ -37,6 +37,11 @@ class Limits:
     query_max: int = 64
     conversations_default: int = 20
     conversations_max: int = 100
+    #: failed logins a minute (``login_window`` seconds) per account and per client
+    #: address; past either, logins are refused before hashing. 0 is no limit
+    login_failures_account: int = 5
+    login_failures_address: int = 30
+    login_window: float = 60.0
     #: registrations a minute per client address, and how many at once; 0 is no limit
     register_rate: float = 10.0
     register_burst: int = 20

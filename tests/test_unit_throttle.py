@@ -1,0 +1,105 @@
+"""Login throttling (R6): failed logins are counted per account and per client address,
+and past a budget ``login`` is refused with ``rate_limited`` before any password is
+hashed, right password or not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
+from unit_support import Client, Services, build_services
+
+from qqchat.services.limits import Limits
+
+
+def error(reply: dict[str, Any] | None) -> dict[str, Any]:
+    assert reply is not None and reply["type"] == "error", reply
+    return reply
+
+
+def attempt(services: Services, name: str, password: str,
+            address: str = "203.0.113.5") -> dict[str, Any]:
+    """One login on a new connection (reconnecting must not reset anything)."""
+    client = Client(services, peer=f"{address}:5000")
+    reply = client.request({"type": "login", "name": name, "password": password, "req": 1})
+    if reply is None:  # written by the handler: logged in
+        reply = client.conn.take()[0]
+        client.ok({"type": "logout"})
+    return reply
+
+
+@pytest.fixture
+def throttled(clock: task.Clock) -> Any:
+    services = build_services(clock, Limits(register_rate=0, login_failures_account=5,
+                                            login_failures_address=30))
+    hashes: list[str] = []
+    run = services.accounts._hasher._run
+
+    def counting(f: Any, *a: Any) -> defer.Deferred[Any]:
+        hashes.append(f.__name__)
+        return run(f, *a)
+
+    services.accounts._hasher._run = counting
+    yield services, hashes
+    services.close()
+
+
+def test_account_budget_refuses_even_the_right_password(throttled: Any,
+                                                        clock: task.Clock) -> None:
+    services, hashes = throttled
+    Client(services).register("alice")
+    for _ in range(5):
+        assert error(attempt(services, "alice", "wrong-pw"))["code"] == "bad_credentials"
+    hashed = len(hashes)
+    refused = error(attempt(services, "alice", "secret-pw"))
+    assert refused["code"] == "rate_limited" and 0 < refused["retry_after"] <= 60
+    assert len(hashes) == hashed  # refused before any hashing
+    clock.advance(61)
+    assert attempt(services, "alice", "secret-pw")["type"] == "login"
+
+
+def test_account_budget_covers_name_forms_and_ids(throttled: Any) -> None:
+    services, _ = throttled
+    uid = Client(services).register("alice")
+    for name in ["alice", "ALICE", "Alice", "\uff41lice", "alice"]:
+        assert error(attempt(services, name, "wrong-pw"))["code"] == "bad_credentials"
+    client = Client(services, peer="203.0.113.5:1")
+    assert error(client.request({"type": "login", "id": uid, "password": "secret-pw",
+                                 "req": 1}))["code"] == "rate_limited"
+
+
+def test_address_budget_spans_accounts_and_spares_other_addresses(throttled: Any) -> None:
+    services, _ = throttled
+    Client(services).register("alice")
+    for k in range(30):
+        assert error(attempt(services, f"guess{k}", "wrong-pw"))["code"] == "bad_credentials"
+    assert error(attempt(services, "alice", "secret-pw"))["code"] == "rate_limited"
+    assert attempt(services, "alice", "secret-pw", address="198.51.100.7")["type"] == "login"
+
+
+def test_twenty_guesses_in_a_minute_are_cut_before_the_tenth(clock: task.Clock) -> None:
+    services = build_services(clock, Limits(register_rate=0))  # the daemon's defaults
+    try:
+        Client(services).register("alice")
+        codes = [error(attempt(services, "alice", f"wrong-{k}"))["code"] for k in range(20)]
+        assert "rate_limited" in codes[:9], codes
+    finally:
+        services.close()
+
+
+def test_failed_logins_are_logged_without_the_password(throttled: Any) -> None:
+    services, _ = throttled
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        attempt(services, "mallory", "hunter2-secret")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    from twisted.logger import formatEvent
+
+    text = [formatEvent(e) for e in events]
+    failed = [t for t in text if "failed login" in t]
+    assert failed and "mallory" in failed[0] and "203.0.113.5" in failed[0]
+    assert not any("hunter2-secret" in t for t in text)
