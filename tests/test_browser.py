@@ -336,7 +336,14 @@ def test_group_create_join_chat_and_leave(browser: Browser, daemon: WebDaemon,
     bob.tab("Groups")
     bob.panel().get_by_role("searchbox", name="Search").fill(group[:5])
     row = bob.panel().get_by_role("listitem").filter(has_text=group)
-    expect(row).to_contain_text("1 members")
+    expect(row).to_contain_text("1 member")
+    # and by its id
+    info = row.text_content() or ""
+    gid = re.search(r"g(\d+) ·", info)
+    assert gid, info
+    bob.panel().get_by_role("searchbox", name="Search").fill(f"g{gid.group(1)}")
+    row = bob.panel().get_by_role("listitem").filter(has_text=f"g{gid.group(1)} ·")
+    expect(row).to_contain_text(group)
     row.get_by_role("button", name="Join").click()
     expect(bob.page.get_by_role("heading", name=group, exact=True)).to_be_visible()
     alice.expect_message(f"{bob.name} joined the group")
@@ -396,6 +403,18 @@ def test_history_pages_in_on_scroll(browser: Browser, daemon: WebDaemon,
         # every message once, in order
         texts = log.locator(".bubble").all_text_contents()
         assert texts == [f"note {i}" for i in range(1, 121)]
+
+        # reading old messages: a new one does not pull the view down
+        sender.ok("chat", to=reader.user_id, text="note 121")
+        web.expect_message("note 121")
+        assert log.evaluate("el => el.scrollTop") < 200
+        # at the bottom: it stays there as messages come
+        log.evaluate("el => { el.scrollTop = el.scrollHeight; "
+                     "el.dispatchEvent(new Event('scroll')); }")
+        sender.ok("chat", to=reader.user_id, text="note 122")
+        web.expect_message("note 122")
+        web.page.wait_for_function(
+            "el => el.scrollHeight - el.scrollTop - el.clientHeight < 5", arg=log.element_handle())
     finally:
         sender.close()
         reader.close()

@@ -1,7 +1,7 @@
 // The conversation pane (header, message log, composer) and the group pane.
 
 import { h, Keyed, reconcile, setText, show } from "./dom.js";
-import { formatDay, formatTime, t } from "./i18n.js";
+import { formatDay, formatTime, memberCount, t } from "./i18n.js";
 
 /** Within this many pixels of the end counts as "at the bottom". */
 const BOTTOM_SLACK = 40;
@@ -187,7 +187,7 @@ export class ChatView {
     let sub = "";
     if (group) {
       const online = group.members.filter((m) => m.online).length;
-      sub = `${t("memberCount", { n: group.members.length })} · ${online} ${t("online")}`;
+      sub = `${memberCount(group.members.length)} · ${online} ${t("online")}`;
     } else if (conv.kind === "direct") {
       const f = store.friends.get(conv.id);
       sub = f ? (f.online ? t("online") : t("offline")) : "";

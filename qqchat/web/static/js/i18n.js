@@ -54,6 +54,7 @@ const en = {
   isFriend: "friend",
   alreadyMember: "member",
   memberCount: "{n} members",
+  memberOne: "1 member",
   system: "System messages",
   broadcast: "Broadcast",
   joinedGroup: "{name} joined the group",
@@ -152,6 +153,7 @@ const zh = {
   isFriend: "好友",
   alreadyMember: "已加入",
   memberCount: "{n} 位成员",
+  memberOne: "1 位成员",
   system: "系统消息",
   broadcast: "广播",
   joinedGroup: "{name} 加入了群组",
@@ -228,6 +230,11 @@ export function setLang(code) {
 export function t(key, vars = {}) {
   const s = LANGS[current][key] ?? en[key] ?? key;
   return s.replace(/\{(\w+)\}/g, (_, k) => String(vars[k] ?? ""));
+}
+
+/** "3 members", "1 member". */
+export function memberCount(n) {
+  return n === 1 ? t("memberOne") : t("memberCount", { n });
 }
 
 /** Times and days in the UI's language. */

@@ -1,7 +1,7 @@
 // The sidebar: tabs Chats, Friends, Groups.
 
 import { h, Keyed, reconcile, setText, show } from "./dom.js";
-import { formatShort, t } from "./i18n.js";
+import { formatShort, memberCount, t } from "./i18n.js";
 import { ChatStore, directKey, groupKey, SYSTEM_KEY } from "./store.js";
 
 const SEARCH_DELAY = 250;
@@ -227,7 +227,8 @@ export class SidebarView {
       action: () => {},
     };
     it.button = h("button", { type: "button", on: { click: () => it.action() } });
-    it.li = h("li", { class: "result" }, avatar(name, kind),
+    it.av = avatar(name, kind);
+    it.li = h("li", { class: "result" }, it.av,
       h("span", { class: "conv-main" }, it.name, it.info), it.button);
     return it;
   }
@@ -426,7 +427,8 @@ export class SidebarView {
         const it = this.groupRows.get(String(g.id));
         const member = store.groups.has(g.id);
         setText(it.name, g.name);
-        setText(it.info, `g${g.id} · ${t("memberCount", { n: g.members })}`);
+        setText(it.av, initial(g.name));
+        setText(it.info, `g${g.id} · ${memberCount(g.members)}`);
         setText(it.button, member ? t("open") : t("join"));
         it.button.className = member ? "small" : "primary small";
         it.action = member ? () => this.app.open(groupKey(g.id)) : () => this.joinGroup(g);
@@ -444,7 +446,7 @@ export class SidebarView {
         const it = this.groupItems.get(groupKey(g.id));
         setText(it.name, g.name);
         setText(it.av, initial(g.name));
-        setText(it.count, t("memberCount", { n: g.members.length }));
+        setText(it.count, memberCount(g.members.length));
         return it.li;
       });
     this.groupItems.sweep();
