@@ -108,6 +108,46 @@ def test_register_log_in_and_errors_in_words(browser: Browser, daemon: WebDaemon
     expect(page.get_by_role("alert")).to_have_text("Wrong name or password.")
     alice.login()
 
+    # the language follows the browser (en here) and switches with one button
+    page.get_by_role("button", name="Language: 中文").click()
+    expect(page.get_by_role("tab", name="消息")).to_be_visible()
+    expect(page.get_by_role("button", name="退出登录")).to_be_visible()
+    page.get_by_role("button", name="语言: English").click()
+    expect(page.get_by_role("tab", name="Chats")).to_be_visible()
+
+
+def test_notification_when_hidden(browser: Browser, daemon: WebDaemon,
+                                  users: list[BrowserUser]) -> None:
+    """A message that comes while the tab is hidden raises a desktop notification (the
+    browser's Notification is replaced by a recorder; the page is told it is hidden)."""
+    gus = new_user(users, browser, daemon, "gus")
+    gus.page.add_init_script("""
+        window.notes = [];
+        window.Notification = class {
+          static permission = "granted";
+          static requestPermission() { return Promise.resolve("granted"); }
+          constructor(title, opts) { window.notes.push([title, opts.body]); }
+          close() {}
+        };
+        Object.defineProperty(document, "hidden", { get: () => !!window.hideMe });
+    """)
+    gus.page.reload()
+    gus.register()
+    peer = tcp_user(daemon, unique("pen"))
+    try:
+        assert peer.user_id is not None
+        gus_id = peer.ok("user_search", query=gus.name)["users"][0]["id"]
+        peer.ok("chat", to=gus_id, text="seen, no notification")
+        gus.open_chat(peer.name or "")
+        gus.expect_message("seen, no notification")
+        gus.page.evaluate("window.hideMe = true")
+        peer.ok("chat", to=gus_id, text="while hidden")
+        gus.expect_message("while hidden")
+        gus.page.wait_for_function("window.notes.length > 0")
+        assert gus.page.evaluate("window.notes") == [[peer.name, "while hidden"]]
+    finally:
+        peer.close()
+
 
 def test_keyboard_only(browser: Browser, daemon: WebDaemon, users: list[BrowserUser]) -> None:
     """Log in, move between tabs and send, with no mouse."""

@@ -68,6 +68,10 @@ export class Session extends EventTarget {
     this.conn = new Connection(opts.url ?? socketUrl(), opts.WebSocketImpl ?? WebSocket);
     this.conn.addEventListener("push", (ev) => this._push(ev.detail));
     this.conn.addEventListener("close", () => this._dropped());
+    // the network is back: no need to wait out the backoff
+    globalThis.addEventListener?.("online", () => {
+      if (this.status === "reconnecting") this._resume();
+    });
     this.status = "signedout";
     this.retryAt = 0;
     this.synced = false;
