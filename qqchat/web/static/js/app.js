@@ -47,7 +47,10 @@ class App {
       this.logoutButton);
     this.main = h("div", { class: "main-screen" }, this.topbar, this.banner,
       h("main", { class: "layout" }, this.sidebar.el, this.chat.el));
-    this.splash = h("div", { class: "splash" }, h("p", { class: "splash-text" }));
+    // resuming with a stored token while the server is unreachable: a way out to the form
+    this.splashLogout = h("button", { type: "button", class: "small", on: { click: () => this.logout() } });
+    this.splash = h("div", { class: "splash" },
+      h("div", { class: "splash-box" }, h("p", { class: "splash-text" }), this.splashLogout));
     root.append(this.login.el, this.main, this.splash, this.toasts, this.password.el);
 
     this.store.addEventListener("change", () => this.changed());
@@ -89,7 +92,8 @@ class App {
     this.login.render();
     document.title = this.title();
     if (!signedIn) {
-      setText(this.splash.firstChild, this.statusText(status));
+      setText(this.splash.querySelector(".splash-text"), this.statusText(status));
+      setText(this.splashLogout, t("logout"));
       return;
     }
     // just logged in: keyboard users start at the tabs

@@ -86,6 +86,8 @@ export class Session extends EventTarget {
     this._remember = false;
     /** logged in on the current connection: a drop now means reconnect */
     this._live = false;
+    /** bumped by logout, so a resume still under way gives up */
+    this._gen = 0;
   }
 
   _setStatus(status) {
@@ -140,10 +142,18 @@ export class Session extends EventTarget {
       this._signedOut();
       return;
     }
+    const gen = this._gen;
     try {
       await this.conn.open();
-      await this._loggedIn(await this.conn.request("login", { token }));
+      const reply = await this.conn.request("login", { token });
+      if (gen !== this._gen) {
+        // logged out meanwhile: do not come back to life
+        this.conn.close();
+        return;
+      }
+      await this._loggedIn(reply);
     } catch (err) {
+      if (gen !== this._gen) return;
       if (err instanceof ServerError && err.code === "bad_token") {
         this.tokens.forget();
         this._signedOut();
@@ -173,6 +183,7 @@ export class Session extends EventTarget {
 
   /** Log out: the server revokes the token; forget everything here. */
   async logout() {
+    this._gen++;
     clearTimeout(this._retryTimer);
     if (this.conn.isOpen && this.synced) {
       try {
