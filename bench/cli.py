@@ -115,8 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.workload == "directory":
         from bench.directory import check_sizes
 
-        if args.connect:
-            p.error("directory seeds the database of a daemon it starts: no --connect")
+        if args.connect or args.db_url:
+            p.error("directory seeds the database of a daemon it starts: no --connect or "
+                    "--db-url")
         if problem := check_sizes(args.sizes):
             p.error(problem)
     if args.ws and (args.workload != "chat" or args.cross or args.connect):
@@ -296,7 +297,7 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
                 else:
                     with dmod.workdir() as wd, dbs.fresh(wd) as url:
                         if args.workload == "directory":
-                            args.directory_manifest = prepare(args, case, url)
+                            url, args.directory_manifest = prepare(args, case, url)
                         daemon = dmod.start_daemon(url, case["cost"], wd, plan[0],
                                                    web=args.ws)
                         try:

@@ -22,17 +22,23 @@ with the page, and conversation pages equal to the walk's.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer
 
 from bench.client import Conn, Frame, RequestError, connect_many, login
-from bench.seed import Manifest, Plan, cached_sqlite, default_cache, seed_mysql
+from bench.daemon import BenchSetupError
+from bench.seed import Manifest, Plan, default_cache
 from bench.stats import HEADLINES, latency_summary
 from bench.workloads import WORKLOADS, RunContext, SetupError, Window, now, per, rate
 
@@ -73,17 +79,60 @@ def plan_for(args: argparse.Namespace, case: dict[str, Any]) -> Plan:
     return Plan(users=case["users"], messages=case["messages"], heavy=args.clients)
 
 
-def prepare(args: argparse.Namespace, case: dict[str, Any], url: str) -> Manifest:
-    """Fill the run's fresh database: SQLite from the cache (seeded the first time),
-    MySQL seeded in place. Blocking, before the daemon starts."""
+#: MySQL: database URL and manifest of each plan seeded in this invocation
+_SEEDED: dict[str, tuple[str, Manifest]] = {}
+
+
+def _seed(plan: Plan, *where: str) -> dict[str, Any]:
+    """Run bench/seed.py as the daemon's Python runs qqchat: the installed package (no
+    PYTHONPATH, not from the source tree), so the schema is the daemon's. Its
+    progress goes to our stderr; returns its JSON."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("QQCHAT_") and k != "PYTHONPATH"}
+    cmd = [sys.executable, str(Path(__file__).with_name("seed.py")), "--users", str(plan.users),
+           "--messages", str(plan.messages), "--heavy", str(plan.heavy), *where]
+    proc = subprocess.run(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        raise BenchSetupError(f"seeding failed (status {proc.returncode}): {' '.join(cmd)}")
+    return dict(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def prepare(args: argparse.Namespace, case: dict[str, Any], url: str) -> tuple[str, Manifest]:
+    """The database the run's daemon gets, and its manifest. SQLite: a copy of the
+    cached seeded file (seeded the first time) at the run's fresh path. MySQL: a
+    database seeded once per size in this invocation, beside the fresh one, and
+    used by every run of that size (the workload only reads). Blocking, before the
+    daemon starts."""
     plan = plan_for(args, case)
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if url.startswith("sqlite:///"):
         cache = Path(args.seed_cache) if args.seed_cache else default_cache()
-        source, manifest = cached_sqlite(cache, plan, log)
-        shutil.copyfile(source, url[len("sqlite:///"):])
-        return manifest
-    return seed_mysql(url, plan, log)
+        out = _seed(plan, "--cache", str(cache))
+        shutil.copyfile(out["path"], url[len("sqlite:///"):])
+        return url, Manifest(**out["manifest"])
+    key = plan.key()
+    if key not in _SEEDED:
+        base, _, _ = url.rpartition("/")
+        name = f"qqbench_directory_{os.getpid()}_{len(_SEEDED)}"
+        _create_database(url, name)
+        seeded = f"{base}/{name}"
+        out = _seed(plan, "--db", "mysql", "--db-url", seeded)
+        _SEEDED[key] = (seeded, Manifest(**out))
+    return _SEEDED[key]
+
+
+def _create_database(url: str, name: str) -> None:
+    """A database beside ``url``'s on its server (the throwaway MariaDB's user may)."""
+    import MySQLdb
+
+    parts = urlsplit(url)
+    conn = MySQLdb.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                           user=unquote(parts.username or ""),
+                           passwd=unquote(parts.password or ""), charset="utf8mb4")
+    try:
+        conn.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    finally:
+        conn.close()
 
 
 def _fold() -> Callable[[str], str]:
@@ -284,7 +333,12 @@ async def directory(ctx: RunContext) -> None:
                              f"made {user['conversations']}")
     checker = Checker(ctx)
 
+    entries = [0]  # entries in the replies of the phase running
+
     def check(frame: Frame, reply: Frame, expect: Any) -> None:
+        for key in ("users", "groups", "conversations"):
+            if isinstance(reply.get(key), list):
+                entries[0] += len(reply[key])
         if frame["type"] == "conversations":
             checker.conversations(reply, *expect)
         else:
@@ -299,11 +353,13 @@ async def directory(ctx: RunContext) -> None:
         work = [_requests(kind, o.requests, rng, manifest, w) for w in walks]
         if base_profile:
             ctx.profile_path = f"{base_profile}.{kind}"
+        entries[0] = 0
         window = Window(ctx)
         latencies = await _closed_loop(ctx, conns, work, check)
         window.close()
         n = len(latencies)
         res.update({f"{kind}_requests": n, f"{kind}_seconds": round(window.seconds, 4),
+                    f"{kind}_entries": round(entries[0] / n, 2) if n else None,
                     f"{kind}_per_s": rate(n, window.seconds),
                     **latency_summary(latencies, f"{kind}_"),
                     f"{kind}_daemon_cpu_us": per(window.cpu, n),

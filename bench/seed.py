@@ -16,6 +16,10 @@ table, each group's newest message) is derived by the daemon's own upgrade
 step: the seeder drops those before loading and runs ``apply_schema`` again
 after, which rebuilds them exactly as an upgraded database would get them.
 Everything comes from one random seed, so equal arguments give equal databases.
+
+The workload runs this file as a script (``python bench/seed.py``, which imports
+nothing else of bench/) so that it seeds with the qqchat the daemon runs, the
+installed one, not the source tree's.
 """
 
 from __future__ import annotations
@@ -129,12 +133,16 @@ class Plan:
             raise ValueError("at least one heavy user")
 
     def key(self) -> str:
-        """Names a cached file: the plan, the seeder and the schema it was made with."""
+        """Names a cached file: the plan, the seeder and the schema it was made with
+        (that of the qqchat this process imports)."""
+        schema, _, _ = _import_qqchat()
+        from qqchat.db import schema_statements
+
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
         h.update(str(SEED_VERSION).encode())
-        for path in (REPO / "db" / "sqlite.sql", REPO / "db" / "mysql.sql",
-                     REPO / "qqchat" / "storage" / "schema.py"):
-            h.update(path.read_bytes())
+        h.update(Path(schema.__file__).read_bytes())
+        for dialect in ("sqlite", "mysql"):
+            h.update("\n".join(schema_statements(dialect)).encode())
         return f"u{self.users}-m{self.messages}-h{self.heavy}-{h.hexdigest()[:12]}"
 
 
@@ -437,16 +445,43 @@ def seed_mysql(url: str, plan: Plan, log: Callable[[str], None] = lambda s: None
     import MySQLdb
     from MySQLdb.constants import CLIENT
 
+    _import_qqchat()  # before anything of qqchat.storage
     from qqchat.storage.pool import parse_database_url
 
     c = parse_database_url(url)
     conn = MySQLdb.connect(host=c.host, port=c.port, user=c.user, passwd=c.password,
                            db=c.database, charset="utf8mb4",
                            client_flag=CLIENT.MULTI_STATEMENTS, local_infile=False)
+    cur = conn.cursor()
+    saved = _loading_settings(cur, log)
     try:
         return Seeder(conn, "mysql", plan, log).run()
     finally:
+        for name, value in saved.items():
+            cur.execute(f"SET GLOBAL {name} = %s", (value,))
         conn.close()
+
+
+#: MySQL: server settings while seeding (restored after): commits not flushed
+#: each time, and a buffer pool that holds the indexes being filled
+_LOADING = {"innodb_flush_log_at_trx_commit": 0, "innodb_buffer_pool_size": 2 << 30}
+
+
+def _loading_settings(cur: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Apply ``_LOADING`` where the account may; returns the values to restore."""
+    import MySQLdb
+
+    saved: dict[str, Any] = {}
+    for name, value in _LOADING.items():
+        cur.execute(f"SELECT @@GLOBAL.{name}")
+        old = cur.fetchone()[0]
+        try:
+            cur.execute(f"SET GLOBAL {name} = %s", (value,))
+        except MySQLdb.OperationalError as e:
+            log(f"seed: cannot set {name} while seeding ({e}); it will be slower")
+            continue
+        saved[name] = old
+    return saved
 
 
 def default_cache() -> Path:
@@ -485,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=Plan.seed, help="random seed")
     ap.add_argument("--db", choices=("sqlite", "mysql"), default="sqlite")
     ap.add_argument("--out", type=Path, help="sqlite: the file to write (replaced)")
+    ap.add_argument("--cache", type=Path,
+                    help="sqlite, instead of --out: keep the file in this directory, made "
+                         "only if not there yet; prints its path with the manifest")
     ap.add_argument("--db-url", help="mysql: mysql://USER:PASS@HOST:PORT/DB, an empty database")
     args = ap.parse_args(argv)
     plan = Plan(users=args.users, messages=args.messages, heavy=args.heavy,
@@ -494,16 +532,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         ap.error(str(e))
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.db == "sqlite" and args.cache is not None:
+        path, manifest = cached_sqlite(args.cache, plan, log)
+        print(json.dumps({"path": str(path), "manifest": asdict(manifest)}))
+        return 0
     if args.db == "sqlite":
         if args.out is None:
-            ap.error("--db sqlite needs --out PATH")
+            ap.error("--db sqlite needs --out PATH (or --cache DIR)")
         manifest = seed_sqlite(args.out, plan, log)
         manifest.save(args.out.with_suffix(args.out.suffix + ".json"))
     else:
         if not args.db_url:
             ap.error("--db mysql needs --db-url")
         manifest = seed_mysql(args.db_url, plan, log)
-    print(json.dumps(asdict(manifest), indent=1))
+    print(json.dumps(asdict(manifest)))
     return 0
 
 
