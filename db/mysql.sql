@@ -10,10 +10,17 @@ CREATE TABLE IF NOT EXISTS users (
     acked       BIGINT       NOT NULL DEFAULT 0,
     -- the name folded (NFKC, case fold) for search; binary, so a prefix range is exact
     name_key    VARBINARY(512) NOT NULL DEFAULT '',
+    -- 1: may broadcast (with --broadcast admins); set with qqchat-admin
+    is_admin    TINYINT NOT NULL DEFAULT 0,
+    -- 1: cannot log in; disabled_at (ms) lets every daemon find and end its session
+    disabled    TINYINT NOT NULL DEFAULT 0,
+    disabled_at BIGINT  NOT NULL DEFAULT 0,
+    last_login  BIGINT  NOT NULL DEFAULT 0,
     UNIQUE KEY users_name (name)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 -- one account per folded name (R7); also what user_search reads, in (name_key, id) order
 CREATE UNIQUE INDEX IF NOT EXISTS users_name_key ON users (name_key);
+CREATE INDEX IF NOT EXISTS users_disabled_at ON users (disabled_at);
 
 -- Session tokens (login with remember): only a hash of the token is kept.
 CREATE TABLE IF NOT EXISTS session_tokens (

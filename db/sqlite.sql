@@ -8,8 +8,15 @@ CREATE TABLE IF NOT EXISTS users (
     -- highest message id the user has acknowledged (F7); everything above it is resent at login
     acked       INTEGER NOT NULL DEFAULT 0,
     -- the name folded (NFKC, case fold) for search; qqchat/names.py says how
-    name_key    TEXT    NOT NULL DEFAULT ''
+    name_key    TEXT    NOT NULL DEFAULT '',
+    -- 1: may broadcast (with --broadcast admins); set with qqchat-admin
+    is_admin    INTEGER NOT NULL DEFAULT 0,
+    -- 1: cannot log in; disabled_at (ms) lets every daemon find and end its session
+    disabled    INTEGER NOT NULL DEFAULT 0,
+    disabled_at INTEGER NOT NULL DEFAULT 0,
+    last_login  INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS users_disabled_at ON users (disabled_at);
 -- one account per folded name (R7); also what user_search reads, in (name_key, id) order
 CREATE UNIQUE INDEX IF NOT EXISTS users_name_key ON users (name_key);
 

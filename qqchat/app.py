@@ -38,6 +38,7 @@ from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
 from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
+from qqchat.services.moderation import DisabledAccounts
 from qqchat.services.presence import PresenceService
 from qqchat.services.search import SearchService
 from qqchat.services.throttle import Counters, LocalCounters, LoginThrottle
@@ -90,6 +91,8 @@ class Settings:
     rate_burst: int = DEFAULT_RATE_BURST
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
     kick_on_duplicate: bool = True
+    #: R9: False (--broadcast admins) lets only admin accounts broadcast
+    broadcast_anyone: bool = False
     #: redis://HOST:PORT/N turns on cluster mode; None is a single node
     redis: str | None = None
     node_id: str | None = None
@@ -171,7 +174,9 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
                               TokenStore(pool, db_config.dialect), settings.token_ttl,
                               kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle)
-    messages = MessageService(store, log, relay, users, limits, reactor, metrics=metrics)
+    messages = MessageService(store, log, relay, users, limits, reactor, metrics=metrics,
+                              broadcast_anyone=settings.broadcast_anyone)
+    DisabledAccounts(store, hub, presence, reactor).setServiceParent(daemon)
     friends = FriendService(store, relay, users, reactor, limits)
     groups = GroupService(store, relay, reactor, limits)
     directory = DirectoryStore(pool, db_config.dialect)

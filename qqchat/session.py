@@ -33,13 +33,15 @@ class Session:
     sees every message once, and nothing lands before the login reply.
     """
 
-    __slots__ = ("_held", "acked", "closed", "conn", "max_sent", "name", "remembered", "seen",
-                 "syncing", "token", "user_id")
+    __slots__ = ("_held", "acked", "admin", "closed", "conn", "max_sent", "name", "remembered",
+                 "seen", "syncing", "token", "user_id")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.user_id: int | None = None
         self.name: str | None = None
+        #: the account may broadcast (read at login)
+        self.admin = False
         #: highest message id written to this connection; acks may not pass it
         self.max_sent = 0
         #: highest message id known to be acknowledged durably
@@ -122,6 +124,7 @@ class Session:
         """Forget the user (logout) but keep the connection usable."""
         self.user_id = None
         self.name = None
+        self.admin = False
         self.max_sent = 0
         self.acked = 0
         self.syncing = False

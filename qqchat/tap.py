@@ -89,6 +89,9 @@ class Options(usage.Options):
          "Cluster mode: redis://[:PASSWORD@]HOST:PORT/N. Daemons sharing --db (MySQL) and "
          "--redis form one service."],
         ["node-id", None, None, "This daemon's name in the cluster (default: random)."],
+        ["broadcast", None, "admins",
+         "Who may broadcast to every user: 'admins' (accounts made admins with "
+         "qqchat-admin) or 'anyone'."],
         ["duplicate-login", None, "kick",
          "When a logged-in user logs in again: 'kick' the old session or 'reject' the new."],
         ["metrics-port", None, None,
@@ -172,6 +175,8 @@ class Options(usage.Options):
         cost = self._number("hash-cost", int, MIN_COST)
         if cost > MAX_COST:
             raise usage.UsageError(f"--hash-cost must be at most {MAX_COST}")
+        if self["broadcast"] not in ("admins", "anyone"):
+            raise usage.UsageError("--broadcast is 'admins' or 'anyone'")
         if self["duplicate-login"] not in ("kick", "reject"):
             raise usage.UsageError("--duplicate-login is 'kick' or 'reject'")
         pool_min = self._number("db-pool-min", int, 1)
@@ -231,6 +236,7 @@ class Options(usage.Options):
                 register_burst=self._number("register-burst", int, 1),
             ),
             kick_on_duplicate=self["duplicate-login"] == "kick",
+            broadcast_anyone=self["broadcast"] == "anyone",
             redis=self["redis"] or None,
             node_id=self["node-id"] or None,
             metrics_listen=self._metrics_listen(),

@@ -338,7 +338,7 @@ class Daemon:
                "--web-port", str(self.web_port), "--web-interface", HOST,
                # the tests stream and register as fast as they can, all from 127.0.0.1
                "--rate-limit", "0", "--user-rate-limit", "0", "--register-rate", "0",
-               "--max-conns-per-address", "0"]
+               "--max-conns-per-address", "0", "--broadcast", "anyone"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("QQCHAT_")}
         with self.log.open("ab") as out:
             # a file, not a pipe nobody reads: the daemon can never block on its output

@@ -120,9 +120,11 @@ async def start_daemon(settings: Settings) -> tuple[ChatDaemon, int]:
 @pytest.fixture
 def settings(db_url: str, request: pytest.FixtureRequest) -> Settings:
     # no rate limits: the tests send and register as fast as they can (test_e2e_flow
-    # and test_e2e_limits check the limits)
+    # and test_e2e_limits check the limits), and anyone broadcasts (test_unit_roles
+    # checks roles)
     base = Settings(listen="tcp:0:interface=127.0.0.1", db=db_url, hash_cost=4,
-                    rate_limit=0, limits=Limits(send_rate=0, register_rate=0))
+                    rate_limit=0, limits=Limits(send_rate=0, register_rate=0),
+                    broadcast_anyone=True)
     marker = request.node.get_closest_marker("settings")
     return replace(base, **marker.kwargs) if marker else base
 

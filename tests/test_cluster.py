@@ -59,7 +59,7 @@ async def cluster(mariadb: MariaDB, redis: RedisServer) -> AsyncIterator[Cluster
     name = f"qq_cluster_{next(_names)}"
     mariadb.create_database(name)
     settings = Settings(listen="tcp:0:interface=127.0.0.1", db=mariadb.url(name),
-                        hash_cost=4, redis=redis.url)
+                        hash_cost=4, redis=redis.url, broadcast_anyone=True)
     daemons, ports = [], []
     for n in range(3):
         daemon, port = await start_daemon(Settings(**{**settings.__dict__,

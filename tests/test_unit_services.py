@@ -727,10 +727,10 @@ def test_connection_dropped_during_login_leaves_friends_seeing_offline(
     held: list[defer.Deferred[None]] = []
     real = services.store.login_view
 
-    def slow(uid: int) -> defer.Deferred[Any]:
+    def slow(uid: int, now: int) -> defer.Deferred[Any]:
         gate: defer.Deferred[None] = defer.Deferred()
         held.append(gate)
-        return gate.addCallback(lambda _: real(uid))
+        return gate.addCallback(lambda _: real(uid, now))
 
     monkeypatch.setattr(services.store, "login_view", slow)
     again = Client(services)

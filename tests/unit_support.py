@@ -27,6 +27,7 @@ from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
 from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
+from qqchat.services.moderation import DisabledAccounts
 from qqchat.services.presence import PresenceService
 from qqchat.services.search import SearchService
 from qqchat.services.users import UserDirectory
@@ -149,6 +150,7 @@ class Services:
     friends: FriendService
     groups: GroupService
     dispatcher: Dispatcher
+    moderation: DisabledAccounts
     limits: Limits = field(default_factory=Limits)
 
     def close(self) -> None:
@@ -156,11 +158,13 @@ class Services:
 
 
 def build_services(clock: task.Clock, limits: Limits | None = None,
-                   kick_on_duplicate: bool = True, token_ttl: float = 3600.0) -> Services:
+                   kick_on_duplicate: bool = True, token_ttl: float = 3600.0,
+                   broadcast_anyone: bool = True) -> Services:
     """Wire the layers exactly as ``qqchat.app.build`` does, on the inline store.
 
     Password hashing runs inline at the cheapest cost the daemon accepts, so a
-    register or login completes within the call.
+    register or login completes within the call. Anyone may broadcast, as limits are
+    off in most tests (test_unit_roles checks the daemon's default, admins only).
     """
     limits = limits or Limits()
     pool, store = make_store()
@@ -173,7 +177,9 @@ def build_services(clock: task.Clock, limits: Limits | None = None,
     accounts = AccountService(store, hasher, relay, presence, users, clock, limits,
                               TokenStore(pool, "sqlite"), token_ttl,
                               kick_on_duplicate=kick_on_duplicate)
-    messages = MessageService(store, log, relay, users, limits, clock)
+    messages = MessageService(store, log, relay, users, limits, clock,
+                              broadcast_anyone=broadcast_anyone)
+    moderation = DisabledAccounts(store, hub, presence, clock)
     friends = FriendService(store, relay, users, clock, limits)
     groups = GroupService(store, relay, clock, limits)
     directory = DirectoryStore(pool, "sqlite")
@@ -181,7 +187,7 @@ def build_services(clock: task.Clock, limits: Limits | None = None,
                             SearchService(directory, relay, clock, limits),
                             ConversationService(directory), limits)
     return Services(clock, pool, store, log, hub, relay, users, presence, accounts, messages,
-                    friends, groups, dispatcher, limits)
+                    friends, groups, dispatcher, moderation, limits)
 
 
 class FakeConnection:

@@ -137,11 +137,15 @@ class AccountService:
 
     async def _become(self, session: Session, row: UserRow) -> dict[str, Any]:
         """Claim the one-session slot for ``row``'s user, then read the login summary."""
+        if row.disabled:
+            raise ChatError("account_disabled", "this account is disabled; ask the "
+                                                "operator of this server")
         if session.user_id is not None:
             raise ChatError("already_logged_in", "this connection is logged in; log out first")
         if session.closed:
             raise ChatError("closed", "connection closed during login")
         session.user_id, session.name = row.id, row.name
+        session.admin = row.is_admin
         session.begin_sync()
         try:
             claimed = await self._relay.claim(session, self.kick_on_duplicate)
@@ -153,7 +157,7 @@ class AccountService:
             raise ChatError("already_online", "this user is logged in elsewhere")
         self._users.remember(row.id, row.name)
         try:
-            body = await self._summary(row.id, row.name)
+            body = await self._summary(row.id, row.name, self._now())
             if session.closed or session.user_id != row.id:
                 raise ChatError("closed", "connection closed during login")
             await self._presence.announce(row.id, row.name, True, session,
@@ -169,8 +173,8 @@ class AccountService:
                       peer=session.peer)
         return body
 
-    async def _summary(self, uid: int, name: str) -> dict[str, Any]:
-        view = await self._store.login_view(uid)
+    async def _summary(self, uid: int, name: str, now: int) -> dict[str, Any]:
+        view = await self._store.login_view(uid, now)
         friends, groups, requests = view.friends, view.groups, view.requests
         ids = {fid for fid, _ in friends}
         for g in groups:

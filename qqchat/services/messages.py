@@ -48,8 +48,11 @@ def message_frame(row: MessageRow) -> dict[str, Any]:
 
 class MessageService:
     def __init__(self, store: Store, log: MessageLog, relay: Relay, users: UserDirectory,
-                 limits: Limits, clock: IReactorTime, metrics: Registry | None = None) -> None:
+                 limits: Limits, clock: IReactorTime, metrics: Registry | None = None,
+                 broadcast_anyone: bool = False) -> None:
         self._store = store
+        #: R9: with False (--broadcast admins), only admin accounts broadcast
+        self._broadcast_anyone = broadcast_anyone
         self._log = log
         self._relay = relay
         self._users = users
@@ -153,6 +156,8 @@ class MessageService:
 
     def broadcast(self, session: Session, text: str, cid: str | None
                   ) -> defer.Deferred[dict[str, Any]]:
+        if not (self._broadcast_anyone or session.admin):
+            raise ChatError("forbidden", "only administrators may broadcast on this server")
         uid, name = self._author(session, text)
         d = self._append(name, NewMessage(KIND_BROADCAST, uid, text, cid=cid))
         return d.addCallback(self._broadcast_stored, uid)

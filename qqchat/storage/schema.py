@@ -22,6 +22,10 @@ _LOG_COLUMNS = "id, kind, sender, recipient, group_id, body, ts, cid"
 #: (table, column, SQLite type, MySQL type) added after the first schema
 _ADDED_COLUMNS = [
     ("users", "name_key", "TEXT NOT NULL DEFAULT ''", "VARBINARY(512) NOT NULL DEFAULT ''"),
+    ("users", "is_admin", "INTEGER NOT NULL DEFAULT 0", "TINYINT NOT NULL DEFAULT 0"),
+    ("users", "disabled", "INTEGER NOT NULL DEFAULT 0", "TINYINT NOT NULL DEFAULT 0"),
+    ("users", "disabled_at", "INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
+    ("users", "last_login", "INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
     ("chat_groups", "name_key", "TEXT NOT NULL DEFAULT ''",
      "VARBINARY(1024) NOT NULL DEFAULT ''"),
     ("chat_groups", "last_id", "INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),

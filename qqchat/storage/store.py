@@ -27,6 +27,19 @@ class UserRow:
     name: str
     pw_hash: str
     acked: int
+    is_admin: bool = False
+    disabled: bool = False
+
+
+#: the columns of a ``UserRow``, in order
+USER_COLUMNS = "id, name, pw_hash, acked, is_admin, disabled"
+
+
+def user_row(row: Any) -> UserRow | None:
+    if row is None:
+        return None
+    uid, name, pw_hash, acked, is_admin, disabled = row
+    return UserRow(int(uid), name, pw_hash, int(acked), bool(is_admin), bool(disabled))
 
 
 @dataclass(slots=True)
@@ -104,16 +117,16 @@ class Store(Access):
         return self._run(txn)
 
     def _user(self, where: str, value: Any) -> defer.Deferred[UserRow | None]:
-        d = self._one(f"SELECT id, name, pw_hash, acked FROM users WHERE {where} = ?", value)
-        d.addCallback(lambda row: UserRow(*row) if row else None)
+        d = self._one(f"SELECT {USER_COLUMNS} FROM users WHERE {where} = ?", value)
+        d.addCallback(user_row)
         return d
 
     def user_by_name(self, name: str) -> defer.Deferred[UserRow | None]:
         """The account of this exact name, else the one whose folded name it is
         ("ALICE" logs in as "alice"). Exact first: look-alike accounts made before
         names were folded each keep their own name (``schema._fill_keys``)."""
-        q = self._q("SELECT id, name, pw_hash, acked FROM users WHERE name = ?")
-        q_key = self._q("SELECT id, name, pw_hash, acked FROM users WHERE name_key = ?")
+        q = self._q(f"SELECT {USER_COLUMNS} FROM users WHERE name = ?")
+        q_key = self._q(f"SELECT {USER_COLUMNS} FROM users WHERE name_key = ?")
 
         def txn(t: Any) -> UserRow | None:
             t.execute(q, (name,))
@@ -121,7 +134,7 @@ class Store(Access):
             if row is None:
                 t.execute(q_key, (fold(name),))
                 row = t.fetchone()
-            return UserRow(*row) if row else None
+            return user_row(row)
 
         return self._run(txn)
 
@@ -147,12 +160,15 @@ class Store(Access):
     def friends_of(self, user_id: int) -> defer.Deferred[list[tuple[int, str]]]:
         return self._all(self._FRIENDS, user_id)
 
-    def login_view(self, user_id: int) -> defer.Deferred[LoginView]:
+    def login_view(self, user_id: int, now: int) -> defer.Deferred[LoginView]:
         """Friends, groups (with members) and pending requests: what a login reply
-        shows, read in one interaction rather than three."""
+        shows, read in one interaction rather than three; the login time is noted
+        on the way (operators list it with qqchat-admin)."""
         q_friends, q_requests = self._q(self._FRIENDS), self._q(self._REQUESTS)
+        q_seen = self._q("UPDATE users SET last_login = ? WHERE id = ?")
 
         def txn(t: Any) -> LoginView:
+            t.execute(q_seen, (now, user_id))
             t.execute(q_friends, (user_id,))
             friends = [(int(fid), name) for fid, name in t.fetchall()]
             groups = self._groups_txn(t, user_id)
@@ -161,6 +177,12 @@ class Store(Access):
             return LoginView(friends, groups, requests)
 
         return self._run(txn)
+
+    def disabled_since(self, since: int) -> defer.Deferred[list[int]]:
+        """Accounts disabled at or after ``since`` (ms), for ending their sessions."""
+        d = self._all("SELECT id FROM users WHERE disabled_at >= ? AND disabled = 1", since)
+        d.addCallback(lambda rows: [int(r[0]) for r in rows])
+        return d
 
     def friend_ids(self, user_id: int) -> defer.Deferred[list[int]]:
         d = self._all("SELECT friend_id FROM friends WHERE user_id = ?", user_id)

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet import defer
 
 from qqchat.storage.access import Access
-from qqchat.storage.store import UserRow
+from qqchat.storage.store import USER_COLUMNS, UserRow, user_row
 
 
 def new_token() -> str:
@@ -57,7 +57,7 @@ class TokenStore(Access):
         q_touch = self._q("UPDATE session_tokens SET last_used = ?, expires_at = ? "
                           "WHERE hash = ?")
         q_drop = self._q("DELETE FROM session_tokens WHERE hash = ?")
-        q_user = self._q("SELECT id, name, pw_hash, acked FROM users WHERE id = ?")
+        q_user = self._q(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?")
 
         def txn(t: Any) -> UserRow | None:
             t.execute(q_find, (digest,))
@@ -69,8 +69,7 @@ class TokenStore(Access):
                 return None
             t.execute(q_touch, (now, now + ttl_ms, digest))
             t.execute(q_user, (int(row[0]),))
-            user = t.fetchone()
-            return UserRow(*user) if user else None
+            return user_row(t.fetchone())
 
         return self._run(txn)
 
