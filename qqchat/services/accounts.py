@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from qqchat.errors import ChatError
-from qqchat.names import check_name, fold
+from qqchat.names import fold
 from qqchat.passwords import Hasher
 from qqchat.ratelimit import KeyedBuckets
 from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.services.presence import PresenceService
+from qqchat.services.rules import check_password, check_user_name
 from qqchat.services.throttle import LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
 from qqchat.storage.store import Store, UserRow
 from qqchat.storage.tokens import TokenStore, new_token, token_hash
-
-_NAME = re.compile(r"[\w.\-]+")
 
 
 class AccountService:
@@ -48,18 +46,10 @@ class AccountService:
         self.kick_on_duplicate = kick_on_duplicate
 
     def _check_name(self, name: str) -> None:
-        if not 1 <= len(name) <= self._limits.name_max or not _NAME.fullmatch(name):
-            raise ChatError("bad_name", f"a name is 1-{self._limits.name_max} letters, digits, "
-                                        "'_', '.' or '-'")
-        if name.isdigit():
-            raise ChatError("bad_name", "a name cannot be all digits: those are user ids")
-        check_name(name)
+        check_user_name(name, self._limits)
 
     def _check_password(self, password: str) -> None:
-        lim = self._limits
-        if not lim.password_min <= len(password) <= lim.password_max:
-            raise ChatError("weak_password", f"a password is {lim.password_min}-"
-                                             f"{lim.password_max} characters")
+        check_password(password, self._limits)
 
     async def register(self, name: str, password: str, address: str) -> dict[str, Any]:
         self._check_name(name)
