@@ -108,6 +108,12 @@ class Dispatcher:
         if req is not _MISSING and isinstance(req, (dict, list)):
             return defer.succeed(error_frame("bad_field", "field 'req' must be a JSON scalar",
                                              field="req"))
+        if isinstance(req, int | float) and not isinstance(req, bool) and abs(req) > _MAX_ID:
+            # past 2^53 a number is not echoed exactly (the decoder reads integers past
+            # 64 bits as floats, and many clients cannot hold them either)
+            return defer.succeed(error_frame("bad_field", "field 'req' must be a number "
+                                             "within 2^53 of zero, or a string",
+                                             field="req"))
         typ = msg.get("type")
         if not isinstance(typ, str):
             code = "missing_field" if typ is None else "bad_field"

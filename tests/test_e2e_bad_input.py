@@ -283,7 +283,9 @@ def check_answer(raw: bytes, answer: dict[str, Any]) -> None:
         assert "req" not in answer, raw
         return
     req = msg.get("req", _NO_REQ)
-    if isinstance(req, dict | list):
+    too_big = (isinstance(req, int | float) and not isinstance(req, bool)
+               and abs(req) > 2**53)
+    if isinstance(req, dict | list) or too_big:
         assert (answer["type"], answer["code"], answer["field"]) == ("error", "bad_field",
                                                                      "req"), raw
         assert "req" not in answer, raw

@@ -61,7 +61,9 @@ class FriendService:
             self._tell(to, {"type": "friend_added", "user": me, "name": my_name, "online": True})
             return {"status": "accepted", "user": to, "name": other_name,
                     "friend": await self._friend_entry(to, other_name)}
-        self._tell(to, {"type": "friend_request", "from": me, "name": my_name, "ts": now})
+        if outcome == "requested":
+            # once per request: asking again must not become a way to pester someone
+            self._tell(to, {"type": "friend_request", "from": me, "name": my_name, "ts": now})
         return {"status": "requested", "user": to, "name": other_name}
 
     async def accept(self, session: Session, requester: int) -> dict[str, Any]:

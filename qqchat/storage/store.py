@@ -210,7 +210,8 @@ class Store(Access):
                        ) -> defer.Deferred[str]:
         """Record a request. Returns "friends" (already), "accepted" (``other`` had asked
         ``me`` first, so both are friends now), "full" (one of the two has
-        ``max_friends`` friends) or "requested"."""
+        ``max_friends`` friends), "requested", or "pending" (the same request was
+        made before and is still open)."""
         q_friend = self._q("SELECT 1 FROM friends WHERE user_id = ? AND friend_id = ?")
         q_reverse = self._q("SELECT 1 FROM friend_requests WHERE from_id = ? AND to_id = ?")
         q_dup = q_reverse
@@ -227,8 +228,9 @@ class Store(Access):
                 self._befriend(t, me, other, now)
                 return "accepted"
             t.execute(q_dup, (me, other))
-            if not t.fetchone():
-                t.execute(q_ins, (me, other, now))
+            if t.fetchone():
+                return "pending"
+            t.execute(q_ins, (me, other, now))
             return "requested"
 
         return self._run(txn)
