@@ -27,7 +27,7 @@ from qqchat.net.protocol import (
     DEFAULT_SEND_BUFFER,
     ChatFactory,
 )
-from qqchat.net.proxy import ProxyProtocolEndpoint
+from qqchat.net.proxy import DEFAULT_TRUSTED, ProxyProtocolEndpoint, parse_networks
 from qqchat.passwords import DEFAULT_COST, Hasher
 from qqchat.relay.base import Relay
 from qqchat.relay.hub import SessionHub
@@ -74,6 +74,8 @@ class Settings:
     listen: str = "tcp:6000:interface=127.0.0.1"
     #: connections start with a PROXY protocol header naming the real client
     proxy_protocol: bool = False
+    #: who may send that header (addresses, networks; comma-separated): others are refused
+    proxy_from: str = DEFAULT_TRUSTED
     db: str = "sqlite:///qqchat.db"
     db_pool_min: int = 2
     db_pool_max: int = 10
@@ -195,7 +197,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     endpoint = endpoints.serverFromString(reactor, settings.listen)
     if settings.proxy_protocol:
         # under TLS: the PROXY header comes first, in clear, then the handshake
-        endpoint = ProxyProtocolEndpoint(endpoint, reactor)
+        endpoint = ProxyProtocolEndpoint(endpoint, reactor, parse_networks(settings.proxy_from))
     edges: list[Edge] = []
     if settings.web_listen:
         from qqchat.net.web import WebSite  # wsproto only when the web edge is on

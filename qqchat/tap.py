@@ -35,6 +35,10 @@ class Options(usage.Options):
         ["interface", "i", "127.0.0.1", "Address to listen on (0.0.0.0 for every interface)."],
         ["listen", None, None, "A Twisted endpoint string; overrides --port/--interface "
                                "(e.g. tcp:6000:interface=::1)."],
+        ["proxy-from", None, "127.0.0.1",
+         "With --proxy-protocol: the proxies allowed to send the header, as addresses or "
+         "networks, comma-separated (e.g. 127.0.0.1,10.0.0.0/8); a connection from "
+         "anywhere else is refused."],
         ["tls-cert", None, None,
          "Serve TLS: PEM file with the server's certificate, then any intermediate CAs "
          "(needs --tls-key)."],
@@ -160,6 +164,16 @@ class Options(usage.Options):
             raise usage.UsageError(f"--{key} must be at least {low}")
         return value
 
+    def _proxy_from(self) -> str:
+        from qqchat.net.proxy import parse_networks
+
+        try:
+            if not parse_networks(self["proxy-from"]):
+                raise ValueError("it names no address")
+        except ValueError as e:
+            raise usage.UsageError(f"--proxy-from: {e}") from None
+        return str(self["proxy-from"])
+
     def _metrics_listen(self) -> str | None:
         if not self["metrics-port"]:
             return None
@@ -210,6 +224,7 @@ class Options(usage.Options):
         self.settings = Settings(
             listen=listen,
             proxy_protocol=bool(self["proxy-protocol"]),
+            proxy_from=self._proxy_from(),
             tls_cert=tls_cert,
             tls_key=tls_key,
             db=self["db"],

@@ -21,7 +21,7 @@ from twisted.logger import capturedLogs
 from unit_support import frames
 
 from qqchat.net.protocol import DEFAULT_MAX_LINE, ChatFactory, ChatProtocol
-from qqchat.net.proxy import HEADER_TIMEOUT, HeaderFirstFactory
+from qqchat.net.proxy import HEADER_TIMEOUT, HeaderFirstFactory, parse_networks
 from qqchat.session import Session
 
 
@@ -360,7 +360,7 @@ def test_proxy_header_that_never_comes_ends_the_connection() -> None:
 
     factory = HeaderFirstFactory(Factory.forProtocol(Probe), clock)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-    transport = StringTransport()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
     proto.makeConnection(transport)
     clock.advance(HEADER_TIMEOUT - 1)
     assert not transport.disconnecting and started == []
@@ -382,10 +382,43 @@ def test_proxy_header_starts_the_protocol_with_the_client_it_names() -> None:
 
     factory = HeaderFirstFactory(Factory.forProtocol(Probe), clock)
     proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-    proto.makeConnection(StringTransport())
+    proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1)))
     proto.dataReceived(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 6000\r\n"
                        b'{"type":"ping"}\n')
     assert [(p.host, p.port) for p in peers] == [("203.0.113.7", 40000)]  # type: ignore
     assert b"".join(lines) == b'{"type":"ping"}\n'
     clock.advance(HEADER_TIMEOUT * 2)  # the header came: no cut
     assert not proto.transport.disconnecting
+
+
+def test_proxy_header_from_an_untrusted_peer_is_refused() -> None:
+    """A client that reaches the daemon other than through the proxy must not name its
+    own address: only peers in ``--proxy-from`` may send the header."""
+    clock = task.Clock()
+    started: list[object] = []
+
+    class Probe(Protocol):
+        def connectionMade(self) -> None:
+            started.append(self)
+
+    factory = HeaderFirstFactory(Factory.forProtocol(Probe), clock,
+                                 trusted=parse_networks("127.0.0.1,10.0.0.0/8"))
+    proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.50", 1))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.50", 1))
+    proto.makeConnection(transport)
+    proto.dataReceived(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 6000\r\n"
+                       b'{"type":"ping"}\n')
+    assert transport.disconnecting and started == []
+    # a proxy inside a trusted network is heard
+    proto = factory.buildProtocol(IPv4Address("TCP", "10.1.2.3", 1))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 1))
+    proto.makeConnection(transport)
+    proto.dataReceived(b"PROXY TCP4 203.0.113.7 127.0.0.1 40000 6000\r\n")
+    assert not transport.disconnecting and len(started) == 1
+
+
+def test_parse_networks_refuses_nonsense() -> None:
+    assert [str(n) for n in parse_networks("127.0.0.1, ::1,10.0.0.0/8")] == [
+        "127.0.0.1/32", "::1/128", "10.0.0.0/8"]
+    with pytest.raises(ValueError):
+        parse_networks("nginx.local")
