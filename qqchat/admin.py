@@ -106,7 +106,8 @@ def cmd_list(store: AdminStore, args: argparse.Namespace) -> int:
     head = ("ID", "NAME", "CREATED (UTC)", "LAST LOGIN (UTC)", "ADMIN", "DISABLED")
     rows = [(str(a.id), _printable(a.name), _when(a.created_at), _when(a.last_login),
              "yes" if a.is_admin else "no",
-             _when(a.disabled_at) if a.disabled else "no") for a in page]
+             (_when(a.disabled_at) if a.disabled_at else "yes") if a.disabled else "no")
+            for a in page]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
