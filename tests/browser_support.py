@@ -7,6 +7,7 @@ with the daemon in a child process, never inside the Twisted reactor.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -25,6 +26,72 @@ CHROMIUM_ARGS = [
 PASSWORD = "secret-pw1"
 WAIT_MS = 15_000  # the longest any single UI condition may take (a reconnect included)
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# the browser's own words when a WebSocket cannot connect (the daemon is down): expected
+# while a test stops a daemon, an error anywhere else
+SOCKET_FAILED = re.compile(r"^WebSocket connection to '[^']*/ws' failed")
+
+# Colour contrast of every visible piece of text against what is behind it (WCAG 2:
+# 4.5:1, 3:1 for large text); returns the pieces that fall short. Opacity of the
+# element and its ancestors is applied to the text colour.
+CONTRAST_JS = """() => {
+  const parse = (c) => {
+    const m = c.match(/rgba?\\(([^)]+)\\)/);
+    if (!m) return null;
+    const p = m[1].split(/[ ,/]+/).filter(Boolean).map(Number);
+    return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+  };
+  const lin = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = (c) => 0.2126 * lin(c.r) + 0.7152 * lin(c.g) + 0.0722 * lin(c.b);
+  const over = (top, under) => ({ r: top.r * top.a + under.r * (1 - top.a),
+    g: top.g * top.a + under.g * (1 - top.a), b: top.b * top.a + under.b * (1 - top.a), a: 1 });
+  const backOf = (el) => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0) { layers.push(c); if (c.a >= 1) break; }
+    }
+    let bg = parse(getComputedStyle(document.documentElement).backgroundColor);
+    if (!bg || bg.a < 1) bg = matchMedia("(prefers-color-scheme: dark)").matches
+      ? { r: 0, g: 0, b: 0, a: 1 } : { r: 255, g: 255, b: 255, a: 1 };
+    for (const l of layers.reverse()) bg = over(l, bg);
+    return bg;
+  };
+  const short = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (!el.checkVisibility()) continue;
+    if (![...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+    const s = getComputedStyle(el);
+    const size = parseFloat(s.fontSize);
+    if (size === 0) continue;  // words kept for screen readers only
+    if (s.clip === "rect(0px, 0px, 0px, 0px)") continue;
+    let opacity = 1;
+    for (let e = el; e; e = e.parentElement) opacity *= parseFloat(getComputedStyle(e).opacity);
+    const bg = backOf(el);
+    const fg = parse(s.color);
+    const text = over({ ...fg, a: fg.a * opacity }, bg);
+    const [hi, lo] = [lum(text), lum(bg)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    const large = size >= 24 || (parseInt(s.fontWeight, 10) >= 700 && size >= 18.66);
+    if (ratio < (large ? 3 : 4.5)) {
+      const what = `${el.tagName.toLowerCase()}.${el.className}`;
+      short.push(`${what} "${el.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}`);
+    }
+  }
+  return short;
+}"""
+
+
+def screenshot(page: Page, name: str) -> None:
+    """Write docs/screenshots/``name`` when QQCHAT_SCREENSHOTS=1 or it is missing, so an
+    ordinary test run leaves the committed pictures (and the git tree) alone."""
+    path = SCREENSHOTS / name
+    if os.environ.get("QQCHAT_SCREENSHOTS") == "1" or not path.exists():
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(path))
+
+
+def contrast_problems(page: Page) -> list[str]:
+    return page.evaluate(CONTRAST_JS)
 
 
 def launch(playwright: Playwright) -> Browser:
@@ -73,6 +140,13 @@ class WebDaemon(DaemonProcess):
         self.start()
 
 
+def watch_console(page: Page, errors: list[str]) -> None:
+    """Collect uncaught exceptions and console errors (CSP violations are reported there)
+    into ``errors``."""
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+
 class BrowserUser:
     """One person in one browser context (own storage, own WebSocket)."""
 
@@ -84,8 +158,18 @@ class BrowserUser:
         self.context: BrowserContext = browser.new_context(**opts)
         self.page: Page = self.context.new_page()
         self.errors: list[str] = []
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.allowed: list[re.Pattern[str]] = []
+        watch_console(self.page, self.errors)
         self.page.goto(url + "/")
+
+    def allow(self, pattern: re.Pattern[str]) -> None:
+        """A console error this test expects (e.g. a refused WebSocket while the daemon
+        is down)."""
+        self.allowed.append(pattern)
+
+    def problems(self) -> list[str]:
+        """Script errors, CSP violations and other console errors, less the expected."""
+        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
 
     def close(self) -> None:
         self.context.close()
@@ -150,7 +234,7 @@ class BrowserUser:
 
     def add_friend(self, name: str) -> None:
         self.tab("Friends")
-        self.panel().get_by_role("searchbox", name="Search").fill(name)
+        self.panel().get_by_role("textbox", name="Search").fill(name)
         row = self.panel().get_by_role("listitem").filter(
             has=self.page.get_by_text(name, exact=True))
         row.get_by_role("button", name="Add friend").click()

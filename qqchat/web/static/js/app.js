@@ -58,7 +58,10 @@ class App {
     this.session.addEventListener("notice", (ev) => this.notice(ev.detail));
     NARROW.addEventListener("change", () => this.changed());
     document.addEventListener("keydown", (ev) => {
-      if (ev.key === "Escape" && this.chat.paneOpen && document.activeElement?.closest(".group-pane")) {
+      // Escape closes the members pane: from inside it, or anywhere when it covers the chat
+      const inPane = document.activeElement?.closest(".group-pane");
+      const overlay = NARROW.matches && !this.chat.groupPane.hidden;
+      if (ev.key === "Escape" && !ev.defaultPrevented && this.chat.paneOpen && (inPane || overlay)) {
         this.chat.paneOpen = false;
         this.changed();
         this.chat.membersButton.focus();
@@ -180,7 +183,7 @@ class App {
 
   errorText(err) {
     const code = err?.code;
-    if (["already_friends", "group_full", "already_member", "too_long"].includes(code)) {
+    if (["already_friends", "group_full", "already_member", "too_long", "forbidden"].includes(code)) {
       return t(`err_${code}`);
     }
     return loginError(err);
@@ -211,6 +214,9 @@ class App {
         break;
       case "expired":
         this.login.say(t("expired"));
+        break;
+      case "disabled":
+        this.login.fail(t("err_account_disabled"));
         break;
       case "error":
         if (n.code) this.toast(this.errorText(n));

@@ -10,6 +10,14 @@ const TOP_LOAD = 80;
 
 const dayOf = (ts) => new Date(ts).toDateString();
 
+/** "Not sent", with the wait when the server said the user sends too fast. */
+function failedText(m) {
+  if (m.error === "rate_limited" && m.retryAfter !== undefined) {
+    return t("failed_rate_limited", { s: Math.max(1, Math.ceil(Number(m.retryAfter))) });
+  }
+  return t("failed");
+}
+
 export class ChatView {
   /**
    * @param {import("./store.js").ChatStore} store
@@ -154,7 +162,7 @@ export class ChatView {
     it.time.dateTime = new Date(m.ts).toISOString();
     it.cid = m.cid;
     const state = mine ? (m.state === "pending" ? t("pending")
-      : m.state === "failed" ? t("failed") : "") : "";
+      : m.state === "failed" ? failedText(m) : "") : "";
     setText(it.state, state);
     show(it.state, !!state);
     setText(it.retry, t("retry"));

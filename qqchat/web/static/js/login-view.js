@@ -14,7 +14,7 @@ export function loginError(err) {
     return t("err_rate_limited", { s });
   }
   const known = ["name_taken", "weak_password", "bad_credentials", "bad_name", "already_online",
-    "disconnected"];
+    "account_disabled", "forbidden", "disconnected"];
   if (known.includes(code)) return t(`err_${code}`);
   return t("err_generic", { message: err.message || code });
 }
@@ -76,6 +76,12 @@ export class LoginView {
   /** Shown above the form, e.g. after a session expired. */
   say(text) {
     setText(this.info, text);
+  }
+
+  /** An error shown in the form's alert, e.g. the account was disabled. */
+  fail(text) {
+    setText(this.info, "");
+    setText(this.error, text);
   }
 
   async submit(register) {

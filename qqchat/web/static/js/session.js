@@ -158,6 +158,8 @@ export class Session extends EventTarget {
         this.tokens.forget();
         this._signedOut();
         this._notice("expired");
+      } else if (err instanceof ServerError && err.code === "account_disabled") {
+        this._accountDisabled();
       } else if (err instanceof ServerError && err.code !== "rate_limited") {
         // e.g. already_online with --duplicate-login reject: do not hammer the server
         this.conn.close();
@@ -203,6 +205,19 @@ export class Session extends EventTarget {
     this.synced = false;
     this.store.reset();
     this._setStatus("signedout");
+  }
+
+  /**
+   * An operator disabled the account (the `kicked` push, or `account_disabled` at a
+   * resume): back to the form, with the token forgotten and no reconnect.
+   */
+  _accountDisabled() {
+    this._gen++;
+    clearTimeout(this._retryTimer);
+    this.tokens.forget();
+    this.conn.close();
+    this._signedOut();
+    this._notice("disabled");
   }
 
   /** After a kick, the user asks to come back: resume with the token again. */
@@ -292,6 +307,10 @@ export class Session extends EventTarget {
         store.groupMember(frame.group, frame.user, frame.name, false);
         break;
       case "kicked":
+        if (frame.reason === "account disabled") {
+          this._accountDisabled();
+          break;
+        }
         // another login took over: stay down, or the two would kick each other forever
         this._stopTimers();
         clearTimeout(this._retryTimer);
@@ -398,7 +417,9 @@ export class Session extends EventTarget {
       this.store.sendDone(m.cid, reply);
     } catch (err) {
       // dropped: it stays pending and goes again, same cid, once resumed
-      if (!(err instanceof Disconnected)) this.store.sendFailed(m.cid, err.code ?? "error");
+      if (!(err instanceof Disconnected)) {
+        this.store.sendFailed(m.cid, err.code ?? "error", err.frame?.retry_after);
+      }
     }
   }
 

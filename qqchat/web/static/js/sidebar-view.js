@@ -24,8 +24,9 @@ class SearchBox {
     this.timer = null;
     this.seq = 0;
     this.input = h("input", {
-      id, type: "search", autocomplete: "off", class: "search",
-      attrs: { spellcheck: "false" },
+      // a plain text box (role textbox, named "Search"); the row around it is the search landmark
+      id, type: "text", autocomplete: "off", class: "search",
+      attrs: { spellcheck: "false", enterkeyhint: "search" },
       on: {
         input: () => this.schedule(),
         keydown: (ev) => {
@@ -109,7 +110,8 @@ export class SidebarView {
     this.friendEmpty = h("p", { class: "empty" });
     this.userSearchLabel = h("label", { htmlFor: "friend-search", class: "visually-hidden" });
     this.panels.friends.append(
-      h("div", { class: "search-row" }, this.userSearchLabel, this.userSearch.input),
+      h("div", { class: "search-row", attrs: { role: "search" } }, this.userSearchLabel,
+        this.userSearch.input),
       this.userResultList, this.userResultNote, this.requestsHeading, this.requestList,
       this.friendList, this.friendEmpty);
     this.friendItems = new Keyed((key) => this.friendItem(key));
@@ -131,7 +133,16 @@ export class SidebarView {
     this.groupError = h("p", { class: "form-error", attrs: { role: "alert" } });
     this.newGroupForm = h("form", {
       class: "new-group-form", hidden: true,
-      on: { submit: (ev) => { ev.preventDefault(); this.createGroup(); } },
+      on: {
+        submit: (ev) => { ev.preventDefault(); this.createGroup(); },
+        // Escape puts the form away, back to the button that opened it
+        keydown: (ev) => {
+          if (ev.key !== "Escape") return;
+          ev.preventDefault();
+          this.toggleNewGroup(false);
+          this.newGroupButton.focus();
+        },
+      },
     }, this.groupNameLabel, h("div", { class: "row" }, this.groupName, this.createButton), this.groupError);
     this.groupSearchLabel = h("label", { htmlFor: "group-search", class: "visually-hidden" });
     this.groupResultList = h("ul", { class: "list results" });
@@ -140,7 +151,8 @@ export class SidebarView {
     this.groupEmpty = h("p", { class: "empty" });
     this.panels.groups.append(
       h("div", { class: "group-tools" }, this.newGroupButton), this.newGroupForm,
-      h("div", { class: "search-row" }, this.groupSearchLabel, this.groupSearch.input),
+      h("div", { class: "search-row", attrs: { role: "search" } }, this.groupSearchLabel,
+        this.groupSearch.input),
       this.groupResultList, this.groupResultNote, this.groupList, this.groupEmpty);
     this.groupItems = new Keyed((key) => this.groupItem(key));
     this.groupRows = new Keyed(() => this.resultRow("", "group"));

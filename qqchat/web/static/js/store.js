@@ -26,7 +26,8 @@ export function newCid() {
 /**
  * @typedef {{id?: number, cid?: string, from: number, name: string, text: string, ts: number,
  *   to?: number, group?: number, broadcast?: boolean,
- *   state?: "pending"|"sent"|"failed", error?: string, system?: boolean, seq?: number}} Msg
+ *   state?: "pending"|"sent"|"failed", error?: string, retryAfter?: number,
+ *   system?: boolean, seq?: number}} Msg
  * @typedef {{key: string, kind: "direct"|"group"|"system", id: number, name: string,
  *   msgs: Msg[], ids: Set<number>, last: Msg|null, unread: number, seenId: number,
  *   more: boolean|null, loading: boolean, loaded: boolean}} Conv
@@ -349,11 +350,12 @@ export class ChatStore extends EventTarget {
   }
 
   /** The send failed for good (an error reply): show it with a retry. */
-  sendFailed(cid, code) {
+  sendFailed(cid, code, retryAfter) {
     const m = this.outbox.get(cid);
     if (!m) return;
     m.state = "failed";
     m.error = code;
+    if (retryAfter !== undefined) m.retryAfter = retryAfter;
     this._emit("failed", this.keyOf(m));
   }
 
@@ -363,6 +365,7 @@ export class ChatStore extends EventTarget {
     if (!m) return null;
     m.state = "pending";
     delete m.error;
+    delete m.retryAfter;
     this._emit("send", this.keyOf(m));
     return m;
   }
