@@ -25,6 +25,7 @@ from qqchat.passwords import DEFAULT_COST, verify_password
 from qqchat.storage.pool import parse_database_url
 
 ADMIN = Path(sys.executable).parent / "qqchat-admin"
+DATA = Path(__file__).parent / "data"
 TIMEOUT = 60.0
 PASSWORD = "correct-horse-7"
 #: the daemon's sweep of disabled accounts runs every 5 s: a kick is due well within this
@@ -76,6 +77,11 @@ def create(db: str, name: str, password: str = PASSWORD, *args: str) -> int:
 
 def query(db: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     """Read the database behind the command's back (``?`` placeholders)."""
+    return execute(db, [(sql, params)])
+
+
+def execute(db: str, statements: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[Any, ...]]:
+    """Run statements in one transaction, behind the command's back; the last one's rows."""
     config = parse_database_url(db)
     if config.dialect == "sqlite":
         conn: Any = sqlite3.connect(config.path)
@@ -84,11 +90,13 @@ def query(db: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
         conn = MySQLdb.connect(host=config.host, port=config.port, user=config.user,
                                passwd=config.password, db=config.database)
-        sql = sql.replace("?", "%s")
     try:
         cur = conn.cursor()
-        cur.execute(sql, params)
-        return list(cur.fetchall())
+        for sql, params in statements:
+            cur.execute(sql.replace("?", "%s") if config.dialect == "mysql" else sql, params)
+        rows = list(cur.fetchall())
+        conn.commit()
+        return rows
     finally:
         conn.close()
 
@@ -196,6 +204,24 @@ def test_the_database_comes_from_qqchat_db_as_for_the_daemon(db_url: str) -> Non
     done = admin(None, "create", "dora", "--hash-cost", "4", stdin=PASSWORD + "\n", env=env)
     assert done.returncode == 0, done.stderr
     assert [a["name"] for a in listing(db_url)["accounts"]] == ["dora"]
+
+
+def test_an_older_database_is_brought_up_to_date(db_url: str) -> None:
+    """A database of an earlier version (tests/data; before folded names, roles and
+    disabling), with two names that differ only in case, as that version allowed."""
+    dialect = parse_database_url(db_url).dialect
+    text = (DATA / f"schema_b7580a2_{dialect}.sql").read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("--")]
+    old = [(s.strip(), ()) for s in "\n".join(lines).split(";") if s.strip()]
+    execute(db_url, [*old, ("INSERT INTO users (id, name, pw_hash, created_at, acked) VALUES "
+                            "(1, 'Alice', 'x', 1, 0), (2, 'ALICE', 'x', 2, 0)", ())])
+    assert [(a["id"], a["name"], a["admin"]) for a in listing(db_url)["accounts"]] == \
+        [(1, "Alice", False), (2, "ALICE", False)]
+    # the exact name first, as at login: each look-alike stays reachable
+    assert "Disabled ALICE (2)" in ok(db_url, "disable", "ALICE")
+    assert "Alice (1) is now an admin" in ok(db_url, "grant-admin", "Alice")
+    assert [(a["id"], a["admin"], a["disabled"]) for a in listing(db_url)["accounts"]] == \
+        [(1, True, False), (2, False, True)]
 
 
 def test_create_hashes_at_the_daemons_cost(tmp_path: Path) -> None:
