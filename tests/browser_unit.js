@@ -142,3 +142,40 @@ export async function testSession(m) {
   out.takenWords = m.loginError({ code: "name_taken" });
   return out;
 }
+
+/** An operator disabled the account: the kick and the login error both sign out for good. */
+export async function testDisabled(m) {
+  const out = {};
+  const store = new m.ChatStore();
+  const tokens = new m.TokenStore(memory(), memory());
+  const s = new m.Session(store, { url: "ws://x/ws", WebSocketImpl: FakeSocket, tokens });
+  const notices = [];
+  s.addEventListener("notice", (ev) => notices.push(ev.detail.kind));
+  const logins = () => sent.filter((f) => f.type === "login").length;
+  const before = logins();
+  const p = s.login("me", "pw", true);
+  await until(() => logins() === before + 1);
+  FakeSocket.last.reply("login", loginReply);
+  await p;
+  FakeSocket.last.push({ type: "synced", count: 0 });
+  // the live session is ended by the operator
+  FakeSocket.last.push({ type: "kicked", reason: "account disabled" });
+  FakeSocket.last.drop();
+  out.kicked = `${s.status}:${tokens.get()}:${notices.join(",")}`;
+  await tick(1500);
+  out.noReconnect = logins() === before + 1;
+  // a page loaded later with a stored token: the resume is refused, in words, once
+  tokens.set("T".repeat(43), true);
+  notices.length = 0;
+  s.start();
+  await until(() => logins() === before + 2);
+  await tick(0);
+  FakeSocket.last.push({ type: "error", req: sent.at(-1).req, code: "account_disabled" });
+  await until(() => s.status === "signedout");
+  out.resume = `${s.status}:${tokens.get()}:${notices.join(",")}`;
+  await tick(1500);
+  out.noRetry = logins() === before + 2;
+  out.words = m.loginError({ code: "account_disabled" });
+  out.forbidden = m.loginError({ code: "forbidden" });
+  return out;
+}

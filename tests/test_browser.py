@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +29,9 @@ from browser_support import (
     watch_console,
 )
 from cluster_processes import LineClient
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from qqchat import admin
 
 _names = itertools.count(1)
 
@@ -50,6 +54,18 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDaemon]:
     d.start()
     yield d
     print(d.output())  # shown when a test fails
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDaemon]:
+    """A daemon of its own for the tests that run into its limits: a user may send one
+    message every two seconds, and its login failure counts are untouched by others."""
+    d = WebDaemon(tmp_path_factory.mktemp("strict"),
+                  args=["--user-rate-limit", "0.5", "--user-rate-burst", "1"])
+    d.start()
+    yield d
+    print(d.output())
     d.stop()
 
 
@@ -120,6 +136,197 @@ def test_register_log_in_and_errors_in_words(browser: Browser, daemon: WebDaemon
     expect(page.get_by_role("tab", name="Chats")).to_be_visible()
 
 
+def test_accessible_names_exactly_as_listed(browser: Browser, daemon: WebDaemon,
+                                            users: list[BrowserUser]) -> None:
+    """K2's accessible names, whole (exact=True), with an en browser language: the
+    contract screen readers and automation rely on."""
+    alice = new_user(users, browser, daemon, "alice")
+    bob = new_user(users, browser, daemon, "bob")
+    page = alice.page
+
+    def one(role: str, name: str, where: Page | Locator | None = None) -> Locator:
+        found = (where or page).get_by_role(role, name=name, exact=True)  # type: ignore[arg-type]
+        expect(found).to_have_count(1)
+        expect(found).to_be_visible()
+        return found
+
+    one("textbox", "Name")
+    one("textbox", "Password")
+    one("button", "Log in")
+    one("button", "Register")
+    alice.register()
+    bob.register()
+    one("button", "Log out")
+    for tab in ("Chats", "Friends", "Groups"):
+        one("tab", tab)
+
+    alice.tab("Friends")
+    one("textbox", "Search").fill(bob.name)
+    one("button", "Add friend")
+    alice.add_friend(bob.name)
+    bob.tab("Friends")
+    one("button", "Accept", bob.page)
+    one("button", "Decline", bob.page)
+    bob.accept(alice.name)
+
+    alice.tab("Groups")
+    one("button", "New group").click()
+    group = unique("names")
+    one("textbox", "Group name").fill(group)
+    one("textbox", "Search")
+    one("button", "Create").click()
+    one("textbox", "Message")
+    one("button", "Send")
+    one("log", "Messages")
+    one("button", "Leave group")
+    bob.tab("Groups")
+    one("textbox", "Search", bob.page).fill(group)
+    one("button", "Join", bob.page).click()
+    expect(bob.page.get_by_role("heading", name=group, exact=True)).to_be_visible()
+    bob.send("hi all")
+    alice.expect_message("hi all")
+
+    # each conversation in the sidebar: a button whose name starts with the peer's or
+    # the group's name, in every tab
+    alice.open_friend(bob.name)
+    alice.send("hello")
+    for who, peer in ((alice, bob.name), (alice, group), (bob, alice.name), (bob, group)):
+        for tab in ("Chats", "Friends", "Groups"):
+            if (tab == "Friends") == (peer == group):
+                continue
+            who.tab(tab)
+            entry = who.conversation(peer)
+            expect(entry).to_have_count(1)
+            expect(entry).to_have_accessible_name(re.compile("^" + re.escape(peer)))
+
+
+def test_chinese_from_the_browser_language(browser: Browser, daemon: WebDaemon,
+                                           users: list[BrowserUser]) -> None:
+    """A zh-CN browser gets the Chinese UI from the first screen; one button switches to
+    English, and the choice is kept across a reload."""
+    li = new_user(users, browser, daemon, "li", locale="zh-CN")
+    page = li.page
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    page.get_by_role("textbox", name="用户名", exact=True).fill(li.name)
+    page.get_by_role("textbox", name="密码", exact=True).fill("123")
+    page.get_by_role("button", name="注册", exact=True).click()
+    expect(page.get_by_role("alert")).to_have_text(re.compile("^密码太弱"))
+    page.get_by_role("textbox", name="密码", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="注册", exact=True).click()
+    for tab in ("消息", "好友", "群组"):
+        expect(page.get_by_role("tab", name=tab, exact=True)).to_be_visible(timeout=WAIT_MS)
+    expect(page.get_by_role("status").filter(has_text="已连接")).to_be_visible()
+    expect(page.get_by_role("button", name="退出登录", exact=True)).to_be_visible()
+    page.get_by_role("button", name="语言: English").click()
+    expect(page.locator("html")).to_have_attribute("lang", "en")
+    li.expect_online()
+    page.reload()
+    li.expect_online()
+    page.get_by_role("button", name="Language: 中文").click()
+    expect(page.get_by_role("tab", name="消息", exact=True)).to_be_visible()
+
+
+def test_login_rate_limited_says_how_long_to_wait(browser: Browser, strict: WebDaemon,
+                                                  users: list[BrowserUser]) -> None:
+    """After 5 failed logins of an account the daemon refuses even the right password
+    with rate_limited and retry_after: the form says so, with the wait."""
+    name = unique("locked")
+    c = LineClient(strict.port)
+    try:
+        c.ok("register", name=name, password=PASSWORD)
+    finally:
+        c.close()
+    u = BrowserUser(browser, strict.url, name)
+    users.append(u)
+    login = u.page.get_by_role("button", name="Log in")
+    alert = u.page.get_by_role("alert")
+    for _ in range(5):
+        u.fill_form(password="not-the-password")
+        login.click()
+        expect(login).to_be_enabled()
+        expect(alert).to_have_text("Wrong name or password.")
+    u.fill_form()
+    login.click()
+    expect(alert).to_have_text(re.compile(r"^Too many attempts\. Try again in \d+ s\.$"))
+    wait = int(re.findall(r"\d+", alert.text_content() or "")[0])
+    assert 1 <= wait <= 60, wait
+
+
+def test_account_disabled_by_an_operator(browser: Browser, daemon: WebDaemon,
+                                         users: list[BrowserUser]) -> None:
+    """qqchat-admin disables the account: its live page gets `kicked` ("account
+    disabled") and says so in words on the login screen, forgets its token and does not
+    reconnect; logging in again gets account_disabled, in words; enabled again, it works."""
+    db = ["--db", f"sqlite:///{daemon.workdir / 'chat.db'}"]
+    u = new_user(users, browser, daemon, "dis").register(remember=True)
+    sockets: list[str] = []
+    u.page.on("websocket", lambda ws: sockets.append(ws.url))
+    assert admin.main([*db, "disable", u.name]) == 0
+    words = "This account has been disabled by an operator."
+    # the daemon looks for disabled accounts every 5 s
+    expect(u.page.get_by_role("alert")).to_have_text(words, timeout=WAIT_MS)
+    expect(u.page.get_by_role("button", name="Log in")).to_be_visible()
+    assert u.page.evaluate("localStorage.getItem('qqchat.token')") is None
+    time.sleep(1.5)
+    assert sockets == [], "it must not reconnect"
+
+    u.fill_form()
+    u.page.get_by_role("button", name="Log in").click()
+    expect(u.page.get_by_role("button", name="Log in")).to_be_enabled()
+    expect(u.page.get_by_role("alert")).to_have_text(words)
+    expect(u.page.get_by_role("tab", name="Chats")).to_be_hidden()
+
+    assert admin.main([*db, "enable", u.name]) == 0
+    u.login()
+
+
+def test_failed_send_retries_with_its_cid(browser: Browser, strict: WebDaemon,
+                                          users: list[BrowserUser]) -> None:
+    """A send the daemon refuses (here: past --user-rate-limit) shows as not sent, with
+    the wait and a Retry button; Retry sends it again with the same cid, and it arrives
+    once."""
+    web = new_user(users, browser, strict, "web")
+    frames: list[dict[str, object]] = []
+    web.page.on("websocket", lambda ws: ws.on(
+        "framesent", lambda payload: frames.append(json.loads(payload))))
+    web.register()
+    peer = tcp_user(strict, unique("peer"))
+    try:
+        web_id = peer.ok("user_search", query=web.name)["users"][0]["id"]
+        peer.ok("chat", to=web_id, text="say something")
+        web.open_chat(peer.name or "")
+        web.expect_message("say something")
+
+        web.send("first")
+        web.send("second")  # one message every 2 s: refused
+        web.expect_sent("first")
+        failed = web.log().locator(".msg.mine").filter(has=web.bubble("second", web.page))
+        expect(failed).to_have_class(re.compile(r"\bfailed\b"))
+        expect(failed).to_contain_text(
+            re.compile(r"Not sent: too many messages, wait \d+ s"))
+        retry = failed.get_by_role("button", name="Retry")
+        expect(retry).to_be_visible()
+        assert peer.message(text="first")["text"] == "first"
+        for scheme in ("light", "dark"):  # the failed state is readable in both themes
+            web.page.emulate_media(color_scheme=scheme)
+            assert contrast_problems(web.page) == [], scheme
+
+        time.sleep(2.2)  # the wait the daemon asked for
+        retry.click()
+        web.expect_sent("second")
+        expect(retry).to_be_hidden()
+        got = peer.message(text="second")
+        chats = [f for f in frames if f.get("type") == "chat" and f.get("text") == "second"]
+        assert len(chats) == 2 and chats[0]["cid"] == chats[1]["cid"], chats
+        assert got["text"] == "second"
+        # once: no second copy reaches the peer, none is shown twice
+        with pytest.raises(TimeoutError):
+            peer.message(timeout=0.5, text="second")
+        web.expect_message("second")
+    finally:
+        peer.close()
+
+
 def test_notification_when_hidden(browser: Browser, daemon: WebDaemon,
                                   users: list[BrowserUser]) -> None:
     """A message that comes while the tab is hidden raises a desktop notification (the
@@ -153,19 +360,39 @@ def test_notification_when_hidden(browser: Browser, daemon: WebDaemon,
         peer.close()
 
 
+FOCUS_RING_JS = """() => {
+  const e = document.activeElement;
+  const s = getComputedStyle(e);
+  const ring = e.matches(':focus-visible') && s.outlineStyle !== 'none'
+    && parseFloat(s.outlineWidth) >= 2;
+  return ring ? 'ring' : `${e.tagName} ${e.textContent.slice(0, 20)}: ${s.outlineStyle}`;
+}"""
+
+
+def tab_to(page: Page, target: Locator, key: str = "Tab") -> None:
+    """Press Tab until ``target`` has focus, checking that every stop on the way shows a
+    focus ring."""
+    for _ in range(12):
+        page.keyboard.press(key)
+        assert page.evaluate(FOCUS_RING_JS) == "ring"
+        if target.evaluate("el => el === document.activeElement"):
+            return
+    raise AssertionError(f"never reached {target}")
+
+
 def test_keyboard_only(browser: Browser, daemon: WebDaemon, users: list[BrowserUser]) -> None:
-    """Log in, move between tabs and send, with no mouse."""
+    """Log in, move between tabs, create a group, open a conversation and send, with no
+    mouse: every stop shows a focus ring, Space and Enter press buttons, Escape closes
+    what was opened, Enter sends and Shift+Enter is a newline."""
     kim = new_user(users, browser, daemon, "kim")
+    friend = new_user(users, browser, daemon, "lee").register()
     page = kim.page
     # the Name box has focus when the page opens
     expect(page.get_by_role("textbox", name="Name")).to_be_focused()
     page.keyboard.type(kim.name)
-    page.keyboard.press("Tab")
+    tab_to(page, page.get_by_role("textbox", name="Password"))
     page.keyboard.type(PASSWORD)
-    page.keyboard.press("Tab")  # Remember me
-    page.keyboard.press("Tab")  # Log in
-    page.keyboard.press("Tab")  # Register
-    expect(page.get_by_role("button", name="Register")).to_be_focused()
+    tab_to(page, page.get_by_role("button", name="Register"))
     page.keyboard.press("Enter")
     kim.expect_online()
     chats = page.get_by_role("tab", name="Chats")
@@ -173,21 +400,68 @@ def test_keyboard_only(browser: Browser, daemon: WebDaemon, users: list[BrowserU
     page.keyboard.press("ArrowRight")
     expect(page.get_by_role("tab", name="Friends")).to_be_focused()
     expect(page.get_by_role("tab", name="Friends")).to_have_attribute("aria-selected", "true")
+    # find a friend: type in Search, Tab to Add friend, Space presses it
+    tab_to(page, page.get_by_role("textbox", name="Search"))
+    page.keyboard.type(friend.name)
+    add = kim.panel().get_by_role("button", name="Add friend")
+    expect(add).to_be_visible()
+    tab_to(page, add)
+    page.keyboard.press(" ")
+    expect(page.get_by_text(f"Friend request sent to {friend.name}.")).to_be_visible()
+    friend.accept(kim.name)
+
+    page.get_by_role("tab", name="Friends").focus()
     page.keyboard.press("ArrowRight")
     groups = page.get_by_role("tab", name="Groups")
     expect(groups).to_be_focused()
-    # New group, type a name, Enter creates it and opens its conversation
-    page.keyboard.press("Tab")
-    expect(page.get_by_role("button", name="New group")).to_be_focused()
+    # Space opens the New group form, Escape puts it away, back on the button
+    new_group = page.get_by_role("button", name="New group")
+    tab_to(page, new_group)
+    page.keyboard.press(" ")
+    expect(page.get_by_role("textbox", name="Group name")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("textbox", name="Group name")).to_be_hidden()
+    expect(new_group).to_be_focused()
+    # Enter opens it again; a name and Enter create the group and open its conversation
     page.keyboard.press("Enter")
     expect(page.get_by_role("textbox", name="Group name")).to_be_focused()
     group = unique("keys")
     page.keyboard.type(group)
     page.keyboard.press("Enter")
-    expect(page.get_by_role("textbox", name="Message")).to_be_focused()
+    box = page.get_by_role("textbox", name="Message")
+    expect(box).to_be_focused()
     page.keyboard.type("typed, not clicked")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    expect(box).to_have_value("typed, not clicked\nsecond line")
     page.keyboard.press("Enter")
-    kim.expect_sent("typed, not clicked")
+    kim.expect_sent("typed, not clicked\nsecond line")
+    expect(box).to_have_value("")
+
+    # from the tabs to the friend's conversation: Tab to it, Enter opens it
+    page.get_by_role("tab", name="Groups").focus()
+    page.keyboard.press("ArrowLeft")
+    entry = kim.conversation(friend.name)
+    tab_to(page, entry)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=friend.name, exact=True)).to_be_visible()
+    expect(box).to_be_focused()
+    page.keyboard.type("hi by keyboard")
+    tab_to(page, page.get_by_role("button", name="Send"))
+    page.keyboard.press(" ")
+    friend.open_chat(kim.name)
+    friend.expect_message("hi by keyboard")
+
+    # a dialog: Enter opens it, focus goes in, Escape closes it and focus comes back
+    change = page.get_by_role("button", name="Change password")
+    tab_to(page, change, "Shift+Tab")
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Change password")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_label("Current password")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    expect(change).to_be_focused()
 
 
 # -- friends and chat ---------------------------------------------------------------------------
@@ -629,6 +903,22 @@ def test_unit_session(browser: Browser, daemon: WebDaemon) -> None:
         "backoff": "500,1000,2000,4000,8000",
         "rateWords": "Too many attempts. Try again in 3 s.",
         "takenWords": "That name is taken.",
+    }
+
+
+def test_unit_account_disabled(browser: Browser, daemon: WebDaemon) -> None:
+    """The `kicked` push with "account disabled", and `account_disabled` when resuming:
+    signed out with the token forgotten, a notice for the words, and no reconnect."""
+    page = browser.new_page()
+    try:
+        result = run_unit(page, daemon.url, "testDisabled")
+    finally:
+        page.close()
+    assert result == {
+        "kicked": "signedout:null:disabled", "noReconnect": True,
+        "resume": "signedout:null:disabled", "noRetry": True,
+        "words": "This account has been disabled by an operator.",
+        "forbidden": "Only an administrator may do that.",
     }
 
 
