@@ -87,7 +87,8 @@ def screenshot(page: Page, name: str) -> None:
     path = SCREENSHOTS / name
     if os.environ.get("QQCHAT_SCREENSHOTS") == "1" or not path.exists():
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(path))
+        page.mouse.move(0, 0)  # no hover highlight where the last click was
+        page.screenshot(path=str(path), animations="disabled", caret="hide")
 
 
 def contrast_problems(page: Page) -> list[str]:

@@ -953,6 +953,10 @@ def test_screenshots_themes_and_narrow_layout(browser: Browser, daemon: WebDaemo
     bob.send("Sure, see you there")
     alice.expect_message("Sure, see you there")
     alice.open_chat(group)
+    # someone else writes while alice reads the group: a badge in every picture
+    carol = tcp_user(daemon, "carol")
+    alice_id = next(u["id"] for u in carol.ok("user_search", query="alice")["users"]
+                    if u["name"] == "alice")
 
     for scheme in ("light", "dark"):
         for locale, lang in (("en-US", "en"), ("zh-CN", "zh")):
@@ -964,7 +968,8 @@ def test_screenshots_themes_and_narrow_layout(browser: Browser, daemon: WebDaemo
             shot.page.get_by_role("button", name=login_name).click()  # an error in words
             expect(shot.page.get_by_role("alert")).not_to_be_empty()
             assert contrast_problems(shot.page) == [], (scheme, lang)
-            shot.page.get_by_role("alert").evaluate("el => { el.textContent = ''; }")
+            shot.page.reload()  # the picture: the form as it opens
+            expect(shot.page.get_by_role("button", name=login_name)).to_be_visible()
             screenshot(shot.page, f"login-{scheme}-{lang}.png")
             shot.close()
             users.remove(shot)
@@ -982,11 +987,12 @@ def test_screenshots_themes_and_narrow_layout(browser: Browser, daemon: WebDaemo
                 has_text="Count me in")).to_be_visible()
             # one unread message, so a badge is in the picture and in the contrast check
             # (what was on screen before the reload was acknowledged: no badge then)
-            bob.send("Bring water")
+            carol.ok("chat", to=alice_id, text="Are you coming on Saturday?")
             expect(alice.page.locator(".conv .badge").filter(
                 has_text=re.compile(r"^\d+$"))).to_be_visible()
             assert contrast_problems(alice.page) == [], (scheme, lang)
             screenshot(alice.page, f"chat-{scheme}-{lang}.png")
+    carol.close()
     alice.page.evaluate("localStorage.setItem('qqchat.lang', 'en')")
     alice.page.emulate_media(color_scheme="light")
     alice.page.reload()

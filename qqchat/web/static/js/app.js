@@ -104,6 +104,7 @@ class App {
 
     setText(this.brand, t("appName"));
     setText(this.status, t(`short_${status}`));
+    this.status.title = t(`short_${status}`); // on a phone only the dot shows: hover or long-press
     this.status.dataset.state = status;
     setText(this.meName, this.store.me.name);
     this.meName.title = t("me", { name: this.store.me.name });
