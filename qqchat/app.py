@@ -21,6 +21,7 @@ from qqchat.net.metrics_http import MetricsService
 from qqchat.net.protocol import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_LINE,
+    DEFAULT_MAX_PENDING,
     DEFAULT_MAX_PER_ADDRESS,
     DEFAULT_RATE_BURST,
     DEFAULT_RATE_LIMIT,
@@ -89,6 +90,8 @@ class Settings:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_line: int = DEFAULT_MAX_LINE
     max_send_buffer: int = DEFAULT_SEND_BUFFER
+    #: bytes waiting for slow clients, all together, before the slowest is cut off
+    max_pending_bytes: int = DEFAULT_MAX_PENDING
     rate_limit: float = DEFAULT_RATE_LIMIT
     rate_burst: int = DEFAULT_RATE_BURST
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
@@ -193,7 +196,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line,
                           settings.max_send_buffer, settings.rate_limit,
                           settings.rate_burst, settings.max_per_address,
-                          metrics=metrics)
+                          metrics=metrics, max_pending_bytes=settings.max_pending_bytes)
     endpoint = endpoints.serverFromString(reactor, settings.listen)
     if settings.proxy_protocol:
         # under TLS: the PROXY header comes first, in clear, then the handshake

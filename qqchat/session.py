@@ -24,6 +24,15 @@ class Connection(Protocol):
         """Fires once the client has read enough that more may be written."""
         ...
 
+    def hold(self, nbytes: int) -> bool:
+        """Count ``nbytes`` the session holds for the client against its cap; False
+        when that cuts the client off."""
+        ...
+
+    def unhold(self, nbytes: int) -> None:
+        """The held bytes were sent, or dropped."""
+        ...
+
 
 class Session:
     """One client connection and, once logged in, its user.
@@ -33,8 +42,8 @@ class Session:
     sees every message once, and nothing lands before the login reply.
     """
 
-    __slots__ = ("_held", "acked", "admin", "closed", "conn", "max_sent", "name", "remembered",
-                 "seen", "syncing", "token", "user_id")
+    __slots__ = ("_held", "_held_bytes", "acked", "admin", "closed", "conn", "max_sent", "name",
+                 "remembered", "seen", "syncing", "token", "user_id")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -50,6 +59,7 @@ class Session:
         #: set by the network layer when the connection is gone
         self.closed = False
         self._held: list[tuple[int | None, bytes]] = []
+        self._held_bytes = 0
         #: identifies this login cluster-wide (set by the relay when it claims the user)
         self.token = ""
         #: hash of the session token this login used or was given (K3), revoked at logout
@@ -75,7 +85,7 @@ class Session:
     def deliver(self, msg_id: int, line: bytes) -> None:
         """Push one stored message (pre-encoded ``line``) to this client."""
         if self.syncing:
-            self._held.append((msg_id, line))
+            self._hold(msg_id, line)
             return
         if self.seen is not None:
             if msg_id in self.seen or msg_id <= self.acked:
@@ -94,18 +104,33 @@ class Session:
     def notify(self, line: bytes) -> None:
         """Push an event that is not a stored message (presence, friend request...)."""
         if self.syncing:
-            self._held.append((None, line))
+            self._hold(None, line)
         else:
             self.conn.send_line(line)
 
+    def _hold(self, msg_id: int | None, line: bytes) -> None:
+        """Keep a push for after the backlog, within the connection's cap: a client
+        that stops reading in its backlog is cut off, not buffered for (R8). What it
+        loses that way is in the log for its next login."""
+        if self.conn.hold(len(line)):
+            self._held.append((msg_id, line))
+            self._held_bytes += len(line)
+
     def begin_sync(self) -> None:
         self.syncing = True
+        self._drop_held()
+
+    def _drop_held(self) -> None:
         self._held = []
+        if self._held_bytes:
+            self.conn.unhold(self._held_bytes)
+            self._held_bytes = 0
 
     def end_sync(self) -> None:
         """Send what arrived during the backlog, in arrival order, minus what the
         backlog carried (every message committed before it was read is in it)."""
-        held, self._held = self._held, []
+        held = self._held
+        self._drop_held()
         self.syncing = False
         backlog_end = self.max_sent
         for msg_id, line in held:
@@ -128,7 +153,7 @@ class Session:
         self.max_sent = 0
         self.acked = 0
         self.syncing = False
-        self._held = []
+        self._drop_held()
         self.token = ""
         self.remembered = None
         if self.seen is not None:

@@ -63,6 +63,9 @@ class Options(usage.Options):
         ["max-send-buffer", None, str(4 * 1024 * 1024),
          "Bytes that may wait for a client that does not read before it is cut off "
          "(its messages stay stored for its next login)."],
+        ["max-pending-bytes", None, str(256 * 1024 * 1024),
+         "Bytes that may wait for slow clients all together (0: no cap); past it the "
+         "client with the most waiting is cut off first (its messages stay stored)."],
         ["rate-limit", None, "200",
          "Requests a second one connection may make (0: no limit); past it, "
          "requests get a rate_limited error with retry_after."],
@@ -237,6 +240,7 @@ class Options(usage.Options):
             idle_timeout=self._number("idle-timeout", float, 1),
             max_line=self._number("max-line", int, 1024),
             max_send_buffer=self._number("max-send-buffer", int, 64 * 1024),
+            max_pending_bytes=self._number("max-pending-bytes", int, 0),
             rate_limit=self._number("rate-limit", float, 0),
             rate_burst=self._number("rate-burst", int, 1),
             max_per_address=self._number("max-conns-per-address", int, 0),

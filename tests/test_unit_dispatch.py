@@ -89,7 +89,7 @@ def test_anonymous_requests_are_served(services: Services) -> None:
         == "bob"
 
 
-@pytest.mark.parametrize("req", ["abc", 0, -7, 1.25, True, False, None, MAX_ID * 4])
+@pytest.mark.parametrize("req", ["abc", 0, -7, 1.25, True, False, None, MAX_ID, -MAX_ID])
 def test_scalar_req_is_echoed_verbatim(services: Services, req: Any) -> None:
     """P1: any JSON scalar, null included, comes back unchanged in reply and error."""
     client = Client(services)

@@ -208,6 +208,12 @@ class FakeConnection:
     def writable(self) -> defer.Deferred[None]:
         return defer.succeed(None)
 
+    def hold(self, nbytes: int) -> bool:
+        return True
+
+    def unhold(self, nbytes: int) -> None:
+        pass
+
     def frames(self) -> list[dict[str, Any]]:
         """Every frame written so far, decoded."""
         return [orjson.loads(line) for line in self.lines]

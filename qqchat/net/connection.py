@@ -37,6 +37,8 @@ from qqchat.session import Session
 DEFAULT_MAX_LINE = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_SEND_BUFFER = 4 * 1024 * 1024
+#: bytes waiting for slow clients, over all connections, before the slowest is cut off
+DEFAULT_MAX_PENDING = 256 * 1024 * 1024
 #: requests a second per connection, and how many may come at once: far above what a
 #: person types, low enough that one connection cannot monopolise a core
 DEFAULT_RATE_LIMIT = 200.0
@@ -113,6 +115,12 @@ class ChatConnection(TimeoutMixin):
         self._pauses: set[str] = set()
         self._inflight: defer.Deferred[Any] | None = None
         self._blocked_bytes: int | None = None  # None while the client keeps up
+        #: pushes the session holds for this connection during its login backlog
+        self._held_bytes = 0
+        #: what of the above counts in the factory's ``pending_bytes``
+        self._pending = 0
+        #: set once the server closes this connection: nothing more is queued for it
+        self._closing = False
         self._writable: list[defer.Deferred[None]] = []
         self._abort_call: IDelayedCall | None = None
         self._lost = False
@@ -127,14 +135,11 @@ class ChatConnection(TimeoutMixin):
     # -- Connection, as the session sees it -------------------------------
 
     def send_line(self, line: bytes) -> None:
-        if self.session.closed:
-            return
+        if self.session.closed or self._closing:
+            return  # closing: the log keeps what it was owed, for its next login
         if self._blocked_bytes is not None:
             self._blocked_bytes += len(line)
-            if self._blocked_bytes > self.factory.max_send_buffer:
-                self.log.info("{peer} is not reading; disconnecting", peer=self.peer)
-                self.session.closed = True
-                self.transport.abortConnection()
+            if not self._pend(len(line)):
                 return
         if line.startswith(b'{"type":"message"'):
             self.factory.count_push(line)
@@ -165,6 +170,7 @@ class ChatConnection(TimeoutMixin):
         """Close after flushing, but never wait on a client that does not read."""
         if self._lost:
             return
+        self._closing = True
         # with a producer registered the transport would wait for it forever
         self.transport.unregisterProducer()
         self._hang_up()
@@ -184,6 +190,41 @@ class ChatConnection(TimeoutMixin):
         self._abort_call = None
         if not self.session.closed:
             self.transport.abortConnection()
+
+    def hold(self, nbytes: int) -> bool:
+        """The session holds ``nbytes`` more for this connection (pushes during its
+        login backlog): counted against the same cap as unsent output. False when
+        that passes the cap and the connection is being cut off."""
+        self._held_bytes += nbytes
+        return self._pend(nbytes)
+
+    def unhold(self, nbytes: int) -> None:
+        self._held_bytes -= nbytes
+        self._account(-nbytes)
+
+    def _pend(self, nbytes: int) -> bool:
+        """Count ``nbytes`` more waiting for this client; cut it off past its cap."""
+        self._account(nbytes)
+        if (self._blocked_bytes or 0) + self._held_bytes > self.factory.max_send_buffer:
+            self.cut_off("is not reading")
+            return False
+        return not self.session.closed
+
+    def _account(self, nbytes: int) -> None:
+        if nbytes < 0:
+            nbytes = max(nbytes, -self._pending)  # what was released once stays released
+        if nbytes:
+            self._pending += nbytes
+            self.factory.pending_changed(self, nbytes)
+
+    def cut_off(self, why: str) -> None:
+        """Drop a client that does not read; its messages stay in the log."""
+        if self.session.closed:
+            return
+        self.log.info("{peer} {why}; disconnecting", peer=self.peer, why=why)
+        self.session.closed = True
+        self._account(-self._pending)
+        self.transport.abortConnection()
 
     def writable(self) -> defer.Deferred[None]:
         if self._blocked_bytes is None or self.session.closed:
@@ -238,6 +279,8 @@ class ChatConnection(TimeoutMixin):
             self._pause("write")
 
     def _write_unblocked(self) -> None:
+        if self._blocked_bytes:
+            self._account(-self._blocked_bytes)
         self._blocked_bytes = None
         waiting, self._writable = self._writable, []
         for d in waiting:
@@ -348,6 +391,8 @@ class ChatConnection(TimeoutMixin):
             self._abort_call.cancel()
         self.session.closed = True
         self.factory.live.discard(self)
+        if self._pending:
+            self._account(-self._pending)
         self.log.info("connection closed from {peer}", peer=self.peer)
         self.factory.dispatcher.connection_lost(self.session)
         waiting, self._writable = self._writable, []
@@ -376,8 +421,13 @@ class ConnectionFactory(protocol.Factory):
                  rate_limit: float = DEFAULT_RATE_LIMIT,
                  rate_burst: int = DEFAULT_RATE_BURST,
                  max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
-                 metrics: Registry | None = None) -> None:
+                 metrics: Registry | None = None,
+                 max_pending_bytes: int = DEFAULT_MAX_PENDING) -> None:
         self.dispatcher = dispatcher
+        #: daemon-wide cap on bytes waiting for slow clients (0: none); past it the
+        #: connection with the most waiting is cut off, then the next (R8)
+        self.max_pending_bytes = max_pending_bytes
+        self.pending_bytes = 0
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_line = max_line
@@ -407,6 +457,20 @@ class ConnectionFactory(protocol.Factory):
                            ["kind"])
         self._pushed = (pushes.labels("direct"), pushes.labels("group"),
                         pushes.labels("broadcast"))
+
+    def pending_changed(self, conn: ChatConnection, nbytes: int) -> None:
+        self.pending_bytes += nbytes
+        if nbytes > 0 and self.max_pending_bytes and self.pending_bytes > self.max_pending_bytes:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Cut off the slowest readers (most bytes waiting) until under the cap."""
+        while self.pending_bytes > self.max_pending_bytes:
+            slowest = max(self.live, key=lambda c: c._pending, default=None)
+            if slowest is None or slowest._pending <= 0:
+                return
+            slowest.cut_off("has the most output waiting of all clients "
+                            "(--max-pending-bytes)")
 
     def _open_by_edge(self) -> dict[tuple[str, ...], float]:
         open_now = Tally(c.edge for c in self.live)
