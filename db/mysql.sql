@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS chat_groups (
     last_id     BIGINT        NOT NULL DEFAULT 0
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 CREATE INDEX IF NOT EXISTS chat_groups_by_key ON chat_groups (name_key, id);
+-- groups a user created, counted against --max-groups-created
+CREATE INDEX IF NOT EXISTS chat_groups_creator ON chat_groups (creator);
 
 CREATE TABLE IF NOT EXISTS group_members (
     group_id    BIGINT      NOT NULL,

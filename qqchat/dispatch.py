@@ -310,7 +310,13 @@ class Dispatcher:
         return await self.friends.remove(session, _id(msg, "id"))
 
     async def handle_friends(self, session: Session, msg: Frame) -> Frame:
-        return await self.friends.list(session)
+        lim = self.limits
+        return await self.friends.list(session, self._after(msg),
+                                       self._page(msg, lim.friends_page, lim.friends_page_max))
+
+    @staticmethod
+    def _after(msg: Frame) -> int:
+        return _int(msg, "after", required=False) or 0
 
     async def handle_group_create(self, session: Session, msg: Frame) -> Frame:
         name = _str(msg, "name")
@@ -324,10 +330,16 @@ class Dispatcher:
         return await self.groups.leave(session, _id(msg, "group"))
 
     async def handle_group_info(self, session: Session, msg: Frame) -> Frame:
-        return {"group": await self.groups.info(_id(msg, "group"))}
+        lim = self.limits
+        gid = _id(msg, "group")
+        offset = _int(msg, "offset", required=False, low=0, what="a non-negative integer") or 0
+        limit = self._page(msg, lim.members_page, lim.members_page_max)
+        return {"group": await self.groups.info(gid, offset, limit)}
 
     async def handle_groups(self, session: Session, msg: Frame) -> Frame:
-        return await self.groups.mine(session)
+        lim = self.limits
+        return await self.groups.mine(session, self._after(msg),
+                                      self._page(msg, lim.groups_page, lim.groups_page_max))
 
 
 def reply_frame(typ: str, req: Any, body: Frame) -> Frame:

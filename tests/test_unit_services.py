@@ -94,7 +94,8 @@ def test_login_reply_then_synced(services: Services) -> None:
     got = client.login("alice")
     assert got == [
         {"type": "login", "req": "login", "user": {"id": uid, "name": "alice"},
-         "friends": [], "groups": [], "requests": []},
+         "friends": [], "friends_more": False, "groups": [], "groups_more": False,
+         "requests": []},
         {"type": "synced", "count": 0},
     ]
     assert services.hub.get(uid) is client.session
@@ -383,7 +384,8 @@ def test_group_lifecycle(services: Services) -> None:
     gid = created["id"]
     assert created == {"id": gid, "name": "crew", "desc": "the crew", "creator": alice.id,
                        "members": [{"id": alice.id, "name": "alice", "role": "creator",
-                                    "online": True}]}
+                                    "online": True}],
+                       "member_count": 1, "more_members": False}
     joined = bob.ok({"type": "group_join", "group": gid})["group"]
     assert [(m["id"], m["role"]) for m in joined["members"]] == \
         [(alice.id, "creator"), (bob.id, "member")]
@@ -727,10 +729,10 @@ def test_connection_dropped_during_login_leaves_friends_seeing_offline(
     held: list[defer.Deferred[None]] = []
     real = services.store.login_view
 
-    def slow(uid: int, now: int) -> defer.Deferred[Any]:
+    def slow(uid: int, *args: Any) -> defer.Deferred[Any]:
         gate: defer.Deferred[None] = defer.Deferred()
         held.append(gate)
-        return gate.addCallback(lambda _: real(uid, now))
+        return gate.addCallback(lambda _: real(uid, *args))
 
     monkeypatch.setattr(services.store, "login_view", slow)
     again = Client(services)

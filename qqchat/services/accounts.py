@@ -150,8 +150,10 @@ class AccountService:
             body = await self._summary(row.id, row.name, self._now())
             if session.closed or session.user_id != row.id:
                 raise ChatError("closed", "connection closed during login")
-            await self._presence.announce(row.id, row.name, True, session,
-                                          friends=[f["id"] for f in body["friends"]])
+            # the whole list is read for the announcement when the reply has only a page
+            await self._presence.announce(
+                row.id, row.name, True, session,
+                friends=None if body["friends_more"] else [f["id"] for f in body["friends"]])
         except BaseException:
             if session.user_id == row.id:
                 try:
@@ -164,8 +166,13 @@ class AccountService:
         return body
 
     async def _summary(self, uid: int, name: str, now: int) -> dict[str, Any]:
-        view = await self._store.login_view(uid, now)
+        """The login reply: first pages of friends and groups (R8), the rest by request."""
+        lim = self._limits
+        view = await self._store.login_view(uid, now, lim.friends_page, lim.groups_page,
+                                            lim.members_preview)
         friends, groups, requests = view.friends, view.groups, view.requests
+        friends_more, groups_more = len(friends) > lim.friends_page, len(groups) > lim.groups_page
+        del friends[lim.friends_page:], groups[lim.groups_page:]
         ids = {fid for fid, _ in friends}
         for g in groups:
             ids.update(m["id"] for m in g["members"])
@@ -177,7 +184,9 @@ class AccountService:
             "user": {"id": uid, "name": name},
             "friends": [{"id": fid, "name": fname, "online": fid in online}
                         for fid, fname in friends],
+            "friends_more": friends_more,
             "groups": groups,
+            "groups_more": groups_more,
             "requests": [{"from": rid, "name": rname, "ts": ts} for rid, rname, ts in requests],
         }
 

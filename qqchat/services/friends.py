@@ -97,9 +97,12 @@ class FriendService:
         self._tell(other, {"type": "friend_removed", "user": me, "name": session.name})
         return {"user": other, "name": name}
 
-    async def list(self, session: Session) -> dict[str, Any]:
+    async def list(self, session: Session, after: int, limit: int) -> dict[str, Any]:
+        """One page of friends by id; ``more`` says whether another follows."""
         assert session.user_id is not None
-        friends = await self._store.friends_of(session.user_id)
+        friends = await self._store.friends_of(session.user_id, after, limit + 1)
+        more = len(friends) > limit
+        del friends[limit:]
         online = await self._relay.online([fid for fid, _ in friends])
         return {"friends": [{"id": fid, "name": name, "online": fid in online}
-                            for fid, name in friends]}
+                            for fid, name in friends], "more": more}

@@ -25,16 +25,20 @@ class GroupService:
     def _now(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    async def info(self, gid: int) -> dict[str, Any]:
+    async def info(self, gid: int, offset: int = 0, limit: int | None = None
+                   ) -> dict[str, Any]:
+        """The group, with one page of its members in join order (R8)."""
         group = await self._store.group(gid)
         if group is None:
             raise ChatError("no_such_group", f"there is no group {gid}")
-        members = await self._store.group_members(gid)
+        limit = limit or self._limits.members_page
+        total, members = await self._store.group_members(gid, offset, limit)
         online = await self._relay.online([uid for uid, _, _ in members])
         return {
             "id": int(group[0]), "name": group[1], "desc": group[2], "creator": int(group[3]),
             "members": [{"id": uid, "name": name, "role": role, "online": uid in online}
                         for uid, name, role in members],
+            "member_count": total, "more_members": offset + len(members) < total,
         }
 
     async def create(self, session: Session, name: str, desc: str) -> dict[str, Any]:
@@ -46,14 +50,29 @@ class GroupService:
             raise ChatError("too_long", f"a group description is at most {lim.group_desc_max} "
                                         "characters")
         assert session.user_id is not None
-        gid = await self._store.create_group(name, desc, session.user_id, self._now())
+        gid = await self._store.create_group(name, desc, session.user_id, self._now(),
+                                             lim.groups_created_max, lim.groups_joined_max)
+        if gid == "too_many_created":
+            raise ChatError("too_many_groups_created", "you have created the most groups a "
+                                                       f"user may ({lim.groups_created_max})")
+        if gid == "too_many_joined":
+            raise self._too_many()
+        assert isinstance(gid, int)
         return {"group": await self.info(gid)}
+
+    def _too_many(self) -> ChatError:
+        return ChatError("too_many_groups", "you are in the most groups a user may be in "
+                                            f"({self._limits.groups_joined_max}); leave one "
+                                            "first")
 
     async def join(self, session: Session, gid: int) -> dict[str, Any]:
         uid = session.user_id
         assert uid is not None
         outcome = await self._store.join_group(gid, uid, self._now(),
-                                               self._limits.group_members_max)
+                                               self._limits.group_members_max,
+                                               self._limits.groups_joined_max)
+        if outcome == "too_many":
+            raise self._too_many()
         if outcome == "full":
             raise ChatError("group_full", f"group {gid} has the most members a group may "
                                           f"have ({self._limits.group_members_max})")
@@ -62,8 +81,12 @@ class GroupService:
         if outcome == "already":
             raise ChatError("already_member", f"you are already in group {gid}")
         info = await self.info(gid)
-        self._tell_members(info, uid, {"type": "group_joined", "group": gid, "user": uid,
-                                       "name": session.name})
+        # every member, not only the page of them the reply lists
+        members = await self._store.group_member_ids(gid)
+        others = [m for m in members if m != uid]
+        if others:
+            self._relay.notify(others, encode({"type": "group_joined", "group": gid,
+                                               "user": uid, "name": session.name}))
         return {"group": info}
 
     async def leave(self, session: Session, gid: int) -> dict[str, Any]:
@@ -79,18 +102,16 @@ class GroupService:
                                             "name": session.name}))
         return {"group": {"id": gid, "name": group[1]}}
 
-    def _tell_members(self, info: dict[str, Any], except_uid: int,
-                      frame: dict[str, Any]) -> None:
-        others = [m["id"] for m in info["members"] if m["id"] != except_uid and m["online"]]
-        if others:
-            self._relay.notify(others, encode(frame))
-
-    async def mine(self, session: Session) -> dict[str, Any]:
+    async def mine(self, session: Session, after: int, limit: int) -> dict[str, Any]:
+        """One page of the user's groups by id, each with its first members."""
         assert session.user_id is not None
-        groups = await self._store.groups_of(session.user_id)
+        groups = await self._store.groups_of(session.user_id, after, limit + 1,
+                                             self._limits.members_preview)
+        more = len(groups) > limit
+        del groups[limit:]
         ids = {m["id"] for g in groups for m in g["members"]}
         online = await self._relay.online(ids)
         for g in groups:
             for m in g["members"]:
                 m["online"] = m["id"] in online
-        return {"groups": groups}
+        return {"groups": groups, "more": more}

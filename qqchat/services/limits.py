@@ -23,6 +23,19 @@ class Limits:
     group_members_max: int = 500
     #: friends per user; the accept that would pass it gets ``too_many_friends``
     friends_max: int = 1000
+    #: groups a user may have created, and belong to (0: no cap); past them
+    #: ``too_many_groups_created`` and ``too_many_groups``
+    groups_created_max: int = 50
+    groups_joined_max: int = 500
+    #: pages: friends and groups in the login reply and by default in ``friends`` and
+    #: ``groups``; the members each of those groups lists; ``group_info`` members
+    friends_page: int = 200
+    friends_page_max: int = 1000
+    groups_page: int = 50
+    groups_page_max: int = 200
+    members_preview: int = 20
+    members_page: int = 100
+    members_page_max: int = 500
     #: messages (chat, group chat, broadcast) a second per user, and how many at
     #: once; 0 is no limit. Unlike the per-connection limit, reconnecting does not
     #: reset it.

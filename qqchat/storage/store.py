@@ -152,26 +152,32 @@ class Store(Access):
     # -- friends ----------------------------------------------------------
 
     _FRIENDS = ("SELECT u.id, u.name FROM friends f JOIN users u ON u.id = f.friend_id "
-                "WHERE f.user_id = ? ORDER BY u.id")
+                "WHERE f.user_id = ? AND f.friend_id > ? ORDER BY f.friend_id LIMIT ?")
     _REQUESTS = ("SELECT r.from_id, u.name, r.created_at FROM friend_requests r "
                  "JOIN users u ON u.id = r.from_id WHERE r.to_id = ? "
                  "ORDER BY r.created_at, r.from_id")
 
-    def friends_of(self, user_id: int) -> defer.Deferred[list[tuple[int, str]]]:
-        return self._all(self._FRIENDS, user_id)
+    def friends_of(self, user_id: int, after: int = 0, limit: int = 1 << 30
+                   ) -> defer.Deferred[list[tuple[int, str]]]:
+        """One page of the user's friends, by id, after the friend ``after``."""
+        d = self._all(self._FRIENDS, user_id, after, limit)
+        d.addCallback(lambda rows: [(int(fid), name) for fid, name in rows])
+        return d
 
-    def login_view(self, user_id: int, now: int) -> defer.Deferred[LoginView]:
-        """Friends, groups (with members) and pending requests: what a login reply
-        shows, read in one interaction rather than three; the login time is noted
-        on the way (operators list it with qqchat-admin)."""
+    def login_view(self, user_id: int, now: int, friends_page: int, groups_page: int,
+                   members_preview: int) -> defer.Deferred[LoginView]:
+        """The first pages of friends and groups (each with its first members) and the
+        pending requests: what a login reply shows, read in one interaction; the
+        login time is noted on the way (operators list it with qqchat-admin). One
+        more row than a page is read, to tell whether there are more."""
         q_friends, q_requests = self._q(self._FRIENDS), self._q(self._REQUESTS)
         q_seen = self._q("UPDATE users SET last_login = ? WHERE id = ?")
 
         def txn(t: Any) -> LoginView:
             t.execute(q_seen, (now, user_id))
-            t.execute(q_friends, (user_id,))
+            t.execute(q_friends, (user_id, 0, friends_page + 1))
             friends = [(int(fid), name) for fid, name in t.fetchall()]
-            groups = self._groups_txn(t, user_id)
+            groups = self._groups_txn(t, user_id, 0, groups_page + 1, members_preview)
             t.execute(q_requests, (user_id,))
             requests = [(int(rid), name, int(ts)) for rid, name, ts in t.fetchall()]
             return LoginView(friends, groups, requests)
@@ -295,15 +301,38 @@ class Store(Access):
             t.execute("SELECT last_id FROM log_seq WHERE id = 1")
         return int(t.fetchone()[0])
 
-    def create_group(self, name: str, desc: str, creator: int, now: int) -> defer.Deferred[int]:
+    def _lock_user(self, t: Any, user_id: int) -> None:
+        """Serialise one user's group changes, so that two at once cannot both pass a
+        cap (SQLite writes are serial already)."""
+        if self.dialect == "mysql":
+            t.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (user_id,))
+            t.fetchall()
+
+    def _count(self, t: Any, sql: str, *params: Any) -> int:
+        t.execute(self._q(sql), params)
+        return int(t.fetchone()[0])
+
+    def create_group(self, name: str, desc: str, creator: int, now: int,
+                     max_created: int = 0, max_joined: int = 0) -> defer.Deferred[int | str]:
+        """The new group's id, or "too_many_created" / "too_many_joined" when the
+        creator is at one of the caps (0: none)."""
         q_group = self._q("INSERT INTO chat_groups (name, descr, creator, created_at, name_key) "
                           "VALUES (?, ?, ?, ?, ?)")
         q_member = self._q(
             "INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
             "VALUES (?, ?, ?, ?, ?)")
 
-        def txn(t: Any) -> int:
+        def txn(t: Any) -> int | str:
             head = self._locked_head(t)
+            self._lock_user(t, creator)
+            if max_created and self._count(
+                    t, "SELECT COUNT(*) FROM chat_groups WHERE creator = ?",
+                    creator) >= max_created:
+                return "too_many_created"
+            if max_joined and self._count(
+                    t, "SELECT COUNT(*) FROM group_members WHERE user_id = ?",
+                    creator) >= max_joined:
+                return "too_many_joined"
             t.execute(q_group, (name, desc, creator, now, fold(name)))
             gid = int(t.lastrowid)
             t.execute(q_member, (gid, creator, "creator", head, now))
@@ -314,9 +343,10 @@ class Store(Access):
     def group(self, gid: int) -> defer.Deferred[tuple[int, str, str, int] | None]:
         return self._one("SELECT id, name, descr, creator FROM chat_groups WHERE id = ?", gid)
 
-    def join_group(self, gid: int, user_id: int, now: int, max_members: int
-                   ) -> defer.Deferred[str]:
-        """Returns "joined", "already", "full" or "no_group"."""
+    def join_group(self, gid: int, user_id: int, now: int, max_members: int,
+                   max_joined: int = 0) -> defer.Deferred[str]:
+        """Returns "joined", "already", "full", "no_group", or "too_many" (the user is
+        in ``max_joined`` groups already)."""
         # the group row's lock makes concurrent joins count members one at a time
         lock = " FOR UPDATE" if self.dialect == "mysql" else ""
         q_group = self._q("SELECT 1 FROM chat_groups WHERE id = ?" + lock)
@@ -337,6 +367,11 @@ class Store(Access):
             t.execute(q_count, (gid,))
             if int(t.fetchone()[0]) >= max_members:
                 return "full"
+            self._lock_user(t, user_id)
+            if max_joined and self._count(
+                    t, "SELECT COUNT(*) FROM group_members WHERE user_id = ?",
+                    user_id) >= max_joined:
+                return "too_many"
             try:
                 t.execute(q_ins, (gid, user_id, "member", head, now))
             except self._integrity_error:
@@ -360,39 +395,64 @@ class Store(Access):
         d.addCallback(lambda row: row[0] if row else None)
         return d
 
-    def group_members(self, gid: int) -> defer.Deferred[list[tuple[int, str, str]]]:
-        return self._all(
+    def group_members(self, gid: int, offset: int = 0, limit: int = 1 << 30
+                      ) -> defer.Deferred[tuple[int, list[tuple[int, str, str]]]]:
+        """How many members the group has, and one page of them in join order."""
+        q_count = self._q("SELECT COUNT(*) FROM group_members WHERE group_id = ?")
+        q_page = self._q(
             "SELECT gm.user_id, u.name, gm.role FROM group_members gm "
-            "JOIN users u ON u.id = gm.user_id WHERE gm.group_id = ? ORDER BY gm.joined_at, "
-            "gm.user_id",
-            gid,
-        )
+            "JOIN users u ON u.id = gm.user_id WHERE gm.group_id = ? "
+            "ORDER BY gm.joined_at, gm.user_id LIMIT ? OFFSET ?")
+
+        def txn(t: Any) -> tuple[int, list[tuple[int, str, str]]]:
+            t.execute(q_count, (gid,))
+            total = int(t.fetchone()[0])
+            t.execute(q_page, (gid, limit, offset))
+            return total, [(int(uid), name, role) for uid, name, role in t.fetchall()]
+
+        return self._run(txn)
 
     def group_member_ids(self, gid: int) -> defer.Deferred[list[int]]:
         d = self._all("SELECT user_id FROM group_members WHERE group_id = ?", gid)
         d.addCallback(lambda rows: [int(r[0]) for r in rows])
         return d
 
-    def groups_of(self, user_id: int) -> defer.Deferred[list[dict[str, Any]]]:
-        return self._run(self._groups_txn, user_id)
+    def groups_of(self, user_id: int, after: int, limit: int, members_preview: int
+                  ) -> defer.Deferred[list[dict[str, Any]]]:
+        return self._run(self._groups_txn, user_id, after, limit, members_preview)
 
-    def _groups_txn(self, t: Any, user_id: int) -> list[dict[str, Any]]:
-        """The user's groups, each with its members, in two queries."""
+    def _groups_txn(self, t: Any, user_id: int, after: int, limit: int,
+                    members_preview: int) -> list[dict[str, Any]]:
+        """A page of the user's groups (by id, after ``after``), each with its member
+        count and its first ``members_preview`` members: three queries, whatever
+        the number of groups or members."""
         q_groups = self._q(
             "SELECT g.id, g.name, g.descr, gm.role FROM group_members gm "
-            "JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ? ORDER BY g.id")
-        q_members = self._q(
-            "SELECT gm.group_id, gm.user_id, u.name, gm.role FROM group_members gm "
-            "JOIN users u ON u.id = gm.user_id WHERE gm.group_id IN "
-            "(SELECT group_id FROM group_members WHERE user_id = ?) "
-            "ORDER BY gm.group_id, gm.joined_at, gm.user_id")
-        t.execute(q_groups, (user_id,))
+            "JOIN chat_groups g ON g.id = gm.group_id WHERE gm.user_id = ? AND g.id > ? "
+            "ORDER BY g.id LIMIT ?")
+        t.execute(q_groups, (user_id, after, limit))
         groups = {int(gid): {"id": int(gid), "name": name, "desc": desc, "role": role,
-                             "members": []}
+                             "members": [], "member_count": 0}
                   for gid, name, desc, role in t.fetchall()}
-        t.execute(q_members, (user_id,))
+        if not groups:
+            return []
+        ids = list(groups)
+        marks = self._placeholders(len(ids))
+        t.execute(self._q(f"SELECT group_id, COUNT(*) FROM group_members "
+                          f"WHERE group_id IN ({marks}) GROUP BY group_id"), ids)
+        for gid, count in t.fetchall():
+            groups[int(gid)]["member_count"] = int(count)
+        t.execute(self._q(
+            "SELECT group_id, user_id, name, role FROM ("
+            " SELECT gm.group_id, gm.user_id, u.name, gm.role, gm.joined_at, ROW_NUMBER()"
+            "  OVER (PARTITION BY gm.group_id ORDER BY gm.joined_at, gm.user_id) AS n"
+            " FROM group_members gm JOIN users u ON u.id = gm.user_id"
+            f" WHERE gm.group_id IN ({marks})) x"
+            " WHERE n <= ? ORDER BY group_id, joined_at, user_id"), (*ids, members_preview))
         for gid, uid, name, role in t.fetchall():
             groups[int(gid)]["members"].append({"id": int(uid), "name": name, "role": role})
+        for g in groups.values():
+            g["more_members"] = g["member_count"] > len(g["members"])
         return list(groups.values())
 
     # -- the message log --------------------------------------------------
