@@ -16,7 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog", "soak", "directory")
+WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog", "soak", "directory",
+                  "loginflood")
 DEFAULT_COST = 14  # the daemon's default password-hash cost
 CHEAPEST_COST = 4  # the cheapest it accepts
 SETUP_COST = 4  # for workloads that only need users to exist
@@ -30,6 +31,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "idle": {"messages": 0, "warmup": 0, "clients": 20_000},
     "soak": {"messages": 0, "warmup": 0, "clients": 1000},
     "directory": {"messages": 0, "warmup": 20, "clients": 1},
+    "loginflood": {"messages": 0, "warmup": 0},
 }
 
 
@@ -78,7 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--ack-every", type=int, default=16,
                    help="receivers ack cumulatively every N messages (16)")
     w.add_argument("--users", type=int,
-                   help="login: users (1000; 200 at a cost of 10 or more)")
+                   help="login: users (1000; 200 at a cost of 10 or more); "
+                        "loginflood: genuine users (50)")
     w.add_argument("--members", type=int, default=200, help="group: members (200)")
     w.add_argument("--clients", type=int,
                    help="idle: most clients to log in (20000; capped by fd limits); "
@@ -103,6 +106,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--cross", action="store_true",
                    help="chat: two cluster nodes on one MariaDB and a throwaway Redis; "
                         "senders on one node, receivers on the other")
+    from bench.loginflood import add_options, check_options
+
+    add_options(w)
     args = p.parse_args(argv)
     if args.cross:
         if args.workload != "chat":
@@ -120,6 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "--db-url")
         if problem := check_sizes(args.sizes):
             p.error(problem)
+    if args.workload == "loginflood" and (problem := check_options(args)):
+        p.error(problem)
     if args.ws and (args.workload != "chat" or args.cross or args.connect):
         p.error("--ws goes with chat, on a daemon the generator starts (no --cross or "
                 "--connect)")
@@ -279,6 +287,10 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
         if not given.alive():
             raise dmod.BenchSetupError(f"no process {args.pid}")
     with dmod.Databases(args.db, args.db_url, plan[1]) as dbs:
+        if args.workload == "loginflood":  # its modes alternate run by run
+            from bench.loginflood import run_alternating
+
+            return await run_alternating(reactor, args, plan, out, dbs)
         cases = case_list(args)
         for case in cases:
             label = case_label(args, case)

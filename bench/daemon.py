@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -202,12 +202,13 @@ def _daemon_setup(cpu: int | None) -> None:
 
 def start_daemon(db_url: str, hash_cost: int, workdir: Path, cpu: int | None,
                  host: str = "127.0.0.1", redis_url: str | None = None,
-                 node_id: str | None = None, name: str = "daemon", web: bool = False
-                 ) -> Daemon:
+                 node_id: str | None = None, name: str = "daemon", web: bool = False,
+                 extra: Sequence[str] = ()) -> Daemon:
     """Start ``twistd -n qqchat`` on a free loopback port and wait until it listens.
     With ``redis_url`` it is a cluster node named ``node_id``; ``name`` names its log
     in ``workdir`` (two nodes share one workdir); with ``web`` it also serves its web
-    edge on another free port."""
+    edge on another free port; ``extra`` options go last (they win over the ones
+    above)."""
     twistd = Path(sys.executable).parent / "twistd"
     if not twistd.exists():
         found = shutil.which("twistd")
@@ -231,7 +232,7 @@ def start_daemon(db_url: str, hash_cost: int, workdir: Path, cpu: int | None,
                # the generator floods on purpose, from one address: no rate limits or caps
                "--idle-timeout", "3600", "--rate-limit", "0", "--user-rate-limit", "0",
                "--register-rate", "0", "--max-conns-per-address", "0", "--search-rate", "0",
-               *cluster, *web_args]
+               *cluster, *web_args, *extra]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=env,

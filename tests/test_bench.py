@@ -145,3 +145,26 @@ def test_refuses_non_loopback(target: str) -> None:
                           text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "not a loopback address" in proc.stderr
+
+
+def test_loginflood() -> None:
+    """Genuine logins alone, beside a guessing flood from another address, and beside
+    the same flood with the login budgets off: the flood is refused before hashing
+    with the budgets and only hashed without them."""
+    out = run_bench("loginflood", "--hash-cost", "4", "--users", "3", "--rounds", "3",
+                    "--think", "0.05", "--flood-conns", "5")
+    runs = {case["mode"]: case["runs"][0] for case in out["cases"]}
+    assert list(runs) == ["alone", "flood", "open"]
+    for run in runs.values():
+        assert run["logins"] == 9
+        assert 0 < run["p50_ms"] <= run["p99_ms"]
+        assert run["logins_per_s"] > 0
+    assert runs["alone"]["flood_attempts"] == 0
+    flood, open_ = runs["flood"], runs["open"]
+    assert flood["flood_rate_limited"] > 0
+    # five guesses an account before its budget is spent, one victim per connection
+    assert 0 < flood["flood_bad_credentials"] <= 5 * 5
+    assert open_["flood_rate_limited"] == 0 and open_["flood_bad_credentials"] > 0
+    for run in (flood, open_):
+        assert run["flood_attempts"] == run["flood_rate_limited"] \
+            + run["flood_bad_credentials"]
