@@ -179,3 +179,113 @@ export async function testDisabled(m) {
   out.forbidden = m.loginError({ code: "forbidden" });
   return out;
 }
+
+const withoutReq = ({ req, ...fields }) => fields;
+const member = (id, role = "member") => ({ id, name: `u${id}`, role, online: false });
+const members = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => member(from + i));
+
+/** Bounded lists: the login reply's first pages, the pages after them, member pages. */
+export async function testPagingStore(m) {
+  const out = {};
+  const s = new m.ChatStore();
+  // a group of 25 of which the login reply lists 20; more friends and groups to come
+  s.applyLogin({ user: { id: 1, name: "me" },
+    friends: [{ id: 2, name: "bob", online: false }, { id: 3, name: "cat", online: true }],
+    friends_more: true,
+    groups: [{ id: 5, name: "big", desc: "", role: "creator",
+      members: [member(1, "creator"), ...members(2, 20)], member_count: 25, more_members: true }],
+    groups_more: true, requests: [] });
+  out.login = [s.friendsMore, s.friendsAfter, s.groupsMore, s.groupsAfter].join(",");
+  const g = s.groups.get(5);
+  out.preview = `${g.members.length}/${g.memberCount}:${g.moreMembers}`;
+  // presence of a member not listed (a friend beyond the preview): ignored in the group
+  s.addFriendsPage([{ id: 30, name: "u30", online: false }], false);
+  s.presence(30, "u30", true);
+  out.notListed = g.members.some((x) => x.id === 30);
+  out.friendOnline = s.friends.get(30).online;
+  out.friends = `${s.friends.size}:${s.friendsMore}:${s.friendsAfter}`;
+  // a join while the list is partial counts, but is not placed (it belongs at the end)
+  s.groupMember(5, 40, "u40", true);
+  out.joinedPartial = `${g.members.length}/${g.memberCount}`;
+  // the whole list by offset: the first page starts again, the next one adds
+  out.next = s.groupMembersPage(5, { id: 5, name: "big", desc: "d",
+    members: [member(1, "creator"), ...members(2, 20)], member_count: 26, more_members: true }, 0);
+  out.last = s.groupMembersPage(5, { id: 5, name: "big", desc: "d",
+    members: [member(20), ...members(21, 25), member(40)], member_count: 26, more_members: false },
+  20);
+  out.whole = `${g.members.length}/${g.memberCount}:${g.moreMembers}:${g.membersLoaded}`;
+  out.noDoubles = new Set(g.members.map((x) => x.id)).size === g.members.length;
+  // now presence reaches every listed member, and joins and leaves keep the list right
+  s.friendsAfter = 30;
+  s.addFriendsPage([{ id: 25, name: "u25", online: false }], false);
+  s.presence(25, "u25", true);
+  out.memberOnline = g.members.find((x) => x.id === 25).online;
+  s.groupMember(5, 41, "u41", true);
+  s.groupMember(5, 21, "u21", false);
+  s.groupMember(5, 99, "u99", false); // never a member: the whole list says so
+  out.afterPushes = `${g.members.length}/${g.memberCount}`;
+  // a leave from a partial list: counted down
+  s.groupsAfter = 5;
+  s.addGroupsPage([{ id: 8, name: "other", desc: "", role: "member",
+    members: members(50, 69), member_count: 30, more_members: true }], true);
+  s.groupMember(8, 77, "u77", false);
+  out.leftPartial = s.groups.get(8).memberCount;
+  out.groups = `${s.groups.size}:${s.groupsMore}:${s.groupsAfter}`;
+  // an empty page ends the paging even if it says "more"
+  s.addGroupsPage([], true);
+  out.emptyPage = `${s.groupsMore}:${s.groupsAfter}`;
+  // a group joined by me: the count from member_count, my role from `creator`
+  s.groupAdded({ id: 9, name: "joined", desc: "", creator: 7, members: members(2, 101),
+    member_count: 300, more_members: true });
+  out.added = `${s.groups.get(9).memberCount}:${s.groups.get(9).role}:${s.canLoadMembers(9)}`;
+  return out;
+}
+
+/** The session fetches the rest of friends and groups after a login, and whole member lists. */
+export async function testPagingSession(m) {
+  const out = {};
+  const store = new m.ChatStore();
+  const tokens = new m.TokenStore(memory(), memory());
+  const s = new m.Session(store, { url: "ws://x/ws", WebSocketImpl: FakeSocket, tokens });
+  const p = s.login("me", "pw", false);
+  await until(() => sent.some((f) => f.type === "login"));
+  FakeSocket.last.reply("login", { ...loginReply, friends_more: true,
+    groups: [{ id: 5, name: "big", desc: "", role: "member", members: members(2, 21),
+      member_count: 700, more_members: true }], groups_more: true });
+  await p;
+  FakeSocket.last.push({ type: "synced", count: 0 });
+  const asked = (type) => sent.filter((f) => f.type === type);
+  await until(() => asked("friends").length === 1);
+  out.friends1 = withoutReq(asked("friends")[0]);
+  FakeSocket.last.reply("friends", { friends: [{ id: 9, name: "zed", online: true }], more: true });
+  await until(() => asked("friends").length === 2);
+  out.friends2 = asked("friends")[1].after;
+  FakeSocket.last.reply("friends", { friends: [{ id: 12, name: "amy", online: false }],
+    more: false });
+  await until(() => asked("groups").length === 1);
+  out.groups1 = withoutReq(asked("groups")[0]);
+  FakeSocket.last.reply("groups", { groups: [{ id: 6, name: "more", desc: "", role: "member",
+    members: [member(3)], member_count: 1, more_members: false }], more: false });
+  await until(() => store.groups.size === 2);
+  await tick(50);
+  out.friendCount = store.friends.size;
+  out.stopped = asked("friends").length + asked("groups").length;
+  // opening the group: members in pages of 500 by offset, until the server says no more
+  const loading = s.loadMembers(5);
+  await until(() => asked("group_info").length === 1);
+  out.info1 = withoutReq(asked("group_info")[0]);
+  out.loadingNow = store.groups.get(5).membersLoading;
+  out.again = (await s.loadMembers(5), asked("group_info").length); // one fetch at a time
+  FakeSocket.last.reply("group_info", { group: { id: 5, name: "big", desc: "", creator: 2,
+    members: members(2, 501), member_count: 700, more_members: true } });
+  await until(() => asked("group_info").length === 2);
+  out.info2 = asked("group_info")[1].offset;
+  FakeSocket.last.reply("group_info", { group: { id: 5, name: "big", desc: "", creator: 2,
+    members: members(502, 701), member_count: 700, more_members: false } });
+  await loading;
+  const g = store.groups.get(5);
+  out.members = `${g.members.length}/${g.memberCount}:${g.membersLoaded}:${g.membersLoading}`;
+  out.pages = asked("group_info").length;
+  out.limits = [m.FRIENDS_PAGE, m.GROUPS_PAGE, m.MEMBERS_PAGE].join(",");
+  return out;
+}

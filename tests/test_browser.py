@@ -69,6 +69,17 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDaemon]:
     d.stop()
 
 
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDaemon]:
+    """A daemon where a user may create one group and be in two."""
+    d = WebDaemon(tmp_path_factory.mktemp("capped"),
+                  args=["--max-groups-created", "1", "--max-groups-joined", "2"])
+    d.start()
+    yield d
+    print(d.output())
+    d.stop()
+
+
 @pytest.fixture
 def users(browser: Browser, daemon: WebDaemon) -> Iterator[list[BrowserUser]]:
     """Browser users made during a test, closed after it; no script errors, CSP
@@ -687,6 +698,121 @@ def test_group_create_join_chat_and_leave(browser: Browser, daemon: WebDaemon,
     alice.expect_message(f"{bob.name} left the group")
 
 
+def test_group_of_25_lists_every_member(browser: Browser, daemon: WebDaemon,
+                                       users: list[BrowserUser]) -> None:
+    """The login reply lists a group's first 20 members: the count comes from
+    ``member_count`` and opening the group fetches all of them (``group_info``). A member
+    beyond the first 20 who is a friend shows their presence; joins and leaves count."""
+    group = unique("crowd")
+    owner = tcp_user(daemon, unique("owner"))
+    web_name = unique("web")
+    friend = None
+    try:
+        gid = owner.ok("group_create", name=group)["group"]["id"]
+        names = [owner.name]
+        for _ in range(22):
+            member = tcp_user(daemon, unique("member"))
+            member.ok("group_join", group=gid)
+            names.append(member.name)
+            member.close()
+        # the browser user joins 24th, and the 25th is their friend, online
+        me = tcp_user(daemon, web_name)
+        me.ok("group_join", group=gid)
+        friend = tcp_user(daemon, unique("pal"))
+        friend.ok("group_join", group=gid)
+        friend.ok("friend_add", to=me.user_id)
+        me.ok("friend_accept", **{"from": friend.user_id})
+        me.close()
+        names += [web_name, friend.name]
+        assert len(names) == 25
+
+        web = BrowserUser(browser, daemon.url, web_name)
+        users.append(web)
+        web.login()
+        web.tab("Groups")
+        expect(web.conversation(group)).to_contain_text("25 members")
+        web.conversation(group).click()
+        expect(web.page.get_by_role("heading", name=group, exact=True)).to_be_visible()
+        expect(web.page.locator(".chat-sub")).to_contain_text("25 members")
+        pane = web.page.get_by_role("complementary", name="Members")
+        expect(pane.get_by_text("25 members", exact=True)).to_be_visible()
+        rows = pane.get_by_role("listitem")
+        expect(rows).to_have_count(25, timeout=WAIT_MS)
+        expect(rows.filter(has_text=owner.name or "")).to_contain_text("creator")
+        expect(rows.filter(has_text=f"{web_name} (you)")).to_have_count(1)
+        listed = {t.strip() for t in rows.locator(".member-name").all_inner_texts()}
+        assert listed == {n for n in names if n != web_name} | {f"{web_name} (you)"}
+        # the friend (25th, not in the login reply's 20) goes offline: shown in the pane
+        expect(rows.filter(has_text=friend.name or "")).to_contain_text("online")
+        friend.close()
+        expect(rows.filter(has_text=friend.name or "")).to_contain_text("offline",
+                                                                        timeout=WAIT_MS)
+        # someone joins and leaves: the count follows, the list too
+        late = tcp_user(daemon, unique("late"))
+        late.ok("group_join", group=gid)
+        expect(pane.get_by_text("26 members", exact=True)).to_be_visible(timeout=WAIT_MS)
+        expect(rows).to_have_count(26)
+        late.ok("group_leave", group=gid)
+        late.close()
+        expect(pane.get_by_text("25 members", exact=True)).to_be_visible(timeout=WAIT_MS)
+        expect(rows.filter(has_text=late.name or "")).to_have_count(0)
+        web.tab("Groups")
+        expect(web.conversation(group)).to_contain_text("25 members")
+    finally:
+        owner.close()
+        if friend is not None:
+            friend.close()
+
+
+def test_group_caps_in_words(browser: Browser, capped: WebDaemon,
+                             users: list[BrowserUser]) -> None:
+    """``too_many_groups_created`` and ``too_many_groups`` are said in words, in English
+    and in Chinese."""
+    owner = tcp_user(capped, unique("owner"))
+    try:
+        first = unique("first")
+        other = unique("other")
+        third = unique("third")
+        owner.ok("group_create", name=other)
+        helper = tcp_user(capped, unique("helper"))
+        helper.ok("group_create", name=third)
+        helper.close()
+        web = new_user(users, browser, capped, "capper").register()
+        page = web.page
+        web.tab("Groups")
+        page.get_by_role("button", name="New group").click()
+        page.get_by_role("textbox", name="Group name").fill(first)
+        page.get_by_role("button", name="Create").click()
+        expect(page.get_by_role("heading", name=first, exact=True)).to_be_visible()
+        web.tab("Groups")
+        page.get_by_role("button", name="New group").click()
+        page.get_by_role("textbox", name="Group name").fill(unique("second"))
+        page.get_by_role("button", name="Create").click()
+        alert = web.panel().get_by_role("alert")
+        expect(alert).to_have_text("You have created as many groups as allowed.")
+        page.get_by_role("button", name="Language: 中文").click()
+        page.get_by_role("button", name="创建").click()
+        expect(alert).to_have_text("你创建的群组数量已达上限。")
+        page.get_by_role("button", name="语言: English").click()
+        # in two groups: joining a third is refused in words
+        web.panel().get_by_role("textbox", name="Search").fill(other)
+        web.panel().get_by_role("listitem").filter(has_text=other).get_by_role(
+            "button", name="Join").click()
+        expect(page.get_by_role("heading", name=other, exact=True)).to_be_visible()
+        web.tab("Groups")
+        web.panel().get_by_role("textbox", name="Search").fill(third)
+        web.panel().get_by_role("listitem").filter(has_text=third).get_by_role(
+            "button", name="Join").click()
+        expect(page.get_by_text("You are in as many groups as allowed. Leave one to join "
+                                "or create another.")).to_be_visible()
+        page.get_by_role("button", name="Language: 中文").click()
+        web.panel().get_by_role("listitem").filter(has_text=third).get_by_role(
+            "button", name="加入").click()
+        expect(page.get_by_text("你加入的群组数量已达上限。")).to_be_visible()
+    finally:
+        owner.close()
+
+
 def test_history_pages_in_on_scroll(browser: Browser, daemon: WebDaemon,
                                     users: list[BrowserUser]) -> None:
     """120 messages already acknowledged: the log shows the newest page, and scrolling
@@ -919,6 +1045,42 @@ def test_unit_account_disabled(browser: Browser, daemon: WebDaemon) -> None:
         "resume": "signedout:null:disabled", "noRetry": True,
         "words": "This account has been disabled by an operator.",
         "forbidden": "Only an administrator may do that.",
+    }
+
+
+def test_unit_paging_store(browser: Browser, daemon: WebDaemon) -> None:
+    """The store's bookkeeping of bounded lists: cursors of the friends and groups pages,
+    counts from ``member_count``, member pages merged by offset, presence of a member not
+    listed ignored, joins and leaves on a partial list counted but not placed."""
+    page = browser.new_page()
+    try:
+        result = run_unit(page, daemon.url, "testPagingStore")
+    finally:
+        page.close()
+    assert result == {
+        "login": "true,3,true,5", "preview": "20/25:true", "notListed": False,
+        "friendOnline": True, "friends": "3:false:30", "joinedPartial": "20/26",
+        "next": 20, "last": None, "whole": "26/26:false:true", "noDoubles": True,
+        "memberOnline": True, "afterPushes": "26/26", "leftPartial": 29,
+        "groups": "2:true:8", "emptyPage": "false:8", "added": "300:member:true",
+    }
+
+
+def test_unit_paging_session(browser: Browser, daemon: WebDaemon) -> None:
+    """After a login that says there are more, the session pages on with ``after`` at the
+    largest page sizes until ``more`` is false; a group's members come by ``offset``."""
+    page = browser.new_page()
+    try:
+        result = run_unit(page, daemon.url, "testPagingSession")
+    finally:
+        page.close()
+    assert result == {
+        "friends1": {"type": "friends", "limit": 1000, "after": 2}, "friends2": 9,
+        "groups1": {"type": "groups", "limit": 200, "after": 5},
+        "friendCount": 3, "stopped": 3,
+        "info1": {"type": "group_info", "group": 5, "limit": 500, "offset": 0},
+        "loadingNow": True, "again": 1, "info2": 500,
+        "members": "700/700:true:false", "pages": 2, "limits": "1000,200,500",
     }
 
 

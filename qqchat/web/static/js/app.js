@@ -159,6 +159,8 @@ class App {
     this.store.setOpen(key);
     this.showChat = true;
     this.session.loadHistory(key);
+    const conv = this.store.convs.get(key);
+    if (conv?.kind === "group") this.session.loadMembers(conv.id);
     this.render();
     if (key !== SYSTEM_KEY) this.chat.input.focus();
     else this.chat.log.focus();
@@ -184,7 +186,9 @@ class App {
 
   errorText(err) {
     const code = err?.code;
-    if (["already_friends", "group_full", "already_member", "too_long", "forbidden"].includes(code)) {
+    const known = ["already_friends", "group_full", "already_member", "too_long", "forbidden",
+      "too_many_groups", "too_many_groups_created", "too_many_friends"];
+    if (known.includes(code)) {
       return t(`err_${code}`);
     }
     return loginError(err);

@@ -68,11 +68,14 @@ export class ChatView {
     // the group pane
     this.paneTitle = h("h2", { class: "pane-title", id: "group-pane-title" });
     this.paneDesc = h("p", { class: "pane-desc" });
+    this.paneCount = h("p", { class: "pane-count" });
     this.memberList = h("ul", { class: "members" });
+    this.membersNote = h("p", { class: "pane-note" });
     this.leaveButton = h("button", { type: "button", class: "danger", on: { click: () => this.leave() } });
     this.groupPane = h("aside", {
       id: "group-pane", class: "group-pane", attrs: { "aria-labelledby": "group-pane-title" },
-    }, this.paneTitle, this.paneDesc, this.memberList, this.leaveButton);
+    }, this.paneTitle, this.paneDesc, this.paneCount, this.memberList, this.membersNote,
+    this.leaveButton);
 
     this.el = h("div", { class: "chat-area" }, this.empty, this.pane, this.groupPane);
   }
@@ -195,7 +198,7 @@ export class ChatView {
     let sub = "";
     if (group) {
       const online = group.members.filter((m) => m.online).length;
-      sub = `${memberCount(group.members.length)} · ${online} ${t("online")}`;
+      sub = `${memberCount(group.memberCount)} · ${online} ${t("online")}`;
     } else if (conv.kind === "direct") {
       const f = store.friends.get(conv.id);
       sub = f ? (f.online ? t("online") : t("offline")) : "";
@@ -267,6 +270,11 @@ export class ChatView {
     setText(this.paneTitle, t("members"));
     setText(this.paneDesc, group.desc || "");
     show(this.paneDesc, !!group.desc);
+    // the count is the server's: the list may still be only the first members
+    setText(this.paneCount, memberCount(group.memberCount));
+    const loading = group.moreMembers && group.membersLoading;
+    setText(this.membersNote, loading ? t("loadingMembers") : "");
+    show(this.membersNote, loading);
     const me = this.store.me?.id;
     const sorted = [...group.members].sort((a, b) =>
       (b.role === "creator") - (a.role === "creator") || Number(b.online) - Number(a.online)

@@ -103,6 +103,10 @@ const en = {
   err_group_full: "That group is full.",
   err_already_member: "You are already in that group.",
   err_too_long: "That message is too long (4000 characters at most).",
+  err_too_many_groups: "You are in as many groups as allowed. Leave one to join or create another.",
+  err_too_many_groups_created: "You have created as many groups as allowed.",
+  err_too_many_friends: "You or they have as many friends as allowed.",
+  loadingMembers: "Loading members…",
 };
 
 /** @type {typeof en} */
@@ -205,6 +209,10 @@ const zh = {
   err_group_full: "该群已满。",
   err_already_member: "你已在该群中。",
   err_too_long: "消息太长（最多 4000 个字符）。",
+  err_too_many_groups: "你加入的群组数量已达上限。请先退出一个群组，再加入或创建新的群组。",
+  err_too_many_groups_created: "你创建的群组数量已达上限。",
+  err_too_many_friends: "你或对方的好友数量已达上限。",
+  loadingMembers: "正在加载群成员…",
 };
 
 export const LANGS = { en, zh };

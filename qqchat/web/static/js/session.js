@@ -16,6 +16,12 @@ const PING_TIMEOUT = 10000;
 /** Acks wait this long so a burst of messages costs one ack. */
 const ACK_DELAY = 200;
 const HISTORY_PAGE = 30;
+/** Pages of the largest size the server takes: friends 1000, groups 200, members 500. */
+export const FRIENDS_PAGE = 1000;
+export const GROUPS_PAGE = 200;
+export const MEMBERS_PAGE = 500;
+/** At most this many pages of one list per login: a server that always says "more" is not followed forever. */
+export const MAX_PAGES = 20;
 
 /**
  * Where tokens live: localStorage when "remember me" was ticked, else sessionStorage
@@ -88,6 +94,8 @@ export class Session extends EventTarget {
     this._live = false;
     /** bumped by logout, so a resume still under way gives up */
     this._gen = 0;
+    /** bumped by every login: pages asked for under an earlier one are dropped */
+    this._logins = 0;
   }
 
   _setStatus(status) {
@@ -179,6 +187,7 @@ export class Session extends EventTarget {
     this._received = 0;
     this._rendered = 0;
     this._acked = 0;
+    this._logins++;
     this.store.applyLogin(reply);
     // the backlog follows, then `synced` (handled in _push)
   }
@@ -339,6 +348,7 @@ export class Session extends EventTarget {
     const convs = this.conn.request("conversations", { limit: 50 });
     for (const m of this.store.pending()) this._transmit(m);
     this._scheduleAck();
+    this._loadRest();
     try {
       this.store.applyConversations((await convs).conversations);
     } catch (err) {
@@ -347,6 +357,71 @@ export class Session extends EventTarget {
     // a conversation on screen before a reconnect may have missed messages
     const open = this.store.open;
     if (open && open !== SYSTEM_KEY) this._refreshOpen(open);
+  }
+
+  // -- lists longer than the login reply --------------------------------------------------
+
+  /**
+   * The login reply lists the first 200 friends and 50 groups: fetch the rest, in pages
+   * of the largest size, while the server says there are more (and at most MAX_PAGES).
+   */
+  async _loadRest() {
+    const store = this.store;
+    const login = this._logins;
+    try {
+      for (let i = 0; store.friendsMore && i < MAX_PAGES; i++) {
+        const reply = await this.conn.request("friends",
+          { limit: FRIENDS_PAGE, after: store.friendsAfter });
+        if (login !== this._logins) return;
+        store.addFriendsPage(reply.friends, reply.more);
+      }
+      for (let i = 0; store.groupsMore && i < MAX_PAGES; i++) {
+        const reply = await this.conn.request("groups",
+          { limit: GROUPS_PAGE, after: store.groupsAfter });
+        if (login !== this._logins) return;
+        store.addGroupsPage(reply.groups, reply.more);
+      }
+    } catch (err) {
+      // dropped: the next login starts over; a refusal is said in words
+      if (!(err instanceof Disconnected) && login === this._logins) {
+        this._notice("error", { code: err.code, message: err.message });
+      }
+    }
+    // a group on screen shows its whole member list
+    const open = store.open ? store.convs.get(store.open) : null;
+    if (open?.kind === "group" && login === this._logins) this.loadMembers(open.id);
+  }
+
+  /**
+   * The whole member list of a group, when it is opened: `group_info` pages of 500 by
+   * offset while the server says there are more. Joins and leaves that come as pushes
+   * keep it right while it is on screen.
+   */
+  async loadMembers(groupId) {
+    const store = this.store;
+    if (!this.synced || !store.canLoadMembers(groupId)) return;
+    const login = this._logins;
+    store.membersLoading(groupId, true);
+    let offset = 0;
+    let again = true;
+    try {
+      for (let i = 0; offset !== null && i < MAX_PAGES; i++) {
+        const reply = await this.conn.request("group_info",
+          { group: groupId, limit: MEMBERS_PAGE, offset });
+        if (login !== this._logins) return;
+        offset = store.groupMembersPage(groupId, reply.group, offset);
+        const g = store.groups.get(groupId);
+        if (offset === null && again && g && g.members.length < g.memberCount) {
+          // someone left between two pages and the offsets moved: read it again, once
+          again = false;
+          offset = 0;
+        }
+      }
+    } catch {
+      // not loaded: tried again the next time the group is opened
+    } finally {
+      if (login === this._logins) store.membersLoading(groupId, false);
+    }
   }
 
   async _refreshOpen(key) {

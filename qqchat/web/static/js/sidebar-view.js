@@ -458,7 +458,7 @@ export class SidebarView {
         const it = this.groupItems.get(groupKey(g.id));
         setText(it.name, g.name);
         setText(it.av, initial(g.name));
-        setText(it.count, memberCount(g.members.length));
+        setText(it.count, memberCount(g.memberCount));
         return it.li;
       });
     this.groupItems.sweep();

@@ -13,6 +13,31 @@ export const SYSTEM_KEY = "system";
 const PREVIEW_CHARS = 100;
 
 /**
+ * A group as the store keeps it, from any of the server's shapes (the login reply and
+ * `groups`, or group info). `members` may be only the first of them: `memberCount` is
+ * how many there are, `moreMembers` whether the list stops short of them, `membersLoaded`
+ * whether the whole list came from `group_info` since this login.
+ * @typedef {{id: number, name: string, desc: string, role: string,
+ *   members: {id: number, name: string, role: string, online: boolean}[],
+ *   memberCount: number, moreMembers: boolean, membersLoaded: boolean,
+ *   membersLoading: boolean}} Group
+ */
+function groupRecord(g, role) {
+  const members = structuredClone(g.members ?? []);
+  return {
+    id: g.id, name: g.name, desc: g.desc ?? "", role,
+    members,
+    memberCount: g.member_count ?? members.length,
+    moreMembers: !!g.more_members,
+    membersLoaded: false,
+    membersLoading: false,
+  };
+}
+
+/** The id to page on from: the last entry of a page, or the cursor as it was. */
+const lastId = (list, cursor) => (list.length ? list.at(-1).id : cursor);
+
+/**
  * A fresh client id for a send: random, so a retry after a reload can never collide.
  * crypto.getRandomValues works on plain http pages too (randomUUID needs a secure context).
  * @returns {string}
@@ -47,9 +72,13 @@ export class ChatStore extends EventTarget {
     this.friends = new Map();
     /** @type {Map<number, {from: number, name: string, ts: number}>} */
     this.requests = new Map();
-    /** @type {Map<number, {id: number, name: string, desc: string, role: string,
-     *   members: {id: number, name: string, role: string, online: boolean}[]}>} */
+    /** @type {Map<number, Group>} */
     this.groups = new Map();
+    /** more friends and groups than the login reply listed: page on `after` these ids */
+    this.friendsMore = false;
+    this.friendsAfter = 0;
+    this.groupsMore = false;
+    this.groupsAfter = 0;
     /** @type {Map<string, Conv>} */
     this.convs = new Map();
     /** @type {Map<string, Msg>} the outbox, by cid */
@@ -73,18 +102,46 @@ export class ChatStore extends EventTarget {
   applyLogin(reply) {
     if (this.me && this.me.id !== reply.user.id) this.reset();
     this.me = { id: reply.user.id, name: reply.user.name };
-    this.friends = new Map(reply.friends.map((f) => [f.id, { ...f }]));
+    this.friends = new Map();
+    this.groups = new Map();
     this.requests = new Map(reply.requests.map((r) => [r.from, { ...r }]));
-    this.groups = new Map(reply.groups.map((g) => [g.id, structuredClone(g)]));
-    for (const g of this.groups.values()) {
-      const conv = this.convs.get(groupKey(g.id));
-      if (conv) conv.name = g.name;
-    }
-    for (const f of this.friends.values()) {
+    this.friendsAfter = this.groupsAfter = 0;
+    this._addFriends(reply.friends, !!reply.friends_more);
+    this._addGroups(reply.groups, !!reply.groups_more);
+    this._emit("login");
+  }
+
+  /** A `friends` reply: the next page, merged (friends added meanwhile stay). */
+  addFriendsPage(friends, more) {
+    this._addFriends(friends, !!more);
+    this._emit("friends");
+  }
+
+  /** A `groups` reply: the next page of my groups, each with its first members. */
+  addGroupsPage(groups, more) {
+    this._addGroups(groups, !!more);
+    this._emit("groups");
+  }
+
+  _addFriends(friends, more) {
+    for (const f of friends) {
+      this.friends.set(f.id, { id: f.id, name: f.name, online: !!f.online });
       const conv = this.convs.get(directKey(f.id));
       if (conv) conv.name = f.name;
     }
-    this._emit("login");
+    this.friendsAfter = lastId(friends, this.friendsAfter);
+    // a page that brought nothing cannot move the cursor: stop rather than ask again
+    this.friendsMore = more && friends.length > 0;
+  }
+
+  _addGroups(groups, more) {
+    for (const g of groups) {
+      this.groups.set(g.id, groupRecord(g, g.role ?? "member"));
+      const conv = this.convs.get(groupKey(g.id));
+      if (conv) conv.name = g.name;
+    }
+    this.groupsAfter = lastId(groups, this.groupsAfter);
+    this.groupsMore = more && groups.length > 0;
   }
 
   /** Friends sorted for the Friends tab: online first, then by name. */
@@ -94,6 +151,11 @@ export class ChatStore extends EventTarget {
     );
   }
 
+  /**
+   * A friend came online or went offline. Members of my groups are updated where the
+   * store lists them; one it does not list (beyond a group's first members, not loaded
+   * yet) is left out: `group_info` brings them with their state when the group is opened.
+   */
   presence(userId, name, online) {
     const f = this.friends.get(userId);
     if (f) f.online = online;
@@ -128,14 +190,59 @@ export class ChatStore extends EventTarget {
 
   /** A group I joined or created (`group_create`/`group_join` reply: group info shape). */
   groupAdded(info) {
-    const mine = info.members.find((m) => this.me && m.id === this.me.id);
-    this.groups.set(info.id, {
-      id: info.id, name: info.name, desc: info.desc ?? "",
-      role: mine ? mine.role : "member", members: structuredClone(info.members),
-    });
+    const role = this.me && info.creator === this.me.id ? "creator" : "member";
+    this.groups.set(info.id, groupRecord(info, role));
     const conv = this.conv(groupKey(info.id));
     conv.name = info.name;
     this._emit("groups", conv.key);
+  }
+
+  /**
+   * Whether to fetch the group's member list now (`group_info`): it is one of mine and
+   * no fetch is under way. Opening a group fetches it every time, which also brings the
+   * online state of members who are not friends (the server pushes presence to friends only).
+   */
+  canLoadMembers(groupId) {
+    const g = this.groups.get(groupId);
+    return !!g && !g.membersLoading;
+  }
+
+  /** A `group_info` page is being fetched for this group (or no longer, `false`). */
+  membersLoading(groupId, loading) {
+    const g = this.groups.get(groupId);
+    if (!g || g.membersLoading === loading) return;
+    g.membersLoading = loading;
+    this._emit("members", groupKey(groupId));
+  }
+
+  /**
+   * A page of members from `group_info` at `offset`: the first page starts the list
+   * again, later ones add to it (by id, so a member seen twice is listed once). The
+   * count and the group's name and description come with every page.
+   * @returns {number|null} the offset of the next page, or null when the list is whole
+   */
+  groupMembersPage(groupId, info, offset) {
+    const g = this.groups.get(groupId);
+    if (!g) return null;
+    g.name = info.name ?? g.name;
+    g.desc = info.desc ?? g.desc;
+    const page = info.members ?? [];
+    const members = offset === 0 ? [] : g.members;
+    const have = new Set(members.map((m) => m.id));
+    for (const m of page) {
+      if (!have.has(m.id)) members.push({ ...m, online: !!m.online });
+      have.add(m.id);
+    }
+    g.members = members;
+    g.memberCount = info.member_count ?? members.length;
+    const more = !!info.more_members && page.length > 0;
+    g.moreMembers = more;
+    if (!more) {
+      g.membersLoaded = true;
+      g.membersLoading = false;
+    }
+    this._emit("members", groupKey(groupId));
+    return more ? offset + page.length : null;
   }
 
   groupRemoved(groupId) {
@@ -150,8 +257,15 @@ export class ChatStore extends EventTarget {
   groupMember(groupId, user, name, joined, ts = Date.now()) {
     const g = this.groups.get(groupId);
     if (!g) return;
+    const listed = g.members.some((m) => m.id === user);
     g.members = g.members.filter((m) => m.id !== user);
-    if (joined) g.members.push({ id: user, name, role: "member", online: true });
+    if (joined) {
+      if (!listed) g.memberCount++;
+      // newcomers come last in join order: only a whole list has room for them yet
+      if (!g.moreMembers) g.members.push({ id: user, name, role: "member", online: true });
+    } else if (listed || g.moreMembers) {
+      g.memberCount = Math.max(g.members.length, g.memberCount - 1);
+    }
     const conv = this.conv(groupKey(groupId));
     this._append(conv, {
       system: true, from: user, name, ts, seq: ++this._seq,
