@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from qqchat_client.paging import FRIENDS_PAGE, GROUPS_PAGE, MEMBERS_PAGE
+
 #: ids stay exact in every JSON implementation, so the server rejects bigger ones
 MAX_ID = 2**53
 HISTORY_MAX = 200
@@ -39,7 +41,7 @@ HELP: dict[str, tuple[str, str]] = {
     "leavegroup": ("leavegroup GID", "leave group GID"),
     "groups": ("groups", "list your groups"),
     "findgroup": ("findgroup NAME|GID", "find groups whose name starts with NAME, or group GID"),
-    "group": ("group GID", "show group GID: description, members, who is online"),
+    "group": ("group GID", "show group GID: description, all its members, who is online"),
     "groupchat": ("groupchat GID TEXT", "send TEXT to every member of group GID"),
     "history": ("history ID|gGID [N]",
                 f"the last N (default 20, at most {HISTORY_MAX}) messages with user ID, "
@@ -174,6 +176,11 @@ def parse(line: str, resolve: Resolver = _no_names) -> Command | None:
             return Command(name)
         if name == "passwd":
             return Command(name, {"type": "password_change"})
+        # lists come in pages: ask for the largest (the console fetches the rest)
+        if name == "friends":
+            return Command(name, {"type": name, "limit": FRIENDS_PAGE})
+        if name == "groups":
+            return Command(name, {"type": name, "limit": GROUPS_PAGE})
         return Command(name, {"type": name})
 
     if name == "help":
@@ -256,7 +263,10 @@ def parse(line: str, resolve: Resolver = _no_names) -> Command | None:
         _nothing_more(extra, name)
         typ = {"joingroup": "group_join", "leavegroup": "group_leave",
                "group": "group_info"}[name]
-        return Command(name, {"type": typ, "group": _group(_need(gid, name), name)})
+        request = {"type": typ, "group": _group(_need(gid, name), name)}
+        if name == "group":
+            request["limit"] = MEMBERS_PAGE  # every member, a page of 500 at a time
+        return Command(name, request)
 
     if name == "groupchat":
         gid, text = _split(rest)

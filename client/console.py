@@ -34,6 +34,7 @@ from qqchat_client.commands import (
     parse,
 )
 from qqchat_client.net import ChatClientProtocol
+from qqchat_client.paging import MAX_PAGES, PAGED, login_rest, merge, next_page
 from qqchat_client.render import (
     clean,
     render_error,
@@ -239,7 +240,8 @@ class ChatConsole:
                 return False
             request["password"] = password
         me = self.roster.my_name
-        reply = await self._send(request)
+        reply = await (self._send_all(request) if request.get("type") in PAGED
+                       else self._send(request))
         if reply is None:
             return False
         if reply.get("type") == "error":
@@ -352,6 +354,40 @@ class ChatConsole:
         except (error.ConnectionLost, error.ConnectionDone, defer.CancelledError):
             return None
 
+    async def _send_all(self, request: Frame) -> Frame | None:
+        """A request for a paged list (friends, groups, a group's members): its reply with
+        every page after it merged in (at most MAX_PAGES), or the first error, or None if
+        the connection went away."""
+        reply = await self._send(request)
+        asked, page = request, reply
+        for _ in range(MAX_PAGES - 1):
+            if page is None or page.get("type") == "error":
+                return page
+            following = next_page(asked, page)
+            if following is None:
+                break
+            asked, page = following, await self._send(following)
+            if page is not None and page.get("type") != "error":
+                reply = merge(reply, page)
+        if page is None or page.get("type") == "error":
+            return page
+        return reply
+
+    async def _load_rest(self) -> None:
+        """After a login: the friends and groups the login reply did not list (it has
+        the first 200 and 50), a page at a time, into the roster."""
+        for _ in range(2 * MAX_PAGES):
+            request = login_rest(self.roster)
+            if request is None:
+                return
+            reply = await self._send(request)
+            if reply is None:
+                return
+            if reply.get("type") == "error":
+                self._show_error(reply, "loading your " + request["type"])
+                return
+            self.roster.learn_reply(request, reply)
+
     # -- login, saved sessions, password change ---------------------------------
 
     async def _login_command(self, request: Frame) -> bool:
@@ -445,6 +481,7 @@ class ChatConsole:
             count = await synced
         except (error.ConnectionLost, error.ConnectionDone):
             return None
+        await self._load_rest()
         if not self.raw:
             self.show(render_summary(self.roster, count))
         return reply

@@ -123,9 +123,20 @@ def render_push(frame: Frame, roster: Roster, now: float, tz: tzinfo | None = No
     return f"{at}The server sent an event this client does not know: {clean(str(typ))}."
 
 
+#: errors said in the client's own words (with what to do), not the server's message
+ERROR_WORDS = {
+    "too_many_groups": "you are in as many groups as the server allows; leave one first "
+                       "(leavegroup GID)",
+    "too_many_groups_created": "you have created as many groups as the server allows",
+    "too_many_friends": "you or they have as many friends as the server allows",
+}
+
+
 def render_error(frame: Frame, command: str | None = None) -> str:
     """An error frame as a sentence: ``login failed: wrong user or password.``"""
-    message = clean(str(frame.get("message") or frame.get("code") or "unknown error")).strip()
+    words = ERROR_WORDS.get(str(frame.get("code")))
+    message = words or clean(str(frame.get("message") or frame.get("code")
+                                 or "unknown error")).strip()
     if message[-1:] not in (".", "!", "?"):
         message += "."
     wait = frame.get("retry_after")
@@ -151,8 +162,7 @@ def render_friends(roster: Roster) -> str:
 def render_groups_line(roster: Roster) -> str:
     if not roster.groups:
         return "Groups: none"
-    items = [f"{clean(g.name)} (g{gid}, {len(g.members)} "
-             f"member{'s' if len(g.members) != 1 else ''})"
+    items = [f"{clean(g.name)} (g{gid}, {_plural(g.member_count, 'member')})"
              for gid, g in sorted(roster.groups.items())]
     return "Groups: " + ", ".join(items)
 
@@ -184,7 +194,9 @@ def _group_detail(roster: Roster, info: Frame) -> str:
     lines = [head]
     members = [m for m in info.get("members") or [] if isinstance(m, dict)]
     online = sum(1 for m in members if m.get("online"))
-    lines.append(f"  {len(members)} member{'s' if len(members) != 1 else ''}, {online} online:")
+    count = _count(info.get("member_count"), len(members))
+    listed = f" ({len(members)} listed)" if len(members) < count else ""
+    lines.append(f"  {_plural(count, 'member')}, {online} online{listed}:")
     for m in members:
         lines.append(f"  {_user(roster, m.get('id'), m.get('name'))} "
                      f"{clean(str(m.get('role', 'member')))}, {_online(m.get('online'))}")
@@ -247,8 +259,8 @@ def render_reply(request: Frame, reply: Frame, roster: Roster, now: float,
                 f"Others join with: joingroup {info.get('id')}")
     if typ == "group_join":
         info = reply.get("group") or {}
-        n = len(info.get("members") or [])
-        return f"Joined group {_group(roster, info.get('id'))}, {n} member{'s' if n != 1 else ''}."
+        n = _count(info.get("member_count"), len(info.get("members") or []))
+        return f"Joined group {_group(roster, info.get('id'))}, {_plural(n, 'member')}."
     if typ == "group_leave":
         return f"Left {_group(roster, left_group(request, reply))}."
     if typ == "group_info":
@@ -259,9 +271,10 @@ def render_reply(request: Frame, reply: Frame, roster: Roster, now: float,
         lines = []
         for gid, g in sorted(roster.groups.items()):
             online = sum(1 for m in g.members.values() if m.online)
-            n = len(g.members)
-            lines.append(f"g{gid} {clean(g.name)}: {n} member{'s' if n != 1 else ''}, "
-                         f"{online} online, you are {clean(g.role or 'member')}")
+            # the list may hold only the first members: say whose state is counted
+            among = f" of the first {len(g.members)}" if g.more_members else ""
+            lines.append(f"g{gid} {clean(g.name)}: {_plural(g.member_count, 'member')}, "
+                         f"{online}{among} online, you are {clean(g.role or 'member')}")
         return "\n".join(lines)
     if typ == "user_search":
         return render_user_search(request, reply, roster)
@@ -289,6 +302,13 @@ def render_reply(request: Frame, reply: Frame, roster: Roster, now: float,
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _count(value: Any, fallback: int) -> int:
+    """A count from the server (``member_count``), else what the list holds."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= fallback:
+        return value
+    return fallback
 
 
 def user_line(roster: Roster, user: Frame) -> str:

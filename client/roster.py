@@ -23,12 +23,18 @@ class Member:
 
 @dataclass
 class Group:
+    """A group as last seen. ``members`` may be only its first members (the login reply
+    and ``groups`` list 20): ``member_count`` is how many it has, ``more_members``
+    whether ``members`` stops short of them."""
+
     id: int
     name: str
     desc: str = ""
     role: str | None = None
     creator: int | None = None
     members: dict[int, Member] = field(default_factory=dict)
+    member_count: int = 0
+    more_members: bool = False
 
 
 def _int(value: Any) -> int | None:
@@ -82,6 +88,11 @@ class Roster:
         self.groups: dict[int, Group] = {}  # the groups I am a member of
         self.group_names: dict[int, str] = {}  # every group seen, mine or not
         self.requests: dict[int, str] = {}  # pending requests to me: id -> name
+        # the login reply lists the first friends and groups: more to page in after these ids
+        self.friends_more = False
+        self.friends_after = 0
+        self.groups_more = False
+        self.groups_after = 0
 
     # -- queries ------------------------------------------------------------
 
@@ -116,6 +127,8 @@ class Roster:
         self.friends.clear()
         self.groups.clear()
         self.requests.clear()
+        self.friends_more = self.groups_more = False
+        self.friends_after = self.groups_after = 0
 
     def _name(self, uid: Any, name: Any) -> None:
         uid = _int(uid)
@@ -136,12 +149,19 @@ class Roster:
                 group.members[m["id"]] = Member(str(m.get("name", "")),
                                                 str(m.get("role", "member")),
                                                 bool(m.get("online")))
+        count = _int(info.get("member_count"))
+        group.member_count = max(count, len(group.members)) if count is not None \
+            else len(group.members)
+        group.more_members = info.get("more_members") is True
         self.group_names[gid] = name
         if mine is None:
-            mine = self.me is not None and self.me in group.members
+            # a group of many members need not list me among the first ones
+            mine = gid in self.groups or (self.me is not None and self.me in group.members)
         if mine:
             if group.role is None and self.me in group.members:
                 group.role = group.members[self.me].role
+            if group.role is None and group.creator is not None:
+                group.role = "creator" if group.creator == self.me else "member"
             old = self.groups.get(gid)
             if old is not None and group.creator is None:
                 group.creator = old.creator
@@ -149,6 +169,8 @@ class Roster:
         return group
 
     def _set_online(self, uid: int, online: bool) -> None:
+        """A friend's presence. Groups that list them are updated; a group whose list
+        stops before them is not (``group GID`` fetches every member with their state)."""
         if uid in self.friends:
             self.friends[uid] = online
         for group in self.groups.values():
@@ -163,9 +185,8 @@ class Roster:
             user = reply.get("user") or {}
             self.me, self.my_name = _int(user.get("id")), user.get("name")
             self._name(self.me, self.my_name)
-            self.learn_friends(reply.get("friends"))
-            for g in reply.get("groups") or []:
-                self._group(g, mine=True)
+            self.learn_friends(reply.get("friends"), reply.get("friends_more") is True)
+            self.learn_groups(reply.get("groups"), reply.get("groups_more") is True)
             for r in reply.get("requests") or []:
                 if isinstance(r, dict) and _int(r.get("from")) is not None:
                     self._name(r["from"], r.get("name"))
@@ -179,7 +200,9 @@ class Roster:
                 if isinstance(u, dict):
                     self._name(u.get("id"), u.get("name"))
         elif typ == "friends":
-            self.learn_friends(reply.get("friends"))
+            # the first page replaces what was known; a page ``after`` one adds to it
+            self.learn_friends(reply.get("friends"), reply.get("more") is True,
+                               first="after" not in request)
         elif typ in ("friend_add", "friend_accept"):
             self._name(reply.get("user"), reply.get("name"))
             friend = reply.get("friend")
@@ -202,9 +225,8 @@ class Roster:
                 self.group_names[info["id"]] = info["name"]
             self.groups.pop(left_group(request, reply) or 0, None)
         elif typ == "groups":
-            self.groups.clear()
-            for g in reply.get("groups") or []:
-                self._group(g, mine=True)
+            self.learn_groups(reply.get("groups"), reply.get("more") is True,
+                              first="after" not in request)
         elif typ == "history":
             for m in reply.get("messages") or []:
                 if isinstance(m, dict):
@@ -231,14 +253,34 @@ class Roster:
                 if isinstance(last, dict):
                     self._name(last.get("from"), last.get("name"))
 
-    def learn_friends(self, friends: Any) -> None:
+    def learn_friends(self, friends: Any, more: bool = False, first: bool = True) -> None:
+        """A page of friends: the first one replaces the list, later ones add to it.
+        ``more``: the server has more after this page (``friends_after``)."""
         if not isinstance(friends, list):
             return
-        self.friends.clear()
-        for f in friends:
-            if isinstance(f, dict) and _int(f.get("id")) is not None:
-                self._name(f["id"], f.get("name"))
-                self.friends[f["id"]] = bool(f.get("online"))
+        if first:
+            self.friends.clear()
+            self.friends_after = 0
+        got = [f for f in friends if isinstance(f, dict) and _int(f.get("id")) is not None]
+        for f in got:
+            self._name(f["id"], f.get("name"))
+            self.friends[f["id"]] = bool(f.get("online"))
+        if got:
+            self.friends_after = got[-1]["id"]
+        # a page that brought nothing cannot move on: stop rather than ask again
+        self.friends_more = more and bool(got)
+
+    def learn_groups(self, groups: Any, more: bool = False, first: bool = True) -> None:
+        """A page of my groups (each with its first members), as ``learn_friends``."""
+        if not isinstance(groups, list):
+            return
+        if first:
+            self.groups.clear()
+            self.groups_after = 0
+        got = [g for g in (self._group(g, mine=True) for g in groups) if g is not None]
+        if got:
+            self.groups_after = got[-1].id
+        self.groups_more = more and bool(got)
 
     def learn_push(self, frame: Frame) -> None:
         """Update from a server push (a frame with no ``req``)."""
@@ -271,9 +313,15 @@ class Roster:
             group = self.groups.get(gid) if gid is not None else None
             if group is None or uid is None:
                 return
+            listed = uid in group.members
             if typ == "group_joined":
-                group.members[uid] = Member(str(frame.get("name", "")), "member", True)
-            else:
+                if not listed:
+                    group.member_count += 1
+                # newcomers come last in join order: only a whole list has room for them
+                if not group.more_members:
+                    group.members[uid] = Member(str(frame.get("name", "")), "member", True)
+            elif listed or group.more_members:
                 group.members.pop(uid, None)
+                group.member_count = max(len(group.members), group.member_count - 1)
         elif typ == "kicked":
             self.reset()
