@@ -12,6 +12,9 @@ replies come. Three modes, alternating run by run in one sitting:
 - ``open``: the same flood with the budgets off (``--login-failures-account 0
   --login-failures-address 0``): every guess is hashed, what the throttle buys.
 
+The flood starts with the genuine users, so the window includes its first seconds;
+``--flood-lead`` starts it earlier, outside the window, for the steady state.
+
 Every connection sends a PROXY header naming its client (the daemon is started
 with ``--proxy-protocol``), so on loopback the flood and the genuine users still
 come from different addresses.
@@ -47,15 +50,18 @@ def add_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--rounds", type=int, default=10,
                        help="loginflood: logins (each followed by a logout) per genuine "
                             "user (10)")
-    group.add_argument("--think", type=float, default=2.0,
+    group.add_argument("--think", type=float, default=4.0,
                        help="loginflood: mean seconds a genuine user waits after a logout, "
-                            "uniform over 0.5-1.5 times it (2)")
+                            "uniform over 0.5-1.5 times it (4)")
     group.add_argument("--flood-conns", type=int, default=200,
                        help="loginflood: connections guessing passwords from one address "
                             "(200)")
     group.add_argument("--flood-seconds", type=float, default=300.0,
                        help="loginflood: longest the flood lasts, seconds; it stops when "
                             "the genuine users are done (300)")
+    group.add_argument("--flood-lead", type=float, default=0.0,
+                       help="loginflood: seconds the flood runs before the genuine users "
+                            "start, outside the measured window (0: they start together)")
     group.add_argument("--modes", default=",".join(MODES),
                        help="loginflood: which of alone,flood,open to run, alternating "
                             "(all three)")
@@ -71,8 +77,9 @@ def check_options(args: argparse.Namespace) -> str | None:
         return f"--modes takes some of {','.join(MODES)}"
     if args.rounds < 1 or args.flood_conns < 1 or (args.users is not None and args.users < 1):
         return "--rounds, --flood-conns and --users must be at least 1"
-    if args.think < 0 or not args.flood_seconds > 0:
-        return "--think cannot be negative and --flood-seconds must be more than 0"
+    if args.think < 0 or args.flood_lead < 0 or not args.flood_seconds > args.flood_lead:
+        return ("--think and --flood-lead cannot be negative, and --flood-seconds must be "
+                "more than --flood-lead")
     args.modes = ",".join(modes)
     return None
 
@@ -175,8 +182,9 @@ class Flood:
             if code is not None:
                 self._guess(k)
 
-    def snapshot(self) -> dict[str, int]:
-        c = self.counts
+    def snapshot(self, since: collections.Counter[str] | None = None) -> dict[str, int]:
+        """The answers so far, less those counted in ``since``."""
+        c = self.counts - (since or collections.Counter())
         answered = c["rate_limited"] + c["bad_credentials"] + c["other"]
         return {"flood_attempts": answered, "flood_rate_limited": c["rate_limited"],
                 "flood_bad_credentials": c["bad_credentials"], "flood_other": c["other"]}
@@ -193,7 +201,8 @@ async def loginflood(ctx: RunContext) -> None:
     mode, users, rounds = o.flood_mode, o.users, o.rounds
     flooding = mode != "alone"
     res.update(mode=mode, users=users, rounds=rounds, hash_cost=o.case_cost,
-               flood_conns=o.flood_conns if flooding else 0, logins=0)
+               flood_conns=o.flood_conns if flooding else 0,
+               flood_lead_s=o.flood_lead if flooding else 0.0, logins=0)
     names = [f"{ctx.prefix}g{i}" for i in range(users)]
     victims = [f"{ctx.prefix}v{j}" for j in range(VICTIMS)]
     genuine = await connect_proxied(ctx, [str(GENUINE_FIRST + i) for i in range(users)])
@@ -225,14 +234,19 @@ async def loginflood(ctx: RunContext) -> None:
         except RequestError as e:  # this user stops; its missing logins show
             ctx.errors.add(e.kind, e.detail)
 
-    window = Window(ctx)
     cap = ctx.reactor.callLater(o.flood_seconds, flood.stop)
     flood.start()
+    if flooding and o.flood_lead > 0:
+        await task.deferLater(ctx.reactor, o.flood_lead, lambda: None)
+    before = collections.Counter(flood.counts)
+    window = Window(ctx)
     try:
         await defer.gatherResults([defer.Deferred.fromCoroutine(guarded(i))
                                    for i in range(users)], consumeErrors=True)
     finally:
-        counted = flood.snapshot()
+        counted = flood.snapshot(before)
+        # the guesses hashed since the flood began, its lead included
+        counted["flood_bad_credentials_all"] = flood.counts["bad_credentials"]
         flood.stop()
         if cap.active():
             cap.cancel()
@@ -269,7 +283,8 @@ def case_list(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def case_label(args: argparse.Namespace, case: dict[str, Any]) -> str:
-    flood = "" if case["mode"] == "alone" else f" flood={args.flood_conns}"
+    flood = "" if case["mode"] == "alone" else f" flood={args.flood_conns}" + (
+        f" lead={args.flood_lead:g}s" if args.flood_lead else "")
     return (f"{args.db} cost={case['cost']} users={case['users']} rounds={args.rounds}"
             f" {case['mode']}{flood}")
 
