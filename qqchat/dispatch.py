@@ -227,19 +227,19 @@ class Dispatcher:
         return _int(msg, "limit", required=False, high=high,
                     what=f"an integer from 1 to {high}") or default
 
-    async def handle_user_search(self, session: Session, msg: Frame) -> Frame:
+    def _search(self, msg: Frame) -> tuple[str, int | None, int]:
+        """The fields both searches take: query, the ``after`` cursor, the page size."""
         query = _str(msg, "query")
         assert query is not None
         lim = self.limits
-        return await self.search.users(session, query, _int(msg, "after", required=False),
-                                       self._page(msg, lim.search_default, lim.search_max))
+        return (query, _int(msg, "after", required=False),
+                self._page(msg, lim.search_default, lim.search_max))
+
+    async def handle_user_search(self, session: Session, msg: Frame) -> Frame:
+        return await self.search.users(session, *self._search(msg))
 
     async def handle_group_search(self, session: Session, msg: Frame) -> Frame:
-        query = _str(msg, "query")
-        assert query is not None
-        lim = self.limits
-        return await self.search.groups(session, query, _int(msg, "after", required=False),
-                                        self._page(msg, lim.search_default, lim.search_max))
+        return await self.search.groups(session, *self._search(msg))
 
     async def handle_conversations(self, session: Session, msg: Frame) -> Frame:
         lim = self.limits
