@@ -32,6 +32,7 @@ from types import ModuleType
 from typing import Any
 
 from mariadb_server import MariaDB, MariaDBError, _die_with_parent, _find_binary, _tail
+from ports import free_port
 from processes import terminate
 from redis_server import RedisServer
 
@@ -57,12 +58,6 @@ class ReplyError(Exception):
         super().__init__(f"{frame.get('code')}: {frame.get('message')}")
         self.frame = frame
         self.code = frame.get("code")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from ports import free_port
 from processes import terminate
 
 BIN = Path(sys.executable).parent
@@ -25,12 +26,6 @@ STOP_TIMEOUT = 10.0
 
 class DaemonError(RuntimeError):
     """The daemon did not start or stop; the message includes its output."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class DaemonProcess:

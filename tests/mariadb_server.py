@@ -17,7 +17,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["MariaDB", "MariaDBError", "find_free_port"]
+from ports import free_port
+
+__all__ = ["MariaDB", "MariaDBError"]
 
 _DEBIAN_PACKAGE = "mariadb-server"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -35,13 +36,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 class MariaDBError(RuntimeError):
     """The throwaway server could not be set up, started or stopped."""
-
-
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """Return a port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _find_binary(names: tuple[str, ...], fallbacks: tuple[str, ...]) -> str:
@@ -173,7 +167,7 @@ class MariaDB:
             self._install_db(install_db)
             # The free port may be taken between probing and binding; retry.
             for attempt in range(3):
-                self.port = find_free_port(self.host)
+                self.port = free_port(self.host)
                 if self._spawn(mariadbd):
                     break
                 if attempt == 2 or "Bind on TCP/IP port" not in _tail(self.error_log):

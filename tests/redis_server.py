@@ -13,12 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from mariadb_server import find_free_port
+from ports import free_port
 
 
 class RedisServer:
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or find_free_port()
+        self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="qqchat-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
