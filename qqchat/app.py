@@ -156,7 +156,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     hub = SessionHub(metrics=metrics)
     relay: Relay
     if settings.redis:
-        from qqchat.relay.redis import RedisCounters, RedisRelay, parse_redis_url
+        from qqchat.relay.counters import RedisCounters
+        from qqchat.relay.redis import RedisRelay, parse_redis_url
 
         cluster = RedisRelay(parse_redis_url(settings.redis), hub, reactor, settings.node_id,
                              metrics=metrics)

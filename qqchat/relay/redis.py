@@ -285,6 +285,12 @@ class RedisRelay(Service):
     def _eval(self, script: str, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
         return self._cmd("EVAL", script, len(keys), *keys, *args)
 
+    def run_script(self, script: str, names: Sequence[str], args: Sequence[Any]
+                   ) -> defer.Deferred[Any]:
+        """Run a Lua script on keys named as this relay names its own (with its prefix),
+        failing fast with ``unavailable`` when Redis is away."""
+        return self._eval(script, [self._k(n) for n in names], list(args))
+
     def _unavailable(self, failure: Any) -> Any:
         if failure.check(ChatError):
             return failure
@@ -531,37 +537,3 @@ class RedisRelay(Service):
         page = [(uid, n.decode() if isinstance(n, bytes) else str(n))
                 for uid, n in zip(ids, names, strict=True) if n is not None]
         return int(total), page
-
-
-
-_PEEK = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  out[2 * i - 1] = tonumber(redis.call('GET', key) or '0')
-  out[2 * i] = redis.call('PTTL', key)
-end
-return out
-"""
-_HIT = """
-for _, key in ipairs(KEYS) do
-  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
-end
-return 1
-"""
-
-
-class RedisCounters:
-    """``services.throttle.Counters`` in Redis, so every node counts against one
-    budget: each key a counter that expires with its window."""
-
-    def __init__(self, relay: RedisRelay) -> None:
-        self._relay = relay
-
-    async def peek(self, keys: Sequence[str]) -> list[tuple[int, float]]:
-        got = await self._relay._eval(_PEEK, [self._relay._k(k) for k in keys], [])
-        return [(int(got[2 * i]), max(int(got[2 * i + 1]), 0) / 1000)
-                for i in range(len(keys))]
-
-    async def hit(self, keys: Sequence[str], window: float) -> None:
-        await self._relay._eval(_HIT, [self._relay._k(k) for k in keys],
-                                [int(window * 1000)])

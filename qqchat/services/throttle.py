@@ -3,7 +3,7 @@
 The budgets are checked before a password is hashed, so a guessing flood costs
 the server a counter read per guess, not a 16 MiB scrypt. Counts live in fixed
 windows (the first failure opens one for ``window`` seconds): in memory on one
-node, in Redis across a cluster (``relay.redis.RedisCounters``), so that guesses
+node, in Redis across a cluster (``relay.counters.RedisCounters``), so that guesses
 spread over several nodes share one budget.
 """
 
