@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
-from unit_support import Client, Services, build_services
+from unit_support import Client, Services, build_services, result_of
 
 from qqchat.services.limits import Limits
 
@@ -23,7 +23,12 @@ def attempt(services: Services, name: str, password: str,
             address: str = "203.0.113.5") -> dict[str, Any]:
     """One login on a new connection (reconnecting must not reset anything)."""
     client = Client(services, peer=f"{address}:5000")
-    reply = client.request({"type": "login", "name": name, "password": password, "req": 1})
+    d = services.dispatcher.dispatch(client.session, {"type": "login", "name": name,
+                                                      "password": password, "req": 1})
+    services.clock.advance(0)
+    if not d.called:  # a refusal, answered after the throttle's pause
+        services.clock.advance(services.accounts._throttle.pause)
+    reply = result_of(d)
     if reply is None:  # written by the handler: logged in
         reply = client.conn.take()[0]
         client.ok({"type": "logout"})
@@ -66,8 +71,10 @@ def test_account_budget_covers_name_forms_and_ids(throttled: Any) -> None:
     for name in ["alice", "ALICE", "Alice", "\uff41lice", "alice"]:
         assert error(attempt(services, name, "wrong-pw"))["code"] == "bad_credentials"
     client = Client(services, peer="203.0.113.5:1")
-    assert error(client.request({"type": "login", "id": uid, "password": "secret-pw",
-                                 "req": 1}))["code"] == "rate_limited"
+    d = services.dispatcher.dispatch(client.session, {"type": "login", "id": uid,
+                                                      "password": "secret-pw", "req": 1})
+    services.clock.advance(1)
+    assert error(result_of(d))["code"] == "rate_limited"
 
 
 def test_address_budget_spans_accounts_and_spares_other_addresses(throttled: Any) -> None:
@@ -103,3 +110,80 @@ def test_failed_logins_are_logged_without_the_password(throttled: Any) -> None:
     failed = [t for t in text if "failed login" in t]
     assert failed and "mallory" in failed[0] and "203.0.113.5" in failed[0]
     assert not any("hunter2-secret" in t for t in text)
+
+
+def test_concurrent_guesses_cannot_outrun_the_budget(clock: task.Clock) -> None:
+    """Guesses sent at once on many connections must not all reach the hash: a budget
+    counted only after each hash finished let 50 concurrent guesses through."""
+    services = build_services(clock, Limits(register_rate=0, login_failures_account=5,
+                                            login_failures_address=30))
+    try:
+        Client(services).register("alice")
+        pending: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def held(f: Any, *a: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append((d, f, a))
+            return d
+
+        services.accounts._hasher._run = held
+        replies = []
+        for k in range(50):
+            client = Client(services, peer=f"203.0.113.5:{6000 + k}")
+            d = services.dispatcher.dispatch(
+                client.session, {"type": "login", "name": "alice", "password": f"wrong-{k}",
+                                 "req": k})
+            d.addCallback(replies.append)
+        clock.advance(0)
+        assert len(pending) == 5  # the account's budget, not 50
+        for d, f, a in pending:
+            d.callback(f(*a))
+        clock.advance(2)  # refusals are answered after a pause (see below)
+        codes = sorted(r["code"] for r in replies)
+        assert codes == ["bad_credentials"] * 5 + ["rate_limited"] * 45
+    finally:
+        services.close()
+
+
+def test_a_genuine_login_does_not_spend_the_budget(throttled: Any) -> None:
+    services, _ = throttled
+    Client(services).register("alice")
+    for _ in range(10):
+        assert attempt(services, "alice", "secret-pw")["type"] == "login"
+    for _ in range(5):
+        assert error(attempt(services, "alice", "wrong-pw"))["code"] == "bad_credentials"
+
+
+def test_a_spent_address_is_refused_before_the_account_is_looked_up(throttled: Any) -> None:
+    services, _ = throttled
+    for k in range(30):
+        assert error(attempt(services, f"guess{k}", "wrong-pw"))["code"] == "bad_credentials"
+    lookups: list[str] = []
+    by_name = services.accounts._store.user_by_name
+
+    def counting(name: str) -> Any:
+        lookups.append(name)
+        return by_name(name)
+
+    services.accounts._store.user_by_name = counting
+    assert error(attempt(services, "guess99", "wrong-pw"))["code"] == "rate_limited"
+    assert lookups == []
+
+
+def test_refusals_are_answered_after_a_pause_and_others_are_not(throttled: Any,
+                                                               clock: task.Clock) -> None:
+    """A flooding connection gets its ``rate_limited`` only after a pause, so each of its
+    connections costs the server about one counter read a second; logins from other
+    addresses are answered at once meanwhile."""
+    services, _ = throttled
+    Client(services).register("alice")
+    for k in range(30):
+        error(attempt(services, f"guess{k}", "wrong-pw"))
+    flood = Client(services, peer="203.0.113.5:7000")
+    d = services.dispatcher.dispatch(flood.session, {"type": "login", "name": "guess1",
+                                                     "password": "x" * 8, "req": 1})
+    clock.advance(0)
+    assert not d.called
+    assert attempt(services, "alice", "secret-pw", address="198.51.100.7")["type"] == "login"
+    clock.advance(1)
+    assert error(result_of(d))["code"] == "rate_limited"

@@ -16,9 +16,25 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-_HIT = """
+_TAKE = """
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local budget = tonumber(ARGV[i + 1])
+  if budget > 0 and tonumber(redis.call('GET', key) or '0') >= budget then
+    wait = math.max(wait, redis.call('PTTL', key), 1)
+  end
+end
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  if tonumber(ARGV[i + 1]) > 0 and redis.call('INCR', key) == 1 then
+    redis.call('PEXPIRE', key, ARGV[1])
+  end
+end
+return 0
+"""
+_GIVE_BACK = """
 for _, key in ipairs(KEYS) do
-  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
+  if tonumber(redis.call('GET', key) or '0') > 0 then redis.call('DECR', key) end
 end
 return 1
 """
@@ -33,5 +49,10 @@ class RedisCounters:
         return [(int(got[2 * i]), max(int(got[2 * i + 1]), 0) / 1000)
                 for i in range(len(keys))]
 
-    async def hit(self, keys: Sequence[str], window: float) -> None:
-        await self._relay.run_script(_HIT, keys, [int(window * 1000)])
+    async def take(self, keys: Sequence[str], budgets: Sequence[int], window: float
+                   ) -> float:
+        wait = await self._relay.run_script(_TAKE, keys, [int(window * 1000), *budgets])
+        return int(wait) / 1000
+
+    async def give_back(self, keys: Sequence[str]) -> None:
+        await self._relay.run_script(_GIVE_BACK, keys, [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -111,18 +112,24 @@ class AccountService:
 
     async def _password_login(self, password: str, name: str | None, user_id: int | None,
                               address: str) -> UserRow:
-        row = (await self._store.user_by_name(name) if name is not None
-               else await self._store.user_by_id(user_id or 0))
-        # one budget per account however it is named; unknown names count too
-        account = (f"user:{row.id}" if row is not None
-                   else f"name:{fold(name)}" if name is not None else f"user:{user_id}")
-        await self._throttle.check(account, address)
+        try:
+            await self._throttle.check_address(address)
+            row = (await self._store.user_by_name(name) if name is not None
+                   else await self._store.user_by_id(user_id or 0))
+            # one budget per account however it is named; unknown names count too
+            account = (f"user:{row.id}" if row is not None
+                       else f"name:{fold(name)}" if name is not None else f"user:{user_id}")
+            await self._throttle.begin(account, address)
+        except ChatError as e:
+            if e.code == "rate_limited":
+                await task.deferLater(self._clock, self._throttle.pause, lambda: None)
+            raise
         ok = await self._hasher.verify(password, row.pw_hash if row else None)
         if not ok or row is None:
-            await self._throttle.failed(account, address)
             self.log.info("failed login for {who} from {address}",
                           who=name if name is not None else f"id {user_id}", address=address)
             raise ChatError("bad_credentials", "wrong user or password")
+        await self._throttle.succeeded(account, address)
         return row
 
     async def _become(self, session: Session, row: UserRow) -> dict[str, Any]:

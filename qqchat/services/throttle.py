@@ -22,8 +22,15 @@ class Counters(Protocol):
         """Each key's count in its current window, and the seconds the window has left."""
         ...
 
-    async def hit(self, keys: Sequence[str], window: float) -> None:
-        """Count one event on each key (a key's first count opens its window)."""
+    async def take(self, keys: Sequence[str], budgets: Sequence[int], window: float
+                   ) -> float:
+        """At once: if a key has spent its budget (0: none), count nothing and return
+        the seconds until it is free again; else count one on each key with a budget
+        (a key's first count opens its window) and return 0."""
+        ...
+
+    async def give_back(self, keys: Sequence[str]) -> None:
+        """Take back one count of ``take`` from each key."""
         ...
 
 
@@ -37,23 +44,38 @@ class LocalCounters:
         self._max = max_keys
         self._counts: dict[str, tuple[int, float]] = {}  # key -> (count, window end)
 
+    def _current(self, key: str, now: float) -> tuple[int, float]:
+        count, end = self._counts.get(key, (0, now))
+        return (count, end) if end > now else (0, now)
+
     async def peek(self, keys: Sequence[str]) -> list[tuple[int, float]]:
         now = self._clock.seconds()
-        out = []
-        for key in keys:
-            count, end = self._counts.get(key, (0, now))
-            out.append((count, end - now) if end > now else (0, 0.0))
-        return out
+        return [(count, end - now) for count, end in (self._current(k, now) for k in keys)]
 
-    async def hit(self, keys: Sequence[str], window: float) -> None:
+    async def take(self, keys: Sequence[str], budgets: Sequence[int], window: float
+                   ) -> float:
         now = self._clock.seconds()
-        for key in keys:
-            count, end = self._counts.get(key, (0, now))
-            if end <= now:
-                count, end = 0, now + window
+        current = [self._current(k, now) for k in keys]
+        wait = max((end - now for (count, end), budget in zip(current, budgets, strict=True)
+                    if budget and count >= budget), default=0.0)
+        if wait > 0:
+            return wait
+        for key, (count, end), budget in zip(keys, current, budgets, strict=True):
+            if not budget:
+                continue
+            if count == 0:
+                end = now + window
                 if len(self._counts) >= self._max:
                     self._prune(now)
             self._counts[key] = (count + 1, end)
+        return 0.0
+
+    async def give_back(self, keys: Sequence[str]) -> None:
+        now = self._clock.seconds()
+        for key in keys:
+            count, end = self._current(key, now)
+            if count > 0:
+                self._counts[key] = (count - 1, end)
 
     def _prune(self, now: float) -> None:
         self._counts = {k: v for k, v in self._counts.items() if v[1] > now}
@@ -62,27 +84,54 @@ class LocalCounters:
 
 
 class LoginThrottle:
+    """The two budgets of R6, spent in a way that concurrency cannot outrun.
+
+    Each password check first reserves one failure on both budgets (``begin``), and
+    only a right password gives it back (``succeeded``): were failures counted after
+    their hash, a burst of guesses sent at once would all pass the check and all be
+    hashed. The address budget is also read on its own before the account is looked
+    up (``check_address``), so a spent address costs one counter read, not a query.
+    Refusals are answered after ``pause`` seconds: a flooding connection then asks
+    about once a second, and a flood of them costs the server little.
+    """
+
     def __init__(self, counters: Counters, per_account: int, per_address: int,
-                 window: float = 60.0) -> None:
+                 window: float = 60.0, pause: float = 1.0) -> None:
         self._counters = counters
         self._budgets = (per_account, per_address)
         self._window = window
+        self.pause = pause
 
     @staticmethod
     def _keys(account: str, address: str) -> list[str]:
         return [f"login-fail:account:{account}", f"login-fail:address:{address}"]
 
-    async def check(self, account: str, address: str) -> None:
-        """Raise ``rate_limited`` (with ``retry_after``) if either budget is spent."""
+    @staticmethod
+    def _refused(wait: float) -> ChatError:
+        return ChatError("rate_limited", "too many failed logins; try again later",
+                         retry_after=round(wait + 0.5))
+
+    async def check_address(self, address: str) -> None:
+        """Raise ``rate_limited`` if the address has spent its budget."""
+        budget = self._budgets[1]
+        if not budget:
+            return
+        [(count, left)] = await self._counters.peek(self._keys("", address)[1:])
+        if count >= budget and left > 0:
+            raise self._refused(left)
+
+    async def begin(self, account: str, address: str) -> None:
+        """Reserve one failure on both budgets, or raise ``rate_limited``."""
         if not any(self._budgets):
             return
-        counts = await self._counters.peek(self._keys(account, address))
-        wait = max((left for (count, left), budget in zip(counts, self._budgets, strict=True)
-                    if budget and count >= budget), default=0.0)
+        wait = await self._counters.take(self._keys(account, address), self._budgets,
+                                         self._window)
         if wait > 0:
-            raise ChatError("rate_limited", "too many failed logins; try again later",
-                            retry_after=round(wait + 0.5))
+            raise self._refused(wait)
 
-    async def failed(self, account: str, address: str) -> None:
+    async def succeeded(self, account: str, address: str) -> None:
+        """The password was right: it was no failure."""
         if any(self._budgets):
-            await self._counters.hit(self._keys(account, address), self._window)
+            await self._counters.give_back(
+                [k for k, b in zip(self._keys(account, address), self._budgets, strict=True)
+                 if b])
