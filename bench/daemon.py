@@ -309,17 +309,22 @@ def _load_test_helper(file: str, module_name: str, needed_for: str) -> ModuleTyp
     return module
 
 
+def _load_ports_helper() -> ModuleType:
+    """tests/ports.py, under the name the other helpers import it by (tests/ is a
+    directory of sibling modules, not a package)."""
+    return _load_test_helper("ports.py", "ports", "the bench's MariaDB and Redis")
+
+
 def _load_mariadb_helper() -> ModuleType:
     """tests/mariadb_server.py starts a throwaway MariaDB; reuse it rather than copy it."""
+    _load_ports_helper()
     return _load_test_helper("mariadb_server.py", "qqbench_mariadb_server",
                              "--db mysql (or give --db-url mysql://...)")
 
 
 def _load_redis_helper() -> ModuleType:
-    """tests/redis_server.py starts a throwaway redis-server. It imports its port
-    helper as ``mariadb_server`` (a sibling module in tests/), so that name goes in
-    sys.modules first."""
-    sys.modules.setdefault("mariadb_server", _load_mariadb_helper())
+    """tests/redis_server.py starts a throwaway redis-server."""
+    _load_ports_helper()
     return _load_test_helper("redis_server.py", "qqbench_redis_server", "chat --cross")
 
 
