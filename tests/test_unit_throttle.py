@@ -113,8 +113,9 @@ def test_failed_logins_are_logged_without_the_password(throttled: Any) -> None:
 
 
 def test_concurrent_guesses_cannot_outrun_the_budget(clock: task.Clock) -> None:
-    """Guesses sent at once on many connections must not all reach the hash: a budget
-    counted only after each hash finished let 50 concurrent guesses through."""
+    """Guesses sent at once on many connections (from many addresses) must not all
+    reach the hash: a budget counted only after each hash let 50 concurrent guesses
+    through."""
     services = build_services(clock, Limits(register_rate=0, login_failures_account=5,
                                             login_failures_address=30))
     try:
@@ -129,7 +130,7 @@ def test_concurrent_guesses_cannot_outrun_the_budget(clock: task.Clock) -> None:
         services.accounts._hasher._run = held
         replies = []
         for k in range(50):
-            client = Client(services, peer=f"203.0.113.5:{6000 + k}")
+            client = Client(services, peer=f"203.0.113.{k}:6000")
             d = services.dispatcher.dispatch(
                 client.session, {"type": "login", "name": "alice", "password": f"wrong-{k}",
                                  "req": k})
@@ -187,3 +188,39 @@ def test_refusals_are_answered_after_a_pause_and_others_are_not(throttled: Any,
     assert attempt(services, "alice", "secret-pw", address="198.51.100.7")["type"] == "login"
     clock.advance(1)
     assert error(result_of(d))["code"] == "rate_limited"
+
+
+def test_one_address_checks_one_password_at_a_time(throttled: Any,
+                                                   clock: task.Clock) -> None:
+    """Guesses from one address wait for each other, so a burst of them holds one
+    hashing thread at most and a login from elsewhere is hashed at once."""
+    services, _ = throttled
+    Client(services).register("alice")
+    pending: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def held(f: Any, *a: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        pending.append((d, f, a))
+        return d
+
+    services.accounts._hasher._run = held
+    replies: list[dict[str, Any]] = []
+    for k in range(4):
+        flood = Client(services, peer=f"203.0.113.5:{7000 + k}")
+        services.dispatcher.dispatch(flood.session, {
+            "type": "login", "name": f"guess{k}", "password": "wrong-pw", "req": k,
+        }).addCallback(replies.append)
+    genuine = Client(services, peer="198.51.100.7:5000")
+    login = services.dispatcher.dispatch(genuine.session, {
+        "type": "login", "name": "alice", "password": "secret-pw", "req": "me"})
+    clock.advance(0)
+    assert len(pending) == 2  # one guess and alice's
+    d, f, a = pending.pop()
+    d.callback(f(*a))
+    assert result_of(login) is None and genuine.conn.take()[0]["type"] == "login"
+    while pending:  # the guesses, one after another
+        d, f, a = pending.pop()
+        d.callback(f(*a))
+        clock.advance(0)
+        assert len(pending) <= 1
+    assert [r["code"] for r in replies] == ["bad_credentials"] * 4

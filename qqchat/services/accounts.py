@@ -124,7 +124,11 @@ class AccountService:
             if e.code == "rate_limited":
                 await task.deferLater(self._clock, self._throttle.pause, lambda: None)
             raise
-        ok = await self._hasher.verify(password, row.pw_hash if row else None)
+        await self._throttle.turn(address)
+        try:
+            ok = await self._hasher.verify(password, row.pw_hash if row else None)
+        finally:
+            self._throttle.done(address)
         if not ok or row is None:
             self.log.info("failed login for {who} from {address}",
                           who=name if name is not None else f"id {user_id}", address=address)

@@ -9,9 +9,11 @@ spread over several nodes share one budget.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from qqchat.errors import ChatError
@@ -92,7 +94,10 @@ class LoginThrottle:
     hashed. The address budget is also read on its own before the account is looked
     up (``check_address``), so a spent address costs one counter read, not a query.
     Refusals are answered after ``pause`` seconds: a flooding connection then asks
-    about once a second, and a flood of them costs the server little.
+    about once a second, and a flood of them costs the server little. And one
+    address has one password checked at a time (``turn``/``done``): the budget's
+    worth of guesses sent at once then holds one hashing thread, not all of them,
+    and logins from other addresses do not queue behind it.
     """
 
     def __init__(self, counters: Counters, per_account: int, per_address: int,
@@ -101,6 +106,8 @@ class LoginThrottle:
         self._budgets = (per_account, per_address)
         self._window = window
         self.pause = pause
+        #: per address with a check running, the checks waiting for their turn
+        self._waiting: dict[str, deque[defer.Deferred[None]]] = {}
 
     @staticmethod
     def _keys(account: str, address: str) -> list[str]:
@@ -135,3 +142,20 @@ class LoginThrottle:
             await self._counters.give_back(
                 [k for k, b in zip(self._keys(account, address), self._budgets, strict=True)
                  if b])
+
+    async def turn(self, address: str) -> None:
+        """Wait until no other password check of ``address`` runs; pair with ``done``."""
+        waiting = self._waiting.get(address)
+        if waiting is None:
+            self._waiting[address] = deque()
+            return
+        d: defer.Deferred[None] = defer.Deferred()
+        waiting.append(d)
+        await d
+
+    def done(self, address: str) -> None:
+        waiting = self._waiting[address]
+        if waiting:
+            waiting.popleft().callback(None)
+        else:
+            del self._waiting[address]
