@@ -14,9 +14,25 @@ Redis keys (prefix ``qq:``):
   set of online user ids (the cluster-wide ``who``); ``names``: their names.
 
 Channels: ``qq:u:<uid>`` per online user, subscribed by the node that holds the
-session; ``qq:all`` for broadcasts. Payloads: ``M <id> <line>`` (a stored message),
-``E <line>`` (an event), ``K <token>`` (kick that session), ``B <node> <id> <sender>
-<line>`` (a broadcast).
+session; ``qq:all`` for broadcasts.
+
+Payloads start with a head naming their kind and the relay's format version
+(``FORMAT``), so that nodes of two releases can share a cluster during a rolling
+upgrade: a node skips (and logs) a head it does not know, and an older node
+ignores a newer head without a word. Format 1:
+
+- ``M1 <id> <line>``: a stored message (``line`` is its ``message`` push);
+- ``E1 <line>``: an event that is not stored (presence, friend request...);
+- ``K1 <token>``: kick that session;
+- ``B1 <node> <id> <sender> <line>``: a broadcast, for everyone but ``sender``.
+
+Anyone who can reach Redis can publish, and a payload cut short or glued to
+another would desynchronise a client's stream, so every payload is checked before
+it reaches a socket (``_received``). The check is cheap on the per-message path:
+a ``line`` must be one line, ``{`` to ``}\\n``, with no other line end; a message
+must start with ``{"type":"message","id":<id>,`` (our encoder writes the keys in
+that order), which also ties the body to the id in the head. Events are rarer and
+come in many types, so they are parsed whole.
 """
 
 from __future__ import annotations
@@ -29,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import orjson
 import txredisapi
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints, task
@@ -50,6 +67,42 @@ NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
 COMMAND_TIMEOUT = 5.0
 MAX_UNSENT = 10_000
 _TS = re.compile(rb'"ts":(\d+)')  # a key: inside a JSON string a quote is escaped
+
+#: the relay's payload format; see the module docstring before changing it
+FORMAT = 1
+_MESSAGE, _EVENT, _KICK, _BROADCAST = (b"%s%d" % (k, FORMAT) for k in (b"M", b"E", b"K", b"B"))
+_KINDS = frozenset(b"MEKB")
+_MESSAGE_HEAD = b'{"type":"message","id":'
+_MESSAGE_HEAD_LEN = len(_MESSAGE_HEAD)
+_TOKEN = re.compile(rb"[0-9a-f]{1,64}")
+#: how much of a rejected payload a log line shows
+_SHOWN = 80
+
+
+def one_line(line: bytes) -> bool:
+    """One JSON-object-shaped line: ``{`` to ``}\\n`` and no other line end, so that it
+    can neither end short nor carry a second line into the client's stream."""
+    return (line.startswith(b"{") and line.endswith(b"}\n")
+            and line.find(b"\n") == len(line) - 1)
+
+
+def message_line(line: bytes, mid: bytes) -> bool:
+    """``line`` is one line and the ``message`` push of message ``mid`` (digits)."""
+    return (line.startswith(_MESSAGE_HEAD) and line.startswith(mid, _MESSAGE_HEAD_LEN)
+            and line.startswith(b",", _MESSAGE_HEAD_LEN + len(mid)) and one_line(line))
+
+
+def event_line(line: bytes) -> bool:
+    """``line`` is one line holding one JSON object with a ``type`` that is not a
+    stored message's (those come with their id, as ``M``)."""
+    if not one_line(line):
+        return False
+    try:
+        frame = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    kind = frame.get("type") if isinstance(frame, dict) else None
+    return isinstance(kind, str) and kind != "message"
 
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
@@ -207,6 +260,7 @@ class RedisRelay(Service):
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.node = node_id or secrets.token_hex(6)
+        self._node_bytes = self.node.encode()
         self.stopping = False
         #: called with each local session after a (re)subscribe, to resend from the log
         self.resync: Callable[[Session], Any] | None = None
@@ -227,6 +281,9 @@ class RedisRelay(Service):
         #: is the record, this only saves recipients a wait until their next login)
         self._unsent: deque[tuple[bytes, bytes]] = deque(maxlen=MAX_UNSENT)
         m = metrics if metrics is not None else Registry()
+        self._rejected = m.counter(
+            "qqchat_relay_rejected_total", "Relay messages skipped: malformed, or of a "
+            "format version this node does not know.")
         self._lag = m.histogram(
             "qqchat_relay_lag_seconds", "From a message's log timestamp to its arrival "
             "through Redis on the node of a recipient (wall clocks of both nodes).",
@@ -381,27 +438,55 @@ class RedisRelay(Service):
                     self.log.failure("resync of {uid} failed", uid=uid)
 
     def _received(self, channel: bytes, message: bytes) -> None:
-        kind, _, rest = message.partition(b" ")
-        if kind == b"M":
+        """One payload from Redis: checked (module docstring) before any of it reaches a
+        session; what fails is logged and skipped, never raised (an exception here would
+        drop the subscription, and every reconnect resyncs every local session)."""
+        head, _, rest = message.partition(b" ")
+        if head == _MESSAGE:
             mid, _, line = rest.partition(b" ")
+            if not (mid.isdigit() and message_line(line, mid)):
+                self._reject(channel, message, "malformed message")
+                return
             self._observe_lag(line)
             session = self._session_for(channel)
             if session is not None:
                 session.deliver(int(mid), line)
-        elif kind == b"E":
+        elif head == _EVENT:
+            if not event_line(rest):
+                self._reject(channel, message, "malformed event")
+                return
             session = self._session_for(channel)
             if session is not None:
                 session.notify(rest)
-        elif kind == b"K":
+        elif head == _KICK:
+            if _TOKEN.fullmatch(rest) is None:
+                self._reject(channel, message, "malformed kick")
+                return
             session = self._session_for(channel)
-            if session is not None and session.token == rest.decode():
+            if session is not None and session.token.encode() == rest:
                 self.hub.detach(session)
                 session.kick("logged in from another place")
-        elif kind == b"B":
-            node, mid, sender, line = rest.split(b" ", 3)
-            if node.decode() != self.node:
+        elif head == _BROADCAST:
+            parts = rest.split(b" ", 3)
+            if not (len(parts) == 4 and parts[0] and parts[1].isdigit()
+                    and parts[2].isdigit() and message_line(parts[3], parts[1])):
+                self._reject(channel, message, "malformed broadcast")
+                return
+            node, mid, sender, line = parts
+            if node != self._node_bytes:
                 self._observe_lag(line)
                 self._local.deliver_all(int(mid), line, int(sender))
+        elif len(head) > 1 and head[0] in _KINDS and head[1:].isdigit():
+            self._reject(channel, message, "an unknown format version (a node of another "
+                         "release?)")
+        else:
+            self._reject(channel, message, "an unknown kind")
+
+    def _reject(self, channel: bytes, message: bytes, why: str) -> None:
+        self._rejected.inc()
+        self.log.warn("skipped a relay message on {channel} with {why}: {payload}",
+                      channel=channel.decode(errors="replace"), why=why,
+                      payload=repr(message[:_SHOWN]))
 
     def _observe_lag(self, line: bytes) -> None:
         found = _TS.search(line)
@@ -489,7 +574,7 @@ class RedisRelay(Service):
             prev = previous.decode() if isinstance(previous, bytes) else str(previous)
             prev_node, _, prev_token = prev.partition("|")
             if prev_node != self.node:
-                self._publish(self._user_channel(uid), f"K {prev_token}".encode())
+                self._publish(self._user_channel(uid), _KICK + b" " + prev_token.encode())
         return True
 
     async def release(self, session: Session) -> bool:
@@ -507,18 +592,18 @@ class RedisRelay(Service):
     def deliver(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> None:
         away = self._local.deliver_here(user_ids, msg_id, line)
         if away:
-            payload = b"M %d " % msg_id + line
+            payload = b"%s %d " % (_MESSAGE, msg_id) + line
             for uid in away:
                 self._publish(_USER_CHANNEL % uid, payload)
 
     def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
         self._local.deliver_all(msg_id, line, exclude)
         self._publish(_ALL_CHANNEL,
-                      b"B %s %d %d " % (self.node.encode(), msg_id, exclude) + line)
+                      b"%s %s %d %d " % (_BROADCAST, self._node_bytes, msg_id, exclude) + line)
 
     def notify(self, user_ids: Iterable[int], line: bytes) -> None:
         for uid in self._local.notify_here(user_ids, line):
-            self._publish(_USER_CHANNEL % uid, b"E " + line)
+            self._publish(_USER_CHANNEL % uid, _EVENT + b" " + line)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = sorted(set(user_ids))
