@@ -101,6 +101,8 @@ class Settings:
     #: redis://HOST:PORT/N turns on cluster mode; None is a single node
     redis: str | None = None
     node_id: str | None = None
+    #: scopes Redis keys and channels, for several clusters on one Redis database
+    cluster_name: str | None = None
     #: a Twisted endpoint serving GET /metrics (Prometheus text); None: off
     metrics_listen: str | None = None
     limits: Limits = field(default_factory=Limits)
@@ -160,7 +162,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
         from qqchat.relay.redis import RedisRelay, parse_redis_url
 
         cluster = RedisRelay(parse_redis_url(settings.redis), hub, reactor, settings.node_id,
-                             metrics=metrics)
+                             metrics=metrics, cluster_name=settings.cluster_name)
         cluster.setServiceParent(daemon)  # stopped after the listener: logouts reach Redis
         relay = cluster
     else:

@@ -142,3 +142,78 @@ async def test_malformed_payloads_are_skipped_and_the_subscription_survives(
     await until(lambda: conn.lines, "the fence")
     assert conn.lines == [msg, fence_line(1)]
     assert a.relay._sub is sub and a.resynced == resyncs  # no reconnect, no resync
+
+
+def db_url(redis: RedisServer, db: int) -> str:
+    return f"redis://127.0.0.1:{redis.port}/{db}"
+
+
+async def published(node: Node, count: int) -> None:
+    """Wait until Redis has answered ``count`` publishes of ``node``: it has then
+    handed them to their subscribers, before anything published after."""
+    await until(lambda: node.relay._publisher._proto is not None
+                and node.relay._publisher._proto.replies >= count, "the publishes")
+
+
+@pytest_twisted.ensureDeferred
+async def test_clusters_on_two_databases_of_one_redis_do_not_hear_each_other(
+        redis: RedisServer, nodes: Callable[..., Any]) -> None:
+    """Keys are apart by database; channels are global in Redis, so they carry the
+    database number: a chat or a broadcast in one cluster reaches none of the other."""
+    a = await nodes(db_url(redis, 0))
+    b, b2 = await nodes(db_url(redis, 1)), await nodes(db_url(redis, 1))
+    other = await b.login(2)
+    msg = b'{"type":"message","id":5,"from":1,"name":"x","text":"not yours","ts":1}\n'
+    a.relay.deliver([2], 5, msg)
+    a.relay.deliver_all(5, msg, 1)
+    a.relay.notify([2], b'{"type":"presence","user":1,"name":"x","online":true}\n')
+    await published(a, 3)
+    b2.relay.notify([2], fence_line(1))
+    await until(lambda: other.lines, "the fence")
+    assert other.lines == [fence_line(1)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_clusters_named_apart_share_one_database(
+        redis: RedisServer, nodes: Callable[..., Any]) -> None:
+    """--cluster-name scopes keys as well as channels: the same user logs in to two
+    clusters on one database without a kick, and each hears only its own pushes; the
+    login counters' keys (run_script) carry the name too."""
+    red, blue = await nodes(cluster_name="red"), await nodes(cluster_name="blue")
+    blue2 = await nodes(cluster_name="blue")
+    on_red, on_blue = await red.login(2), await blue.login(2)
+    msg = b'{"type":"message","id":5,"from":1,"name":"x","text":"red only","ts":1}\n'
+    red2 = await nodes(cluster_name="red")
+    red2.relay.deliver([2], 5, msg)
+    await published(red2, 1)
+    blue2.relay.notify([2], fence_line(1))
+    await until(lambda: on_blue.lines and on_red.lines, "the pushes")
+    assert on_blue.lines == [fence_line(1)] and on_red.lines == [msg]
+    assert await red.relay.run_script("return redis.call('INCR', KEYS[1])", ["c:x"], []) == 1
+    assert await blue.relay.run_script("return redis.call('INCR', KEYS[1])", ["c:x"], []) == 1
+    keys = all_keys(redis)
+    assert {"qq:red:sess:2", "qq:blue:sess:2", "qq:red:c:x", "qq:blue:c:x"} <= keys
+    assert not {k for k in keys if not k.startswith(("qq:red:", "qq:blue:"))}
+
+
+def all_keys(redis: RedisServer) -> set[str]:
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as sock:
+        sock.sendall(resp_command(b"KEYS", b"*"))
+        reader = sock.makefile("rb")
+        count = int(reader.readline()[1:])
+        keys = set()
+        for _ in range(count):
+            reader.readline()
+            keys.add(reader.readline()[:-2].decode())
+    return keys
+
+
+def test_a_cluster_name_cannot_take_another_cluster_namespace() -> None:
+    from twisted.internet import reactor
+
+    config = parse_redis_url("redis://127.0.0.1:1/1")
+    for bad in ("db1", "db0", "", "a b", "1x", "x" * 65, "a:b"):
+        with pytest.raises(ValueError):
+            RedisRelay(config, SessionHub(), reactor, cluster_name=bad)
+    assert RedisRelay(config, SessionHub(), reactor).namespace == "db1"
+    assert RedisRelay(config, SessionHub(), reactor, cluster_name="dbx").namespace == "dbx"

@@ -6,15 +6,18 @@ subscribed, one for commands. Publish/subscribe delivers at most once, so it is
 only the fast path: after every (re)subscribe the node re-asserts its users'
 presence and resyncs each of its sessions from the message log.
 
-Redis keys (prefix ``qq:``):
+Redis keys (prefix ``qq:``, or ``qq:<name>:`` with ``--cluster-name``; the
+database number already keeps the keys of two clusters apart):
 
 - ``node:<id>``: this node is alive (refreshed by a heartbeat, expires on its own);
   ``nodes``: every node that may own users; ``nodeusers:<id>``: whose sessions it holds.
 - ``sess:<uid>``: ``<node>|<token>`` of the user's one session; ``online``: a sorted
   set of online user ids (the cluster-wide ``who``); ``names``: their names.
 
-Channels: ``qq:u:<uid>`` per online user, subscribed by the node that holds the
-session; ``qq:all`` for broadcasts.
+Channels: ``qq:<ns>:u:<uid>`` per online user, subscribed by the node that holds
+the session; ``qq:<ns>:all`` for broadcasts. Channels, unlike keys, are global in
+Redis, whatever the database: the namespace ``<ns>`` is ``db<N>`` for database N,
+or the ``--cluster-name``, so that two clusters on one Redis never hear each other.
 
 Payloads start with a head naming their kind and the relay's format version
 (``FORMAT``), so that nodes of two releases can share a cluster during a rolling
@@ -60,8 +63,9 @@ from qqchat.relay.publisher import Publisher
 from qqchat.session import Session
 
 PREFIX = "qq:"
-_USER_CHANNEL = (PREFIX + "u:%d").encode()
-_ALL_CHANNEL = (PREFIX + "all").encode()
+#: what a --cluster-name may be (part of key and channel names); never ``db<N>``, the
+#: namespace of a cluster without a name on database N
+CLUSTER_NAME = re.compile(r"(?!db[0-9]+$)[A-Za-z][A-Za-z0-9_.-]{0,63}")
 HEARTBEAT = 5.0  # seconds between node heartbeats and reaper passes
 NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
 COMMAND_TIMEOUT = 5.0
@@ -253,8 +257,17 @@ class RedisRelay(Service):
     log = Logger()
 
     def __init__(self, config: RedisConfig, hub: SessionHub, reactor: Any,
-                 node_id: str | None = None, metrics: Registry | None = None) -> None:
+                 node_id: str | None = None, metrics: Registry | None = None,
+                 cluster_name: str | None = None) -> None:
+        if cluster_name is not None and CLUSTER_NAME.fullmatch(cluster_name) is None:
+            raise ValueError(f"bad cluster name {cluster_name!r}: a letter, then letters, "
+                             "digits, '_', '.' or '-', at most 64, and not db<N>")
         self.config = config
+        #: what keeps this cluster's channels apart from another's on the same Redis
+        self.namespace = cluster_name or f"db{config.db}"
+        self._prefix = PREFIX + (f"{cluster_name}:" if cluster_name else "")
+        self._user_channels = f"{PREFIX}{self.namespace}:u:%d".encode()
+        self._all_channel = f"{PREFIX}{self.namespace}:all".encode()
         self.hub = hub
         self._local = LocalRelay(hub)  # for the sessions on this node
         self.reactor = reactor
@@ -304,8 +317,8 @@ class RedisRelay(Service):
         self._cmd_factory.startConnecting(endpoint)
         self._publisher.start()
         self._beat.start(HEARTBEAT, now=False)
-        self.log.info("cluster node {node} using {redis}", node=self.node,
-                      redis=self.config.describe())
+        self.log.info("cluster node {node} using {redis}, namespace {ns}", node=self.node,
+                      redis=self.config.describe(), ns=self.namespace)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -326,9 +339,8 @@ class RedisRelay(Service):
 
     # -- plumbing -----------------------------------------------------------
 
-    @staticmethod
-    def _k(name: str) -> str:
-        return PREFIX + name
+    def _k(self, name: str) -> str:
+        return self._prefix + name
 
     def _cmd(self, *args: Any) -> defer.Deferred[Any]:
         """Run one command; fail fast with ``unavailable`` when Redis is away."""
@@ -368,15 +380,14 @@ class RedisRelay(Service):
         return [self._k(f"sess:{uid}"), self._k("online"), self._k("names"),
                 self._k(f"nodeusers:{node or self.node}")]
 
-    @staticmethod
-    def _user_channel(uid: int) -> bytes:
-        return _USER_CHANNEL % uid
+    def _user_channel(self, uid: int) -> bytes:
+        return self._user_channels % uid
 
     # -- subscriptions --------------------------------------------------------
 
     def _subscriber_ready(self, proto: _Subscriber) -> None:
         self._sub = proto
-        channels = {_ALL_CHANNEL} | {self._user_channel(s.user_id)
+        channels = {self._all_channel} | {self._user_channel(s.user_id)
                                                 for s in self.hub if s.user_id is not None}
         self._subscribed = set(channels)
         d = proto.subscribe(sorted(channels))
@@ -537,7 +548,7 @@ class RedisRelay(Service):
 
     @defer.inlineCallbacks
     def _reap(self, node: str, force: bool) -> Any:
-        gone = yield self._eval(_REAP, [], [node, PREFIX, "1" if force else "0"])
+        gone = yield self._eval(_REAP, [], [node, self._prefix, "1" if force else "0"])
         pairs = list(zip(gone[::2], gone[1::2], strict=True))
         if pairs:
             self.log.info("node {node} is gone: {n} users offline", node=node, n=len(pairs))
@@ -556,7 +567,7 @@ class RedisRelay(Service):
         try:
             ok, previous = await self._eval(
                 _CLAIM, self._session_keys(uid),
-                [uid, self.node, session.token, session.name or "", 1 if kick else 0, PREFIX])
+                [uid, self.node, session.token, session.name or "", 1 if kick else 0, self._prefix])
         except ChatError:
             self._unsubscribe_user(uid)
             raise
@@ -593,17 +604,18 @@ class RedisRelay(Service):
         away = self._local.deliver_here(user_ids, msg_id, line)
         if away:
             payload = b"%s %d " % (_MESSAGE, msg_id) + line
+            channels = self._user_channels
             for uid in away:
-                self._publish(_USER_CHANNEL % uid, payload)
+                self._publish(channels % uid, payload)
 
     def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
         self._local.deliver_all(msg_id, line, exclude)
-        self._publish(_ALL_CHANNEL,
+        self._publish(self._all_channel,
                       b"%s %s %d %d " % (_BROADCAST, self._node_bytes, msg_id, exclude) + line)
 
     def notify(self, user_ids: Iterable[int], line: bytes) -> None:
         for uid in self._local.notify_here(user_ids, line):
-            self._publish(_USER_CHANNEL % uid, _EVENT + b" " + line)
+            self._publish(self._user_channels % uid, _EVENT + b" " + line)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = sorted(set(user_ids))
