@@ -6,6 +6,14 @@ subscribed, one for commands. Publish/subscribe delivers at most once, so it is
 only the fast path: after every (re)subscribe the node re-asserts its users'
 presence and resyncs each of its sessions from the message log.
 
+The node key is refreshed on a timer of its own that waits for nothing, and dead
+nodes are reaped by another, in the background, one pass at a time: telling a
+dead node's users' friends can take longer than the key lives, and must never let
+it expire. A node reaps others only once its own refreshes have succeeded for a
+TTL: after Redis was away every key had expired, and the live peers need that
+long to write theirs again. A node that finds its own key gone re-asserts its
+users (its peers may have reaped them).
+
 Redis keys (prefix ``qq:``, or ``qq:<name>:`` with ``--cluster-name``; the
 database number already keeps the keys of two clusters apart):
 
@@ -68,6 +76,9 @@ PREFIX = "qq:"
 CLUSTER_NAME = re.compile(r"(?!db[0-9]+$)[A-Za-z][A-Za-z0-9_.-]{0,63}")
 HEARTBEAT = 5.0  # seconds between node heartbeats and reaper passes
 NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
+#: a node reaps others only after refreshing its own key without a failure this long:
+#: after Redis was away, every live peer has had a TTL to write its key again
+REAP_AFTER = NODE_TTL_MS / 1000
 COMMAND_TIMEOUT = 5.0
 MAX_UNSENT = 10_000
 _TS = re.compile(rb'"ts":(\d+)')  # a key: inside a JSON string a quote is escaped
@@ -146,6 +157,15 @@ redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[1])
 return 1
+"""
+
+# this node is alive; 1 if its key was still there (0: it expired, or Redis lost it, and
+# the peers may have taken this node's users offline meanwhile)
+_REFRESH = """
+local had = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return had
 """
 
 # take a dead node's users offline, once: returns uid, name pairs. ARGV[3] == '1' reaps
@@ -286,8 +306,16 @@ class RedisRelay(Service):
                                     reactor)
         self._sub: _Subscriber | None = None
         self._subscribed: set[bytes] = set()
-        self._beat = task.LoopingCall(self._heartbeat)
+        #: the node key, on a timer of its own that nothing waits on (module docstring)
+        self._beat = task.LoopingCall(self._beat_once)
         self._beat.clock = reactor
+        #: dead nodes' users taken offline, in the background, one pass at a time
+        self._reaper = task.LoopingCall(self._reap_once)
+        self._reaper.clock = reactor
+        self._reaping: defer.Deferred[None] | None = None
+        #: since when every refresh of the node key succeeded (None: the last failed)
+        self._healthy_since: float | None = None
+        self._reasserting: defer.Deferred[None] | None = None
         self.connected: defer.Deferred[None] = defer.Deferred()
         self._command_waiters: list[defer.Deferred[None]] = []
         #: publishes made while Redis was away, sent when it is back (bounded: the log
@@ -316,15 +344,17 @@ class RedisRelay(Service):
         self._sub_factory.startConnecting(endpoint)
         self._cmd_factory.startConnecting(endpoint)
         self._publisher.start()
-        self._beat.start(HEARTBEAT, now=False)
+        self._run(self._beat, "heartbeat")
+        self._run(self._reaper, "reaper")
         self.log.info("cluster node {node} using {redis}, namespace {ns}", node=self.node,
                       redis=self.config.describe(), ns=self.namespace)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        if self._beat.running:
-            self._beat.stop()
+        for loop in (self._beat, self._reaper):
+            if loop.running:
+                loop.stop()
         try:
             # the listener has logged our users out already; leave no trace
             yield self._cmd("DEL", self._k(f"node:{self.node}"))
@@ -408,6 +438,7 @@ class RedisRelay(Service):
             d.addErrback(lambda f: self.log.warn("startup cleanup failed: {e}",
                                                  e=f.getErrorMessage()))
             self.connected.callback(None)
+        self._refresh().addErrback(lambda _: None)  # at once, not at the next beat
         waiting, self._command_waiters = self._command_waiters, []
         for d in waiting:
             d.callback(None)
@@ -426,9 +457,15 @@ class RedisRelay(Service):
         may have restarted empty) and resend each local session's messages from the log."""
         yield self._command_connection()
         try:
-            yield self._heartbeat()
+            yield self._refresh()
         except ChatError:
             return
+        yield self._reassert_all(resync=True)
+
+    @defer.inlineCallbacks
+    def _reassert_all(self, resync: bool) -> Any:
+        """Claim again each local user whom Redis lost or another node reaped (kicking a
+        session someone else holds now), and resend it the log if pushes were lost."""
         for session in list(self.hub):
             uid = session.user_id
             if uid is None:
@@ -442,7 +479,7 @@ class RedisRelay(Service):
             if not mine:
                 self.hub.detach(session)
                 session.kick("logged in from another place")
-            elif self.resync is not None:
+            elif resync and self.resync is not None:
                 try:
                     yield self.resync(session)
                 except Exception:
@@ -532,19 +569,59 @@ class RedisRelay(Service):
 
     # -- heartbeat and the reaper ---------------------------------------------
 
-    @defer.inlineCallbacks
-    def _heartbeat(self) -> Any:
-        try:
-            yield self._cmd("SET", self._k(f"node:{self.node}"), "1", "PX", NODE_TTL_MS)
-            yield self._cmd("SADD", self._k("nodes"), self.node)
-            nodes = yield self._cmd("SMEMBERS", self._k("nodes"))
-            for raw in nodes:
-                node = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if node == self.node:
-                    continue
-                yield self._reap(node, force=False)
-        except ChatError:
-            pass  # Redis is away: reconnecting; nothing to do until then
+    def _run(self, loop: task.LoopingCall, what: str) -> None:
+        """Start a timer, and start it again should it ever stop on an error."""
+        def failed(failure: Any) -> None:
+            self.log.failure("the cluster {what} stopped; restarting it", failure, what=what)
+            if self.running and not self.stopping:
+                self._run(loop, what)
+
+        loop.start(HEARTBEAT, now=False).addErrback(failed)
+
+    def _beat_once(self) -> None:
+        """One refresh, not waited for: a slow or failed one never delays the next."""
+        self._refresh().addErrback(lambda _: None)
+
+    def _refresh(self) -> defer.Deferred[Any]:
+        d = self._eval(_REFRESH, [self._k(f"node:{self.node}"), self._k("nodes")],
+                       [NODE_TTL_MS, self.node])
+        d.addCallbacks(self._refreshed, self._refresh_failed)
+        return d
+
+    def _refreshed(self, had: Any) -> None:
+        if self._healthy_since is None:
+            self._healthy_since = self.clock.seconds()
+        if not int(had) and self._reasserting is None and len(self.hub):
+            self.log.warn("this node's key had expired in Redis: re-asserting its users")
+            d = self._reasserting = self._reassert_all(resync=False)
+            d.addErrback(lambda f: self.log.failure("re-asserting users failed", f))
+            d.addBoth(lambda _: setattr(self, "_reasserting", None))
+
+    def _refresh_failed(self, failure: Any) -> Any:
+        self._healthy_since = None
+        return failure
+
+    def _may_reap(self) -> bool:
+        since = self._healthy_since
+        return since is not None and self.clock.seconds() - since >= REAP_AFTER
+
+    def _reap_once(self) -> None:
+        """Start a pass over the other nodes unless one is still running."""
+        if self._reaping is not None or not self._may_reap():
+            return
+        d = self._reaping = defer.ensureDeferred(self._reap_dead())
+        d.addErrback(self._reap_failed)
+        d.addBoth(lambda _: setattr(self, "_reaping", None))
+
+    def _reap_failed(self, failure: Any) -> None:
+        if not failure.check(ChatError):  # Redis away: reconnecting, nothing to do
+            self.log.failure("reaping dead cluster nodes failed", failure)
+
+    async def _reap_dead(self) -> None:
+        for raw in await self._cmd("SMEMBERS", self._k("nodes")):
+            node = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if node != self.node and self._may_reap():
+                await self._reap(node, force=False)
 
     @defer.inlineCallbacks
     def _reap(self, node: str, force: bool) -> Any:
@@ -555,7 +632,11 @@ class RedisRelay(Service):
         for uid, name in pairs:
             if self.gone_offline is not None:
                 n = name.decode() if isinstance(name, bytes) else str(name)
-                yield self.gone_offline(int(uid), n)
+                try:
+                    yield self.gone_offline(int(uid), n)
+                except Exception:  # one user's friends miss an event; the others do not
+                    self.log.failure("telling friends that {uid} is offline failed",
+                                     uid=int(uid))
 
     # -- the Relay interface ----------------------------------------------------
 
