@@ -329,7 +329,7 @@ class RedisRelay(Service):
             "qqchat_relay_lag_seconds", "From a message's log timestamp to its arrival "
             "through Redis on the node of a recipient (wall clocks of both nodes).",
             LATENCY_BUCKETS)
-        m.gauge("qqchat_relay_unsent", "Publishes queued while Redis is away (at most "
+        m.gauge("qqchat_relay_unsent", "Publishes queued while Redis is away or slow (at most "
                 f"{MAX_UNSENT}; older ones are dropped).", lambda: len(self._unsent))
 
     # -- lifecycle ----------------------------------------------------------
@@ -397,14 +397,16 @@ class RedisRelay(Service):
         raise UnavailableError("the cluster relay (Redis)")
 
     def _publish(self, channel: bytes, payload: bytes) -> None:
-        """Fire and forget: a lost publish costs latency, never a message."""
-        if not self._publisher.publish(channel, payload):
+        """Fire and forget: a lost publish costs latency, never a message. Behind what
+        is queued already, so pushes keep their order."""
+        if self._unsent or not self._publisher.publish(channel, payload):
             self._unsent.append((channel, payload))
 
     def _publisher_ready(self) -> None:
-        unsent, self._unsent = self._unsent, deque(maxlen=MAX_UNSENT)
-        for channel, payload in unsent:
-            self._publish(channel, payload)
+        """The publisher is connected, or can take more again: send what waited."""
+        unsent, publish = self._unsent, self._publisher.publish
+        while unsent and publish(*unsent[0]):
+            unsent.popleft()
 
     def _session_keys(self, uid: int, node: str | None = None) -> list[str]:
         return [self._k(f"sess:{uid}"), self._k("online"), self._k("names"),
