@@ -158,3 +158,40 @@ def test_after_redis_was_away_longer_than_the_ttl_nodes_reassert_before_reaping(
             ] == [(3, "me|ab12", "carol")]
     beats(clock, 2)
     assert fake.reaps() >= 1 and listener.gone == [7]
+
+
+class FakeSubscriber:
+    def __init__(self) -> None:
+        self.asked: list[list[bytes]] = []
+        self.replies: list[defer.Deferred[Any]] = []
+
+    def subscribe(self, channels: list[bytes]) -> defer.Deferred[Any]:
+        self.asked.append(list(channels))
+        self.replies.append(defer.Deferred())
+        return self.replies[-1]
+
+    def unsubscribe(self, channels: list[bytes]) -> defer.Deferred[Any]:
+        return defer.succeed(None)
+
+
+@pytest.mark.logged_errors_ok
+def test_a_channel_counts_as_subscribed_only_once_redis_said_so() -> None:
+    """A SUBSCRIBE that failed (or timed out) left its channel marked subscribed: the
+    next login of that user skipped the SUBSCRIBE, and its pushes went nowhere."""
+    relay, _, _ = relay_on_clock(Listener())
+    sub = FakeSubscriber()
+    relay._sub = sub  # type: ignore[assignment]
+    first = relay._subscribe_user(5)
+    same = relay._subscribe_user(5)  # a second claim meanwhile shares the SUBSCRIBE
+    assert len(sub.asked) == 1
+    sub.replies[0].errback(Exception("Redis went away"))
+    for d in (first, same):
+        failure = []
+        d.addErrback(failure.append)
+        assert failure and failure[0].check(UnavailableError)
+    again = relay._subscribe_user(5)
+    assert sub.asked == [[relay._user_channel(5)]] * 2
+    sub.replies[1].callback([b"subscribe", relay._user_channel(5), 1])
+    assert again.called
+    relay._subscribe_user(5)
+    assert len(sub.asked) == 2  # subscribed now: nothing to ask

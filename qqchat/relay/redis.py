@@ -305,7 +305,9 @@ class RedisRelay(Service):
         self._publisher = Publisher(self._endpoint(), config.password, self._publisher_ready,
                                     reactor)
         self._sub: _Subscriber | None = None
+        #: channels Redis confirmed subscribed on ``_sub``, and those being subscribed
         self._subscribed: set[bytes] = set()
+        self._subscribing: dict[bytes, list[defer.Deferred[None]]] = {}
         #: the node key, on a timer of its own that nothing waits on (module docstring)
         self._beat = task.LoopingCall(self._beat_once)
         self._beat.clock = reactor
@@ -419,16 +421,30 @@ class RedisRelay(Service):
 
     def _subscriber_ready(self, proto: _Subscriber) -> None:
         self._sub = proto
+        self._subscribed = set()
         channels = {self._all_channel} | {self._user_channel(s.user_id)
-                                                for s in self.hub if s.user_id is not None}
-        self._subscribed = set(channels)
+                                          for s in self.hub if s.user_id is not None}
         d = proto.subscribe(sorted(channels))
-        d.addCallback(lambda _: self._after_resubscribe())
-        d.addErrback(lambda f: self.log.warn("subscribe failed: {e}", e=f.getErrorMessage()))
+        d.addTimeout(COMMAND_TIMEOUT, self.clock)
+
+        def subscribed(_: Any) -> Any:
+            if self._sub is not proto:
+                return None
+            self._subscribed |= channels
+            return self._after_resubscribe()
+
+        def failed(f: Any) -> None:
+            # marked subscribed only once Redis said so; try again on a new connection
+            self.log.warn("subscribe failed: {e}; reconnecting", e=f.getErrorMessage())
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+
+        d.addCallbacks(subscribed, failed)
 
     def _subscriber_lost(self, proto: _Subscriber) -> None:
         if self._sub is proto:
             self._sub = None
+            self._subscribed = set()  # the next connection subscribes them again
             if not self.stopping:
                 self.log.warn("lost the Redis subscription; reconnecting")
 
@@ -550,17 +566,38 @@ class RedisRelay(Service):
             return None
         return self.hub.get(uid)
 
-    def _subscribe_user(self, uid: int) -> defer.Deferred[Any]:
+    def _subscribe_user(self, uid: int) -> defer.Deferred[None]:
+        """Fires once Redis has confirmed the user's channel is subscribed; claims of
+        one user meanwhile share the SUBSCRIBE. Fails with ``unavailable``."""
         channel = self._user_channel(uid)
         if channel in self._subscribed:
             return defer.succeed(None)
-        if self._sub is None:
-            return defer.fail(UnavailableError("the cluster relay (Redis)"))
-        self._subscribed.add(channel)
-        d = self._sub.subscribe([channel])
-        d.addTimeout(COMMAND_TIMEOUT, self.clock)
-        d.addErrback(self._unavailable)
-        return d
+        waiters = self._subscribing.get(channel)
+        if waiters is None:
+            sub = self._sub
+            if sub is None:
+                return defer.fail(UnavailableError("the cluster relay (Redis)"))
+            waiters = self._subscribing[channel] = []
+            d = sub.subscribe([channel])
+            d.addTimeout(COMMAND_TIMEOUT, self.clock)
+            d.addCallbacks(lambda _: self._subscribe_done(channel, sub, None),
+                           lambda f: self._subscribe_done(channel, sub, f))
+        waiter: defer.Deferred[None] = defer.Deferred()
+        waiters.append(waiter)
+        return waiter
+
+    def _subscribe_done(self, channel: bytes, sub: _Subscriber, failure: Any) -> None:
+        waiters = self._subscribing.pop(channel, [])
+        if failure is None and sub is self._sub:
+            self._subscribed.add(channel)
+            for w in waiters:
+                w.callback(None)
+            return
+        why = failure.getErrorMessage() if failure is not None else "connection replaced"
+        self.log.warn("subscribing {channel} failed: {why}", channel=channel.decode(),
+                      why=why)
+        for w in waiters:
+            w.errback(UnavailableError("the cluster relay (Redis)"))
 
     def _unsubscribe_user(self, uid: int) -> None:
         channel = self._user_channel(uid)
