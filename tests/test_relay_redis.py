@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from redis_server import RedisServer
-from twisted.internet import defer, task
+from twisted.internet import task
 from unit_support import FakeConnection
 
 from qqchat.relay.hub import SessionHub
@@ -55,14 +55,14 @@ class Node:
         self.hub = SessionHub()
         self.resynced: list[int] = []
         self.relay = RedisRelay(parse_redis_url(url), self.hub, reactor,
-                                f"n{next(_nodes)}", **kw)
-        self.relay.resync = self._resync
-        self.relay.gone_offline = lambda uid, name: defer.succeed(None)
+                                f"n{next(_nodes)}", listener=self, **kw)
 
-    def _resync(self, session: Session) -> defer.Deferred[None]:
+    async def resync(self, session: Session) -> None:
         assert session.user_id is not None
         self.resynced.append(session.user_id)
-        return defer.succeed(None)
+
+    async def gone_offline(self, user_id: int, name: str) -> None:
+        pass
 
     async def start(self) -> Node:
         self.relay.startService()

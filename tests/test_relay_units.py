@@ -14,6 +14,7 @@ from unit_support import FakeConnection
 
 from qqchat.errors import UnavailableError
 from qqchat.relay import redis as redis_module
+from qqchat.relay.base import RelayListener
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.redis import HEARTBEAT, NODE_TTL_MS, RedisRelay, parse_redis_url
 from qqchat.session import Session
@@ -95,9 +96,8 @@ class Listener:
 
 def relay_on_clock(listener: Listener) -> tuple[RedisRelay, FakeRedis, MemoryReactorClock]:
     clock = MemoryReactorClock()
-    relay = RedisRelay(parse_redis_url("redis://127.0.0.1:1/0"), SessionHub(), clock, "me")
-    relay.resync = listener.resync  # type: ignore[assignment]
-    relay.gone_offline = listener.gone_offline  # type: ignore[assignment]
+    relay = RedisRelay(parse_redis_url("redis://127.0.0.1:1/0"), SessionHub(), clock, "me",
+                       listener=listener)
     fake = FakeRedis("me")
     relay._cmd = fake  # type: ignore[method-assign]
     relay.startService()
@@ -195,3 +195,19 @@ def test_a_channel_counts_as_subscribed_only_once_redis_said_so() -> None:
     assert again.called
     relay._subscribe_user(5)
     assert len(sub.asked) == 2  # subscribed now: nothing to ask
+
+
+def test_the_relay_gets_its_listener_before_it_starts() -> None:
+    """The services' side comes through the constructor or ``listen``, typed as
+    ``RelayListener``, never as attributes set later: a relay without one, or given
+    one once running, refuses."""
+    clock = MemoryReactorClock()
+    relay = RedisRelay(parse_redis_url("redis://127.0.0.1:1/0"), SessionHub(), clock, "me")
+    with pytest.raises(RuntimeError, match="listener"):
+        relay.startService()
+    listener: RelayListener = Listener()
+    relay.listen(listener)
+    relay._cmd = FakeRedis("me")  # type: ignore[method-assign]
+    relay.startService()
+    with pytest.raises(RuntimeError, match="listener"):
+        relay.listen(listener)

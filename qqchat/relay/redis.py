@@ -51,7 +51,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -65,6 +65,7 @@ from twisted.logger import Logger
 
 from qqchat.errors import ChatError, UnavailableError
 from qqchat.metrics import LATENCY_BUCKETS, Registry
+from qqchat.relay.base import RelayListener
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
 from qqchat.relay.publisher import Publisher
@@ -278,7 +279,8 @@ class RedisRelay(Service):
 
     def __init__(self, config: RedisConfig, hub: SessionHub, reactor: Any,
                  node_id: str | None = None, metrics: Registry | None = None,
-                 cluster_name: str | None = None) -> None:
+                 cluster_name: str | None = None, listener: RelayListener | None = None
+                 ) -> None:
         if cluster_name is not None and CLUSTER_NAME.fullmatch(cluster_name) is None:
             raise ValueError(f"bad cluster name {cluster_name!r}: a letter, then letters, "
                              "digits, '_', '.' or '-', at most 64, and not db<N>")
@@ -295,10 +297,8 @@ class RedisRelay(Service):
         self.node = node_id or secrets.token_hex(6)
         self._node_bytes = self.node.encode()
         self.stopping = False
-        #: called with each local session after a (re)subscribe, to resend from the log
-        self.resync: Callable[[Session], Any] | None = None
-        #: called with (uid, name) of users of a dead node, to tell their friends
-        self.gone_offline: Callable[[int, str], Any] | None = None
+        #: resends from the log after a (re)subscribe; tells friends of a dead node's users
+        self._listener = listener
         self._sub_factory = _SubscriberFactory(self, config)
         self._cmd_factory = _CommandFactory(self, config)
         #: pushes go out on a third connection, as raw RESP (publisher.py says why)
@@ -340,7 +340,15 @@ class RedisRelay(Service):
         return endpoints.TCP4ClientEndpoint(self.reactor, self.config.host, self.config.port,
                                             timeout=5)
 
+    def listen(self, listener: RelayListener) -> None:
+        """Hand over the services' side (built after the relay, which they need)."""
+        if self.running:
+            raise RuntimeError("the relay's listener is set before it starts")
+        self._listener = listener
+
     def startService(self) -> None:
+        if self._listener is None:
+            raise RuntimeError("RedisRelay started without a listener (RedisRelay.listen)")
         super().startService()
         endpoint = self._endpoint()
         self._sub_factory.startConnecting(endpoint)
@@ -497,9 +505,9 @@ class RedisRelay(Service):
             if not mine:
                 self.hub.detach(session)
                 session.kick("logged in from another place")
-            elif resync and self.resync is not None:
+            elif resync and self._listener is not None:
                 try:
-                    yield self.resync(session)
+                    yield defer.ensureDeferred(self._listener.resync(session))
                 except Exception:
                     self.log.failure("resync of {uid} failed", uid=uid)
 
@@ -669,10 +677,10 @@ class RedisRelay(Service):
         if pairs:
             self.log.info("node {node} is gone: {n} users offline", node=node, n=len(pairs))
         for uid, name in pairs:
-            if self.gone_offline is not None:
+            if self._listener is not None:
                 n = name.decode() if isinstance(name, bytes) else str(name)
                 try:
-                    yield self.gone_offline(int(uid), n)
+                    yield defer.ensureDeferred(self._listener.gone_offline(int(uid), n))
                 except Exception:  # one user's friends miss an event; the others do not
                     self.log.failure("telling friends that {uid} is offline failed",
                                      uid=int(uid))
