@@ -494,8 +494,8 @@ class RedisRelay(Service):
         session someone else holds now), and resend it the log if pushes were lost."""
         for session in list(self.hub):
             uid = session.user_id
-            if uid is None:
-                continue
+            if uid is None or self.hub.get(uid) is not session:
+                continue  # gone meanwhile (two passes can overlap)
             try:
                 mine = yield self._eval(_REASSERT, self._session_keys(uid),
                                         [uid, f"{self.node}|{session.token}",
@@ -503,8 +503,8 @@ class RedisRelay(Service):
             except ChatError:
                 return
             if not mine:
-                self.hub.detach(session)
-                session.kick("logged in from another place")
+                if self.hub.detach(session):
+                    session.kick("logged in from another place")
             elif resync and self._listener is not None:
                 try:
                     yield defer.ensureDeferred(self._listener.resync(session))
