@@ -44,6 +44,7 @@ from qqchat.services.presence import PresenceService
 from qqchat.services.search import SearchService
 from qqchat.services.throttle import Counters, LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
+from qqchat.session import Session
 from qqchat.storage.directory import DirectoryStore
 from qqchat.storage.log import MessageLog
 from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
@@ -68,6 +69,20 @@ class ThreadPoolService(Service):
         super().stopService()
         if not self.pool.joined:  # the daemon may be stopped twice
             self.pool.stop()
+
+
+class ClusterEvents:
+    """The services' side of the cluster relay (``relay.base.RelayListener``)."""
+
+    def __init__(self, messages: MessageService, presence: PresenceService) -> None:
+        self._messages = messages
+        self._presence = presence
+
+    async def resync(self, session: Session) -> int:
+        return await self._messages.resync(session)
+
+    async def gone_offline(self, user_id: int, name: str) -> None:
+        await self._presence.announce(user_id, name, False)
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,8 @@ class Settings:
     #: redis://HOST:PORT/N turns on cluster mode; None is a single node
     redis: str | None = None
     node_id: str | None = None
+    #: scopes Redis keys and channels, for several clusters on one Redis database
+    cluster_name: str | None = None
     #: a Twisted endpoint serving GET /metrics (Prometheus text); None: off
     metrics_listen: str | None = None
     limits: Limits = field(default_factory=Limits)
@@ -160,7 +177,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
         from qqchat.relay.redis import RedisRelay, parse_redis_url
 
         cluster = RedisRelay(parse_redis_url(settings.redis), hub, reactor, settings.node_id,
-                             metrics=metrics)
+                             metrics=metrics, cluster_name=settings.cluster_name)
         cluster.setServiceParent(daemon)  # stopped after the listener: logouts reach Redis
         relay = cluster
     else:
@@ -190,9 +207,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
                             SearchService(directory, relay, reactor, limits),
                             ConversationService(directory), limits, metrics=metrics)
     if settings.redis:
-        cluster.resync = lambda s: defer.Deferred.fromCoroutine(messages.resync(s))
-        cluster.gone_offline = lambda uid, name: defer.Deferred.fromCoroutine(
-            presence.announce(uid, name, False))
+        cluster.listen(ClusterEvents(messages, presence))
 
     factory = ChatFactory(dispatcher, reactor, settings.idle_timeout, settings.max_line,
                           settings.max_send_buffer, settings.rate_limit,

@@ -100,6 +100,10 @@ class Options(usage.Options):
          "Cluster mode: redis://[:PASSWORD@]HOST:PORT/N. Daemons sharing --db (MySQL) and "
          "--redis form one service."],
         ["node-id", None, None, "This daemon's name in the cluster (default: random)."],
+        ["cluster-name", None, None,
+         "Names the cluster in Redis key and channel names, for several clusters on one "
+         "Redis database (default: channels named by the --redis database number). The "
+         "same on every node of a cluster."],
         ["broadcast", None, "admins",
          "Who may broadcast to every user: 'admins' (accounts made admins with "
          "qqchat-admin) or 'anyone'."],
@@ -215,6 +219,14 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
             if self["db"].startswith("sqlite"):
                 raise usage.UsageError("--redis (cluster mode) needs a shared --db mysql://...")
+        if self["cluster-name"]:
+            from qqchat.relay.redis import CLUSTER_NAME
+
+            if not self["redis"]:
+                raise usage.UsageError("--cluster-name needs --redis")
+            if CLUSTER_NAME.fullmatch(self["cluster-name"]) is None:
+                raise usage.UsageError("--cluster-name: a letter, then letters, digits, "
+                                       "'_', '.' or '-' (at most 64), and not db<N>")
         listen = self["listen"] or f"tcp:{port}:interface={self['interface']}"
         tls_cert, tls_key = self["tls-cert"] or None, self["tls-key"] or None
         web_listen = self._web_listen()
@@ -264,6 +276,7 @@ class Options(usage.Options):
             broadcast_anyone=self["broadcast"] == "anyone",
             redis=self["redis"] or None,
             node_id=self["node-id"] or None,
+            cluster_name=self["cluster-name"] or None,
             metrics_listen=self._metrics_listen(),
             web_listen=web_listen,
             web_origins=self._web_origins(),

@@ -7,10 +7,21 @@ log is the record, so a push that does not arrive is resent at next login.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Protocol
 
 from qqchat.session import Session
+
+
+class RelayListener(Protocol):
+    """What a cluster relay asks of the services above it. They are built after the
+    relay (they need it), so it is handed over with ``listen``, before the start."""
+
+    def resync(self, session: Session) -> Awaitable[object]:
+        """Resend ``session`` what the log has that pushes may have lost."""
+
+    def gone_offline(self, user_id: int, name: str) -> Awaitable[object]:
+        """A dead node's user is offline now: tell the user's friends."""
 
 
 class Relay(Protocol):

@@ -6,17 +6,44 @@ subscribed, one for commands. Publish/subscribe delivers at most once, so it is
 only the fast path: after every (re)subscribe the node re-asserts its users'
 presence and resyncs each of its sessions from the message log.
 
-Redis keys (prefix ``qq:``):
+The node key is refreshed on a timer of its own that waits for nothing, and dead
+nodes are reaped by another, in the background, one pass at a time: telling a
+dead node's users' friends can take longer than the key lives, and must never let
+it expire. A node reaps others only once its own refreshes have succeeded for a
+TTL: after Redis was away every key had expired, and the live peers need that
+long to write theirs again. A node that finds its own key gone re-asserts its
+users (its peers may have reaped them).
+
+Redis keys (prefix ``qq:``, or ``qq:<name>:`` with ``--cluster-name``; the
+database number already keeps the keys of two clusters apart):
 
 - ``node:<id>``: this node is alive (refreshed by a heartbeat, expires on its own);
   ``nodes``: every node that may own users; ``nodeusers:<id>``: whose sessions it holds.
 - ``sess:<uid>``: ``<node>|<token>`` of the user's one session; ``online``: a sorted
   set of online user ids (the cluster-wide ``who``); ``names``: their names.
 
-Channels: ``qq:u:<uid>`` per online user, subscribed by the node that holds the
-session; ``qq:all`` for broadcasts. Payloads: ``M <id> <line>`` (a stored message),
-``E <line>`` (an event), ``K <token>`` (kick that session), ``B <node> <id> <sender>
-<line>`` (a broadcast).
+Channels: ``qq:<ns>:u:<uid>`` per online user, subscribed by the node that holds
+the session; ``qq:<ns>:all`` for broadcasts. Channels, unlike keys, are global in
+Redis, whatever the database: the namespace ``<ns>`` is ``db<N>`` for database N,
+or the ``--cluster-name``, so that two clusters on one Redis never hear each other.
+
+Payloads start with a head naming their kind and the relay's format version
+(``FORMAT``), so that nodes of two releases can share a cluster during a rolling
+upgrade: a node skips (and logs) a head it does not know, and an older node
+ignores a newer head without a word. Format 1:
+
+- ``M1 <id> <line>``: a stored message (``line`` is its ``message`` push);
+- ``E1 <line>``: an event that is not stored (presence, friend request...);
+- ``K1 <token>``: kick that session;
+- ``B1 <node> <id> <sender> <line>``: a broadcast, for everyone but ``sender``.
+
+Anyone who can reach Redis can publish, and a payload cut short or glued to
+another would desynchronise a client's stream, so every payload is checked before
+it reaches a socket (``_received``). The check is cheap on the per-message path:
+a ``line`` must be one line, ``{`` to ``}\\n``, with no other line end; a message
+must start with ``{"type":"message","id":<id>,`` (our encoder writes the keys in
+that order), which also ties the body to the id in the head. Events are rarer and
+come in many types, so they are parsed whole.
 """
 
 from __future__ import annotations
@@ -24,11 +51,12 @@ from __future__ import annotations
 import re
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import orjson
 import txredisapi
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints, task
@@ -37,19 +65,60 @@ from twisted.logger import Logger
 
 from qqchat.errors import ChatError, UnavailableError
 from qqchat.metrics import LATENCY_BUCKETS, Registry
+from qqchat.relay.base import RelayListener
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
 from qqchat.relay.publisher import Publisher
 from qqchat.session import Session
 
 PREFIX = "qq:"
-_USER_CHANNEL = (PREFIX + "u:%d").encode()
-_ALL_CHANNEL = (PREFIX + "all").encode()
+#: what a --cluster-name may be (part of key and channel names); never ``db<N>``, the
+#: namespace of a cluster without a name on database N
+CLUSTER_NAME = re.compile(r"(?!db[0-9]+$)[A-Za-z][A-Za-z0-9_.-]{0,63}")
 HEARTBEAT = 5.0  # seconds between node heartbeats and reaper passes
 NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
+#: a node reaps others only after refreshing its own key without a failure this long:
+#: after Redis was away, every live peer has had a TTL to write its key again
+REAP_AFTER = NODE_TTL_MS / 1000
 COMMAND_TIMEOUT = 5.0
 MAX_UNSENT = 10_000
 _TS = re.compile(rb'"ts":(\d+)')  # a key: inside a JSON string a quote is escaped
+
+#: the relay's payload format; see the module docstring before changing it
+FORMAT = 1
+_MESSAGE, _EVENT, _KICK, _BROADCAST = (b"%s%d" % (k, FORMAT) for k in (b"M", b"E", b"K", b"B"))
+_KINDS = frozenset(b"MEKB")
+_MESSAGE_HEAD = b'{"type":"message","id":'
+_MESSAGE_HEAD_LEN = len(_MESSAGE_HEAD)
+_TOKEN = re.compile(rb"[0-9a-f]{1,64}")
+#: how much of a rejected payload a log line shows
+_SHOWN = 80
+
+
+def one_line(line: bytes) -> bool:
+    """One JSON-object-shaped line: ``{`` to ``}\\n`` and no other line end, so that it
+    can neither end short nor carry a second line into the client's stream."""
+    return (line.startswith(b"{") and line.endswith(b"}\n")
+            and line.find(b"\n") == len(line) - 1)
+
+
+def message_line(line: bytes, mid: bytes) -> bool:
+    """``line`` is one line and the ``message`` push of message ``mid`` (digits)."""
+    return (line.startswith(_MESSAGE_HEAD) and line.startswith(mid, _MESSAGE_HEAD_LEN)
+            and line.startswith(b",", _MESSAGE_HEAD_LEN + len(mid)) and one_line(line))
+
+
+def event_line(line: bytes) -> bool:
+    """``line`` is one line holding one JSON object with a ``type`` that is not a
+    stored message's (those come with their id, as ``M``)."""
+    if not one_line(line):
+        return False
+    try:
+        frame = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    kind = frame.get("type") if isinstance(frame, dict) else None
+    return isinstance(kind, str) and kind != "message"
 
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
@@ -89,6 +158,15 @@ redis.call('ZADD', KEYS[2], ARGV[1], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[1])
 return 1
+"""
+
+# this node is alive; 1 if its key was still there (0: it expired, or Redis lost it, and
+# the peers may have taken this node's users offline meanwhile)
+_REFRESH = """
+local had = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return had
 """
 
 # take a dead node's users offline, once: returns uid, name pairs. ARGV[3] == '1' reaps
@@ -200,38 +278,60 @@ class RedisRelay(Service):
     log = Logger()
 
     def __init__(self, config: RedisConfig, hub: SessionHub, reactor: Any,
-                 node_id: str | None = None, metrics: Registry | None = None) -> None:
+                 node_id: str | None = None, metrics: Registry | None = None,
+                 cluster_name: str | None = None, listener: RelayListener | None = None
+                 ) -> None:
+        if cluster_name is not None and CLUSTER_NAME.fullmatch(cluster_name) is None:
+            raise ValueError(f"bad cluster name {cluster_name!r}: a letter, then letters, "
+                             "digits, '_', '.' or '-', at most 64, and not db<N>")
         self.config = config
+        #: what keeps this cluster's channels apart from another's on the same Redis
+        self.namespace = cluster_name or f"db{config.db}"
+        self._prefix = PREFIX + (f"{cluster_name}:" if cluster_name else "")
+        self._user_channels = f"{PREFIX}{self.namespace}:u:%d".encode()
+        self._all_channel = f"{PREFIX}{self.namespace}:all".encode()
         self.hub = hub
         self._local = LocalRelay(hub)  # for the sessions on this node
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.node = node_id or secrets.token_hex(6)
+        self._node_bytes = self.node.encode()
         self.stopping = False
-        #: called with each local session after a (re)subscribe, to resend from the log
-        self.resync: Callable[[Session], Any] | None = None
-        #: called with (uid, name) of users of a dead node, to tell their friends
-        self.gone_offline: Callable[[int, str], Any] | None = None
+        #: resends from the log after a (re)subscribe; tells friends of a dead node's users
+        self._listener = listener
         self._sub_factory = _SubscriberFactory(self, config)
         self._cmd_factory = _CommandFactory(self, config)
         #: pushes go out on a third connection, as raw RESP (publisher.py says why)
         self._publisher = Publisher(self._endpoint(), config.password, self._publisher_ready,
                                     reactor)
         self._sub: _Subscriber | None = None
+        #: channels Redis confirmed subscribed on ``_sub``, and those being subscribed
         self._subscribed: set[bytes] = set()
-        self._beat = task.LoopingCall(self._heartbeat)
+        self._subscribing: dict[bytes, list[defer.Deferred[None]]] = {}
+        #: the node key, on a timer of its own that nothing waits on (module docstring)
+        self._beat = task.LoopingCall(self._beat_once)
         self._beat.clock = reactor
+        #: dead nodes' users taken offline, in the background, one pass at a time
+        self._reaper = task.LoopingCall(self._reap_once)
+        self._reaper.clock = reactor
+        self._reaping: defer.Deferred[None] | None = None
+        #: since when every refresh of the node key succeeded (None: the last failed)
+        self._healthy_since: float | None = None
+        self._reasserting: defer.Deferred[None] | None = None
         self.connected: defer.Deferred[None] = defer.Deferred()
         self._command_waiters: list[defer.Deferred[None]] = []
         #: publishes made while Redis was away, sent when it is back (bounded: the log
         #: is the record, this only saves recipients a wait until their next login)
         self._unsent: deque[tuple[bytes, bytes]] = deque(maxlen=MAX_UNSENT)
         m = metrics if metrics is not None else Registry()
+        self._rejected = m.counter(
+            "qqchat_relay_rejected_total", "Relay messages skipped: malformed, or of a "
+            "format version this node does not know.")
         self._lag = m.histogram(
             "qqchat_relay_lag_seconds", "From a message's log timestamp to its arrival "
             "through Redis on the node of a recipient (wall clocks of both nodes).",
             LATENCY_BUCKETS)
-        m.gauge("qqchat_relay_unsent", "Publishes queued while Redis is away (at most "
+        m.gauge("qqchat_relay_unsent", "Publishes queued while Redis is away or slow (at most "
                 f"{MAX_UNSENT}; older ones are dropped).", lambda: len(self._unsent))
 
     # -- lifecycle ----------------------------------------------------------
@@ -240,21 +340,31 @@ class RedisRelay(Service):
         return endpoints.TCP4ClientEndpoint(self.reactor, self.config.host, self.config.port,
                                             timeout=5)
 
+    def listen(self, listener: RelayListener) -> None:
+        """Hand over the services' side (built after the relay, which they need)."""
+        if self.running:
+            raise RuntimeError("the relay's listener is set before it starts")
+        self._listener = listener
+
     def startService(self) -> None:
+        if self._listener is None:
+            raise RuntimeError("RedisRelay started without a listener (RedisRelay.listen)")
         super().startService()
         endpoint = self._endpoint()
         self._sub_factory.startConnecting(endpoint)
         self._cmd_factory.startConnecting(endpoint)
         self._publisher.start()
-        self._beat.start(HEARTBEAT, now=False)
-        self.log.info("cluster node {node} using {redis}", node=self.node,
-                      redis=self.config.describe())
+        self._run(self._beat, "heartbeat")
+        self._run(self._reaper, "reaper")
+        self.log.info("cluster node {node} using {redis}, namespace {ns}", node=self.node,
+                      redis=self.config.describe(), ns=self.namespace)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         super().stopService()
-        if self._beat.running:
-            self._beat.stop()
+        for loop in (self._beat, self._reaper):
+            if loop.running:
+                loop.stop()
         try:
             # the listener has logged our users out already; leave no trace
             yield self._cmd("DEL", self._k(f"node:{self.node}"))
@@ -269,9 +379,8 @@ class RedisRelay(Service):
 
     # -- plumbing -----------------------------------------------------------
 
-    @staticmethod
-    def _k(name: str) -> str:
-        return PREFIX + name
+    def _k(self, name: str) -> str:
+        return self._prefix + name
 
     def _cmd(self, *args: Any) -> defer.Deferred[Any]:
         """Run one command; fail fast with ``unavailable`` when Redis is away."""
@@ -298,37 +407,52 @@ class RedisRelay(Service):
         raise UnavailableError("the cluster relay (Redis)")
 
     def _publish(self, channel: bytes, payload: bytes) -> None:
-        """Fire and forget: a lost publish costs latency, never a message."""
-        if not self._publisher.publish(channel, payload):
+        """Fire and forget: a lost publish costs latency, never a message. Behind what
+        is queued already, so pushes keep their order."""
+        if self._unsent or not self._publisher.publish(channel, payload):
             self._unsent.append((channel, payload))
 
     def _publisher_ready(self) -> None:
-        unsent, self._unsent = self._unsent, deque(maxlen=MAX_UNSENT)
-        for channel, payload in unsent:
-            self._publish(channel, payload)
+        """The publisher is connected, or can take more again: send what waited."""
+        unsent, publish = self._unsent, self._publisher.publish
+        while unsent and publish(*unsent[0]):
+            unsent.popleft()
 
     def _session_keys(self, uid: int, node: str | None = None) -> list[str]:
         return [self._k(f"sess:{uid}"), self._k("online"), self._k("names"),
                 self._k(f"nodeusers:{node or self.node}")]
 
-    @staticmethod
-    def _user_channel(uid: int) -> bytes:
-        return _USER_CHANNEL % uid
+    def _user_channel(self, uid: int) -> bytes:
+        return self._user_channels % uid
 
     # -- subscriptions --------------------------------------------------------
 
     def _subscriber_ready(self, proto: _Subscriber) -> None:
         self._sub = proto
-        channels = {_ALL_CHANNEL} | {self._user_channel(s.user_id)
-                                                for s in self.hub if s.user_id is not None}
-        self._subscribed = set(channels)
+        self._subscribed = set()
+        channels = {self._all_channel} | {self._user_channel(s.user_id)
+                                          for s in self.hub if s.user_id is not None}
         d = proto.subscribe(sorted(channels))
-        d.addCallback(lambda _: self._after_resubscribe())
-        d.addErrback(lambda f: self.log.warn("subscribe failed: {e}", e=f.getErrorMessage()))
+        d.addTimeout(COMMAND_TIMEOUT, self.clock)
+
+        def subscribed(_: Any) -> Any:
+            if self._sub is not proto:
+                return None
+            self._subscribed |= channels
+            return self._after_resubscribe()
+
+        def failed(f: Any) -> None:
+            # marked subscribed only once Redis said so; try again on a new connection
+            self.log.warn("subscribe failed: {e}; reconnecting", e=f.getErrorMessage())
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+
+        d.addCallbacks(subscribed, failed)
 
     def _subscriber_lost(self, proto: _Subscriber) -> None:
         if self._sub is proto:
             self._sub = None
+            self._subscribed = set()  # the next connection subscribes them again
             if not self.stopping:
                 self.log.warn("lost the Redis subscription; reconnecting")
 
@@ -340,6 +464,7 @@ class RedisRelay(Service):
             d.addErrback(lambda f: self.log.warn("startup cleanup failed: {e}",
                                                  e=f.getErrorMessage()))
             self.connected.callback(None)
+        self._refresh().addErrback(lambda _: None)  # at once, not at the next beat
         waiting, self._command_waiters = self._command_waiters, []
         for d in waiting:
             d.callback(None)
@@ -358,13 +483,19 @@ class RedisRelay(Service):
         may have restarted empty) and resend each local session's messages from the log."""
         yield self._command_connection()
         try:
-            yield self._heartbeat()
+            yield self._refresh()
         except ChatError:
             return
+        yield self._reassert_all(resync=True)
+
+    @defer.inlineCallbacks
+    def _reassert_all(self, resync: bool) -> Any:
+        """Claim again each local user whom Redis lost or another node reaped (kicking a
+        session someone else holds now), and resend it the log if pushes were lost."""
         for session in list(self.hub):
             uid = session.user_id
-            if uid is None:
-                continue
+            if uid is None or self.hub.get(uid) is not session:
+                continue  # gone meanwhile (two passes can overlap)
             try:
                 mine = yield self._eval(_REASSERT, self._session_keys(uid),
                                         [uid, f"{self.node}|{session.token}",
@@ -372,36 +503,64 @@ class RedisRelay(Service):
             except ChatError:
                 return
             if not mine:
-                self.hub.detach(session)
-                session.kick("logged in from another place")
-            elif self.resync is not None:
+                if self.hub.detach(session):
+                    session.kick("logged in from another place")
+            elif resync and self._listener is not None:
                 try:
-                    yield self.resync(session)
+                    yield defer.ensureDeferred(self._listener.resync(session))
                 except Exception:
                     self.log.failure("resync of {uid} failed", uid=uid)
 
     def _received(self, channel: bytes, message: bytes) -> None:
-        kind, _, rest = message.partition(b" ")
-        if kind == b"M":
+        """One payload from Redis: checked (module docstring) before any of it reaches a
+        session; what fails is logged and skipped, never raised (an exception here would
+        drop the subscription, and every reconnect resyncs every local session)."""
+        head, _, rest = message.partition(b" ")
+        if head == _MESSAGE:
             mid, _, line = rest.partition(b" ")
+            if not (mid.isdigit() and message_line(line, mid)):
+                self._reject(channel, message, "malformed message")
+                return
             self._observe_lag(line)
             session = self._session_for(channel)
             if session is not None:
                 session.deliver(int(mid), line)
-        elif kind == b"E":
+        elif head == _EVENT:
+            if not event_line(rest):
+                self._reject(channel, message, "malformed event")
+                return
             session = self._session_for(channel)
             if session is not None:
                 session.notify(rest)
-        elif kind == b"K":
+        elif head == _KICK:
+            if _TOKEN.fullmatch(rest) is None:
+                self._reject(channel, message, "malformed kick")
+                return
             session = self._session_for(channel)
-            if session is not None and session.token == rest.decode():
+            if session is not None and session.token.encode() == rest:
                 self.hub.detach(session)
                 session.kick("logged in from another place")
-        elif kind == b"B":
-            node, mid, sender, line = rest.split(b" ", 3)
-            if node.decode() != self.node:
+        elif head == _BROADCAST:
+            parts = rest.split(b" ", 3)
+            if not (len(parts) == 4 and parts[0] and parts[1].isdigit()
+                    and parts[2].isdigit() and message_line(parts[3], parts[1])):
+                self._reject(channel, message, "malformed broadcast")
+                return
+            node, mid, sender, line = parts
+            if node != self._node_bytes:
                 self._observe_lag(line)
                 self._local.deliver_all(int(mid), line, int(sender))
+        elif len(head) > 1 and head[0] in _KINDS and head[1:].isdigit():
+            self._reject(channel, message, "an unknown format version (a node of another "
+                         "release?)")
+        else:
+            self._reject(channel, message, "an unknown kind")
+
+    def _reject(self, channel: bytes, message: bytes, why: str) -> None:
+        self._rejected.inc()
+        self.log.warn("skipped a relay message on {channel} with {why}: {payload}",
+                      channel=channel.decode(errors="replace"), why=why,
+                      payload=repr(message[:_SHOWN]))
 
     def _observe_lag(self, line: bytes) -> None:
         found = _TS.search(line)
@@ -415,17 +574,38 @@ class RedisRelay(Service):
             return None
         return self.hub.get(uid)
 
-    def _subscribe_user(self, uid: int) -> defer.Deferred[Any]:
+    def _subscribe_user(self, uid: int) -> defer.Deferred[None]:
+        """Fires once Redis has confirmed the user's channel is subscribed; claims of
+        one user meanwhile share the SUBSCRIBE. Fails with ``unavailable``."""
         channel = self._user_channel(uid)
         if channel in self._subscribed:
             return defer.succeed(None)
-        if self._sub is None:
-            return defer.fail(UnavailableError("the cluster relay (Redis)"))
-        self._subscribed.add(channel)
-        d = self._sub.subscribe([channel])
-        d.addTimeout(COMMAND_TIMEOUT, self.clock)
-        d.addErrback(self._unavailable)
-        return d
+        waiters = self._subscribing.get(channel)
+        if waiters is None:
+            sub = self._sub
+            if sub is None:
+                return defer.fail(UnavailableError("the cluster relay (Redis)"))
+            waiters = self._subscribing[channel] = []
+            d = sub.subscribe([channel])
+            d.addTimeout(COMMAND_TIMEOUT, self.clock)
+            d.addCallbacks(lambda _: self._subscribe_done(channel, sub, None),
+                           lambda f: self._subscribe_done(channel, sub, f))
+        waiter: defer.Deferred[None] = defer.Deferred()
+        waiters.append(waiter)
+        return waiter
+
+    def _subscribe_done(self, channel: bytes, sub: _Subscriber, failure: Any) -> None:
+        waiters = self._subscribing.pop(channel, [])
+        if failure is None and sub is self._sub:
+            self._subscribed.add(channel)
+            for w in waiters:
+                w.callback(None)
+            return
+        why = failure.getErrorMessage() if failure is not None else "connection replaced"
+        self.log.warn("subscribing {channel} failed: {why}", channel=channel.decode(),
+                      why=why)
+        for w in waiters:
+            w.errback(UnavailableError("the cluster relay (Redis)"))
 
     def _unsubscribe_user(self, uid: int) -> None:
         channel = self._user_channel(uid)
@@ -436,30 +616,74 @@ class RedisRelay(Service):
 
     # -- heartbeat and the reaper ---------------------------------------------
 
-    @defer.inlineCallbacks
-    def _heartbeat(self) -> Any:
-        try:
-            yield self._cmd("SET", self._k(f"node:{self.node}"), "1", "PX", NODE_TTL_MS)
-            yield self._cmd("SADD", self._k("nodes"), self.node)
-            nodes = yield self._cmd("SMEMBERS", self._k("nodes"))
-            for raw in nodes:
-                node = raw.decode() if isinstance(raw, bytes) else str(raw)
-                if node == self.node:
-                    continue
-                yield self._reap(node, force=False)
-        except ChatError:
-            pass  # Redis is away: reconnecting; nothing to do until then
+    def _run(self, loop: task.LoopingCall, what: str) -> None:
+        """Start a timer, and start it again should it ever stop on an error."""
+        def failed(failure: Any) -> None:
+            self.log.failure("the cluster {what} stopped; restarting it", failure, what=what)
+            if self.running and not self.stopping:
+                self._run(loop, what)
+
+        loop.start(HEARTBEAT, now=False).addErrback(failed)
+
+    def _beat_once(self) -> None:
+        """One refresh, not waited for: a slow or failed one never delays the next."""
+        self._refresh().addErrback(lambda _: None)
+
+    def _refresh(self) -> defer.Deferred[Any]:
+        d = self._eval(_REFRESH, [self._k(f"node:{self.node}"), self._k("nodes")],
+                       [NODE_TTL_MS, self.node])
+        d.addCallbacks(self._refreshed, self._refresh_failed)
+        return d
+
+    def _refreshed(self, had: Any) -> None:
+        if self._healthy_since is None:
+            self._healthy_since = self.clock.seconds()
+        if not int(had) and self._reasserting is None and len(self.hub):
+            self.log.warn("this node's key had expired in Redis: re-asserting its users")
+            d = self._reasserting = self._reassert_all(resync=False)
+            d.addErrback(lambda f: self.log.failure("re-asserting users failed", f))
+            d.addBoth(lambda _: setattr(self, "_reasserting", None))
+
+    def _refresh_failed(self, failure: Any) -> Any:
+        self._healthy_since = None
+        return failure
+
+    def _may_reap(self) -> bool:
+        since = self._healthy_since
+        return since is not None and self.clock.seconds() - since >= REAP_AFTER
+
+    def _reap_once(self) -> None:
+        """Start a pass over the other nodes unless one is still running."""
+        if self._reaping is not None or not self._may_reap():
+            return
+        d = self._reaping = defer.ensureDeferred(self._reap_dead())
+        d.addErrback(self._reap_failed)
+        d.addBoth(lambda _: setattr(self, "_reaping", None))
+
+    def _reap_failed(self, failure: Any) -> None:
+        if not failure.check(ChatError):  # Redis away: reconnecting, nothing to do
+            self.log.failure("reaping dead cluster nodes failed", failure)
+
+    async def _reap_dead(self) -> None:
+        for raw in await self._cmd("SMEMBERS", self._k("nodes")):
+            node = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if node != self.node and self._may_reap():
+                await self._reap(node, force=False)
 
     @defer.inlineCallbacks
     def _reap(self, node: str, force: bool) -> Any:
-        gone = yield self._eval(_REAP, [], [node, PREFIX, "1" if force else "0"])
+        gone = yield self._eval(_REAP, [], [node, self._prefix, "1" if force else "0"])
         pairs = list(zip(gone[::2], gone[1::2], strict=True))
         if pairs:
             self.log.info("node {node} is gone: {n} users offline", node=node, n=len(pairs))
         for uid, name in pairs:
-            if self.gone_offline is not None:
+            if self._listener is not None:
                 n = name.decode() if isinstance(name, bytes) else str(name)
-                yield self.gone_offline(int(uid), n)
+                try:
+                    yield defer.ensureDeferred(self._listener.gone_offline(int(uid), n))
+                except Exception:  # one user's friends miss an event; the others do not
+                    self.log.failure("telling friends that {uid} is offline failed",
+                                     uid=int(uid))
 
     # -- the Relay interface ----------------------------------------------------
 
@@ -471,7 +695,7 @@ class RedisRelay(Service):
         try:
             ok, previous = await self._eval(
                 _CLAIM, self._session_keys(uid),
-                [uid, self.node, session.token, session.name or "", 1 if kick else 0, PREFIX])
+                [uid, self.node, session.token, session.name or "", 1 if kick else 0, self._prefix])
         except ChatError:
             self._unsubscribe_user(uid)
             raise
@@ -489,7 +713,7 @@ class RedisRelay(Service):
             prev = previous.decode() if isinstance(previous, bytes) else str(previous)
             prev_node, _, prev_token = prev.partition("|")
             if prev_node != self.node:
-                self._publish(self._user_channel(uid), f"K {prev_token}".encode())
+                self._publish(self._user_channel(uid), _KICK + b" " + prev_token.encode())
         return True
 
     async def release(self, session: Session) -> bool:
@@ -507,18 +731,19 @@ class RedisRelay(Service):
     def deliver(self, user_ids: Iterable[int], msg_id: int, line: bytes) -> None:
         away = self._local.deliver_here(user_ids, msg_id, line)
         if away:
-            payload = b"M %d " % msg_id + line
+            payload = b"%s %d " % (_MESSAGE, msg_id) + line
+            channels = self._user_channels
             for uid in away:
-                self._publish(_USER_CHANNEL % uid, payload)
+                self._publish(channels % uid, payload)
 
     def deliver_all(self, msg_id: int, line: bytes, exclude: int) -> None:
         self._local.deliver_all(msg_id, line, exclude)
-        self._publish(_ALL_CHANNEL,
-                      b"B %s %d %d " % (self.node.encode(), msg_id, exclude) + line)
+        self._publish(self._all_channel,
+                      b"%s %s %d %d " % (_BROADCAST, self._node_bytes, msg_id, exclude) + line)
 
     def notify(self, user_ids: Iterable[int], line: bytes) -> None:
         for uid in self._local.notify_here(user_ids, line):
-            self._publish(_USER_CHANNEL % uid, b"E " + line)
+            self._publish(self._user_channels % uid, _EVENT + b" " + line)
 
     async def online(self, user_ids: Iterable[int]) -> set[int]:
         ids = sorted(set(user_ids))
