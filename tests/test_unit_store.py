@@ -12,9 +12,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.enterprise import adbapi
+from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
 from unit_support import InlineReactor, InlineThreadPool, make_store, result_of
 
+from qqchat.errors import UnavailableError
 from qqchat.storage.schema import apply_schema
 from qqchat.storage.store import KIND_DIRECT, STAGE_ROWS, NewMessage, Store
 
@@ -139,3 +143,75 @@ def test_a_checked_ack_stops_before_a_message_not_yet_seen() -> None:
                                              frozenset({ids[1], ids[2], broadcast}))]))
     assert reached == [own]
     assert acked(b) == own
+
+
+class _DBAPI:
+    class Error(Exception):
+        pass
+
+    class DatabaseError(Error):
+        pass
+
+    class OperationalError(DatabaseError):
+        pass
+
+    class InterfaceError(Error):
+        pass
+
+    class IntegrityError(DatabaseError):
+        pass
+
+
+class _FailingPool:
+    """A pool whose transactions fail with the given errors, then succeed."""
+
+    dbapi = _DBAPI
+
+    def __init__(self, errors: list[Exception], clock: task.Clock) -> None:
+        self.errors = errors
+        self.runs = 0
+        self._reactor = clock
+
+    def runInteraction(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        self.runs += 1
+        if self.errors:
+            return defer.fail(self.errors.pop(0))
+        return defer.succeed("done")
+
+
+def _run_with(errors: list[Exception], warnings: list[dict[str, Any]]
+              ) -> tuple[_FailingPool, defer.Deferred[Any], task.Clock]:
+    clock = task.Clock()
+    pool = _FailingPool(errors, clock)
+    store = Store(pool, "mysql")  # type: ignore[arg-type]
+    globalLogPublisher.addObserver(warnings.append)
+    try:
+        d = store._run(lambda t: None)
+        for _ in range(10):
+            clock.advance(1)
+    finally:
+        globalLogPublisher.removeObserver(warnings.append)
+    return pool, d, clock
+
+
+def test_deadlocks_and_lock_wait_timeouts_are_retried_a_bounded_number_of_times() -> None:
+    deadlock = _DBAPI.OperationalError(1213, "Deadlock found when trying to get lock")
+    timeout = _DBAPI.OperationalError(1205, "Lock wait timeout exceeded")
+    warnings: list[dict[str, Any]] = []
+    pool, d, _ = _run_with([deadlock, timeout], warnings)
+    assert result_of(d) == "done" and pool.runs == 3
+    assert [w["code"] for w in warnings if "code" in w] == [1213, 1205]
+
+    warnings.clear()
+    pool, d, _ = _run_with([deadlock] * 10, warnings)
+    with pytest.raises(UnavailableError):
+        result_of(d)
+    assert pool.runs == Store.max_tries
+    assert len([w for w in warnings if "code" in w]) == Store.max_tries - 1
+
+    # anything else fails at once, as before
+    warnings.clear()
+    pool, d, _ = _run_with([_DBAPI.OperationalError(2013, "Lost connection")], warnings)
+    with pytest.raises(UnavailableError):
+        result_of(d)
+    assert pool.runs == 1 and not [w for w in warnings if "code" in w]

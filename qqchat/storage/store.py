@@ -63,6 +63,11 @@ def _reach(after: int, upto: int, ids: set[int], seen: frozenset[int]) -> int:
     return upto
 
 
+def _by_user(row: tuple[int, int, int]) -> int:
+    """The user id of an (acked, user id, acked) row: the order rows are locked in."""
+    return row[1]
+
+
 @dataclass(slots=True)
 class Stored:
     """The outcome of one append. For a new group message, ``members`` is the group's
@@ -474,7 +479,8 @@ class Store(Access):
         q_ins = self._q(f"INSERT INTO {self._log_table} ({_LOG_COLUMNS}) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
-        ack_rows = [(mid, uid, mid) for uid, mid in acks]
+        # users rows in id order, as every transaction that locks several takes them
+        ack_rows = [(mid, uid, mid) for uid, mid in sorted(acks)]
 
         def txn(t: Any) -> list[Stored]:
             if mysql and messages and self._one_trip(messages):
@@ -609,9 +615,13 @@ class Store(Access):
     _ACK_CHUNK = 500
 
     def _write_acks(self, t: Any, rows: Sequence[tuple[int, int, int]]) -> None:
-        """Apply (acked, user id, acked) rows. MySQLdb's ``executemany`` sends an UPDATE
-        per row, a round trip each: on MySQL they go as multi-statements instead (a
-        group message acked by its 199 receivers at once was 199 round trips)."""
+        """Apply (acked, user id, acked) rows, sorted by user id: each UPDATE locks its
+        users row until commit, so two transactions (two nodes' acks) that took the
+        same rows in opposite orders would deadlock. MySQLdb's ``executemany`` sends
+        an UPDATE per row, a round trip each: on MySQL they go as multi-statements
+        instead (a group message acked by its 199 receivers at once was 199 round
+        trips)."""
+        rows = sorted(rows, key=_by_user)
         q = self._q(self._ACK)
         if self.dialect != "mysql":
             t.executemany(q, rows)
