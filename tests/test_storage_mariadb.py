@@ -22,7 +22,7 @@ from twisted.logger import globalLogPublisher
 
 from qqchat.storage.pool import make_pool, parse_database_url
 from qqchat.storage.schema import apply_schema
-from qqchat.storage.store import KIND_DIRECT, NewMessage, Store
+from qqchat.storage.store import KIND_BROADCAST, KIND_DIRECT, CheckedAck, NewMessage, Store
 
 _names = itertools.count(1)
 
@@ -162,8 +162,8 @@ async def test_checked_acks_of_two_nodes_in_opposite_orders_do_not_deadlock(
     sender, u1, u2, u3 = await new_users(node1, "sender", "u1", "u2", "u3")
     m = {u: await direct(node1, sender, u, f"to {u}") for u in (u1, u2, u3)}
 
-    def check(uid: int) -> tuple[int, int, int, frozenset[int]]:
-        return (uid, 0, m[uid], frozenset({m[uid]}))
+    def check(uid: int) -> CheckedAck:
+        return (uid, 0, m[uid], frozenset({m[uid]}), None)
 
     holder = cluster.holder()
     await holder.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", u3)
@@ -201,7 +201,8 @@ async def test_a_transaction_chosen_as_deadlock_victim_is_retried(cluster: Clust
     await holder.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", u2)
     globalLogPublisher.addObserver(observe)
     try:
-        checking = node.checked_acks([(u, 0, m[u], frozenset({m[u]})) for u in (u1, u2)])
+        checking = node.checked_acks([(u, 0, m[u], frozenset({m[u]}), None)
+                                      for u in (u1, u2)])
         await cluster.monitor.until("the check waiting for u2", blocked_by(holder.thread_id),
                                     checking)
         await holder.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", u1)
@@ -212,3 +213,100 @@ async def test_a_transaction_chosen_as_deadlock_victim_is_retried(cluster: Clust
     assert result == [m[u1], m[u2]]
     assert len(warnings) == 1
     assert [await acked(node, u) for u in (u1, u2)] == [m[u1], m[u2]]
+
+
+# -- a login and the acks of the login it replaces ----------------------------------
+
+
+async def login(store: Store, uid: int) -> tuple[int, list[int], int | None]:
+    """What a login's backlog starts from: the acked position, the ids it will send,
+    and the stamp that names the login."""
+    start = await store.backlog_start(uid, 100, 5000)
+    return start.acked, [r[0] for r in start.rows], start.login
+
+
+def check_ack(store: Store, uid: int, after: int, upto: int, seen: set[int],
+              stamp: int | None) -> CheckedAck:
+    return (uid, after, upto, frozenset(seen), stamp)
+
+
+def confirmed_then_sent_again(reached: int, upto: int, backlog: list[int]) -> list[int]:
+    """Messages a login sends although an ack confirmed them: the ack's reply says
+    acknowledged (``reached == upto``) and the backlog, read before, still has them."""
+    return [mid for mid in backlog if mid <= reached] if reached == upto else []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ack_of_the_replaced_login_is_never_confirmed_for_what_the_new_one_sends(
+        cluster: Cluster) -> None:
+    """Bob is logged in on node A; he logs in again on node B, whose backlog read
+    comes first; then node A writes the ack bob's old session sent. Confirming
+    it would tell bob those messages are acknowledged while node B sends them to him
+    again: the ack must not go through."""
+    node_a, node_b = cluster.node(), cluster.node()
+    alice, bob = await new_users(node_a, "alice", "bob")
+    sent = [await direct(node_a, alice, bob, f"m{n}") for n in range(3)]
+    _, on_a, stamp_a = await login(node_a, bob)
+    assert on_a == sent
+    _, on_b, _ = await login(node_b, bob)
+    (reached,) = await node_a.checked_acks(
+        [check_ack(node_a, bob, 0, sent[-1], set(sent), stamp_a)])
+    assert confirmed_then_sent_again(reached, sent[-1], on_b) == []
+    assert reached == 0 and await acked(node_a, bob) == 0  # nothing skipped either
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_waits_for_an_ack_being_written_on_another_node(
+        cluster: Cluster) -> None:
+    """Node A's ack transaction for bob (and carol) is under way, bob's row taken and
+    carol's waited for, when bob logs in on node B: the login's read waits for that
+    transaction, then starts past what it acknowledged."""
+    node_a, node_b = cluster.node(), cluster.node()
+    alice, bob, carol = await new_users(node_a, "alice", "bob", "carol")
+    to_bob = [await direct(node_a, alice, bob, f"m{n}") for n in range(3)]
+    to_carol = await direct(node_a, alice, carol, "c")
+    _, _, stamp_bob = await login(node_a, bob)
+    _, _, stamp_carol = await login(node_a, carol)
+
+    holder = cluster.holder()
+    await holder.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", carol)
+    checking = node_a.checked_acks([
+        check_ack(node_a, bob, 0, to_bob[-1], set(to_bob), stamp_bob),
+        check_ack(node_a, carol, 0, to_carol, {to_carol}, stamp_carol)])
+    await cluster.monitor.until("the ack waiting for carol", blocked_by(holder.thread_id),
+                                checking)
+    logging_in = defer.ensureDeferred(login(node_b, bob))
+    await cluster.monitor.until("the login waiting", lambda w: len(w) >= 2,
+                                logging_in, checking)
+    await holder.commit()
+    reached, (_, on_b, _) = await checking, await logging_in
+    assert confirmed_then_sent_again(reached[0], to_bob[-1], on_b) == []
+    assert reached == [to_bob[-1], to_carol] and on_b == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_account_starts_at_a_head_no_batch_commits_past_meanwhile(
+        cluster: Cluster) -> None:
+    """create_user reads the log head with the share lock join_group takes: a batch
+    cannot commit between that read and the account's commit, so a broadcast reaches
+    the new account exactly when it committed after the account did."""
+    node_a, node_b = cluster.node(), cluster.node()
+    (admin,) = await new_users(node_a, "admin")
+    await node_a.write_batch([NewMessage(KIND_BROADCAST, admin, "before")], (), 1000)
+    holder = cluster.holder()  # holds the name, so create_user waits after its head read
+    await holder.execute("INSERT INTO users (name, pw_hash, created_at, name_key)"
+                         " VALUES ('newbie', 'h', 1, 'newbie')")
+    order: list[str] = []
+    creating = node_a.create_user("newbie", "h", 2)
+    creating.addCallback(lambda uid: (order.append("account"), uid)[1])
+    await cluster.monitor.until("create_user waiting", blocked_by(holder.thread_id),
+                                creating)
+    batch = node_b.write_batch([NewMessage(KIND_BROADCAST, admin, "meanwhile")], (), 1000)
+    batch.addCallback(lambda stored: (order.append("broadcast"), stored)[1])
+    await cluster.monitor.until("the batch done or waiting", lambda w: len(w) >= 2,
+                                batch, creating)
+    await holder.execute("ROLLBACK")
+    uid, (stored,) = await creating, await batch
+    assert uid is not None
+    backlog = [r[0] for r in await node_a.undelivered(uid, await acked(node_a, uid), 100)]
+    assert (stored.id in backlog) == (order == ["account", "broadcast"]), (order, backlog)

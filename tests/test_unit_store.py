@@ -66,9 +66,9 @@ def test_new_messages_are_staged_and_every_read_sees_them() -> None:
 
     # what arrives after a read is staged again and read again
     send(store, a, b, ["four"])
-    acked, rows = result_of(store.backlog_start(b, 100))
-    assert acked == 0 and [r[6] for r in rows] == ["one", "two", "four"]
-    first = rows[0]
+    start = result_of(store.backlog_start(b, 100, 5000))
+    assert start.acked == 0 and [r[6] for r in start.rows] == ["one", "two", "four"]
+    first = start.rows[0]
     assert result_of(store.message(first[0])) == first
 
 
@@ -132,15 +132,16 @@ def test_a_checked_ack_stops_before_a_message_not_yet_seen() -> None:
 
     # "two" may still be on its way from another node: b's ack stops below it, while
     # a's ack in the same transaction (of the broadcast a does not receive) goes through
-    reached = result_of(store.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]})),
-                                            (a, 0, own, frozenset({own}))]))
+    reached = result_of(store.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]}), None),
+                                            (a, 0, own, frozenset({own}), None)]))
     assert reached == [ids[0], own]
     assert (acked(b), acked(a)) == (ids[0], own)
     # nothing new seen at all: the position stays where it was
-    assert result_of(store.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}))])) == [ids[0]]
+    assert result_of(store.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}), None)])
+                     ) == [ids[0]]
     # everything seen: the ack goes the whole way; b's own broadcast is not b's to receive
     reached = result_of(store.checked_acks([(b, ids[0], own,
-                                             frozenset({ids[1], ids[2], broadcast}))]))
+                                             frozenset({ids[1], ids[2], broadcast}), None)]))
     assert reached == [own]
     assert acked(b) == own
 
@@ -215,3 +216,21 @@ def test_deadlocks_and_lock_wait_timeouts_are_retried_a_bounded_number_of_times(
     with pytest.raises(UnavailableError):
         result_of(d)
     assert pool.runs == 1 and not [w for w in warnings if "code" in w]
+
+
+def test_each_login_is_stamped_and_acks_of_a_replaced_login_are_refused() -> None:
+    """A login names itself in users.last_login (strictly increasing, even within one
+    millisecond); a checked ack carrying an older login's stamp acknowledges nothing,
+    since the newer login may already have read its backlog (tests/test_storage_mariadb.py
+    has the cross-node interleavings)."""
+    pool, store = make_store()
+    a, b = users(store)
+    ids = [s.id for s in send(store, a, b, ["one", "two"])]
+    old = result_of(store.backlog_start(b, 100, 5000))
+    new = result_of(store.backlog_start(b, 100, 5000))
+    assert (old.login, new.login) == (5000, 5001)
+    assert [r[0] for r in new.rows] == ids
+    seen = frozenset(ids)
+    assert result_of(store.checked_acks([(b, 0, ids[-1], seen, old.login)])) == [0]
+    assert result_of(store.checked_acks([(b, 0, ids[-1], seen, new.login)])) == [ids[-1]]
+    assert result_of(store.backlog_start(b, 100, 4000)).rows == []
