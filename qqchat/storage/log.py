@@ -100,6 +100,7 @@ class MessageLog:
         d = self._store.checked_acks([check for check, _ in checks])
         d.addCallbacks(self._checks_done, self._checks_failed, callbackArgs=(checks,),
                        errbackArgs=(checks,))
+        d.addErrback(self._checks_unexpected, checks)
 
     def _checks_done(self, reached: list[int], checks: list[Any]) -> None:
         self._checks_running = False
@@ -178,6 +179,7 @@ class MessageLog:
         d.addCallbacks(self._written, self._failed,
                        callbackArgs=(batch, ack_waiters, started),
                        errbackArgs=(batch, ack_waiters))
+        d.addErrback(self._batch_unexpected, batch, ack_waiters)
 
     def _written(self, results: list[Stored], batch: list[Any],
                  ack_waiters: list[defer.Deferred[None]], started: float) -> None:
@@ -197,6 +199,26 @@ class MessageLog:
             d.errback(failure)
         for w in ack_waiters:
             w.errback(failure)
+
+    # The last errbacks of the transactions' Deferreds: a bug in handling an outcome
+    # is logged now (not when the Deferred is garbage collected, if ever), and every
+    # caller still waiting gets the failure instead of waiting forever.
+
+    def _batch_unexpected(self, failure: Failure, batch: list[Any],
+                          ack_waiters: list[defer.Deferred[None]]) -> None:
+        self.log.failure("handling the outcome of a log batch failed", failure)
+        for d in [d for _, d in batch] + ack_waiters:
+            if not d.called:
+                d.errback(failure)
+
+    def _checks_unexpected(self, failure: Failure, checks: list[Any]) -> None:
+        self.log.failure("handling the outcome of checked acks failed", failure)
+        self._checks_running = False
+        for check, d in checks:
+            if not d.called:
+                self._checked(check[0])
+                d.errback(failure)
+        self._next_checks()
 
     def _done(self) -> None:
         self._writing = False
