@@ -223,7 +223,7 @@ def test_each_login_is_stamped_and_acks_of_a_replaced_login_are_refused() -> Non
     millisecond); a checked ack carrying an older login's stamp acknowledges nothing,
     since the newer login may already have read its backlog (tests/test_storage_mariadb.py
     has the cross-node interleavings)."""
-    pool, store = make_store()
+    _, store = make_store()
     a, b = users(store)
     ids = [s.id for s in send(store, a, b, ["one", "two"])]
     old = result_of(store.backlog_start(b, 100, 5000))
