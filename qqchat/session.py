@@ -42,8 +42,8 @@ class Session:
     sees every message once, and nothing lands before the login reply.
     """
 
-    __slots__ = ("_held", "_held_bytes", "acked", "admin", "closed", "conn", "max_sent", "name",
-                 "remembered", "seen", "syncing", "token", "user_id")
+    __slots__ = ("_held", "_held_bytes", "acked", "admin", "closed", "conn", "login",
+                 "max_sent", "name", "remembered", "seen", "syncing", "token", "user_id")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -67,6 +67,9 @@ class Session:
         #: in cluster mode, ids delivered above ``acked``: pushes from several nodes can
         #: arrive out of order or twice, so acks are checked against this set
         self.seen: set[int] | None = None
+        #: names this login in the database (``Store.backlog_start``): once the user
+        #: logs in again, this session's checked acks are refused
+        self.login: int | None = None
 
     @property
     def peer(self) -> str:
@@ -156,5 +159,6 @@ class Session:
         self._drop_held()
         self.token = ""
         self.remembered = None
+        self.login = None
         if self.seen is not None:
             self.seen = set()

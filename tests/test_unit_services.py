@@ -578,7 +578,7 @@ class HeldStore:
         self.batches: list[tuple[list[NewMessage], list[tuple[int, int]]]] = []
         self.pending: list[defer.Deferred[list[Stored]]] = []
         self.next_id = 1
-        self.checks: list[list[tuple[int, int, int, frozenset[int]]]] = []
+        self.checks: list[list[tuple[int, int, int, frozenset[int], int | None]]] = []
         self.pending_checks: list[defer.Deferred[list[int]]] = []
 
     def write_batch(self, messages: Any, acks: Any, now: int) -> defer.Deferred[list[Stored]]:
@@ -651,7 +651,7 @@ def test_checked_acks_arriving_during_a_check_share_the_next(clock: task.Clock) 
     log = MessageLog(store, clock)  # type: ignore[arg-type]
     first = log.checked_ack(7, 0, 5, frozenset({5}))
     clock.advance(0)
-    assert store.checks == [[(7, 0, 5, frozenset({5}))]]
+    assert store.checks == [[(7, 0, 5, frozenset({5}), None)]]
     later = [log.checked_ack(8, 0, 9, frozenset()), log.checked_ack(7, 5, 6, frozenset({6}))]
     waiting = log.settled(7)
     idle = log.idle()
@@ -659,7 +659,7 @@ def test_checked_acks_arriving_during_a_check_share_the_next(clock: task.Clock) 
     assert len(store.checks) == 1 and not waiting.called
     store.pending_checks[0].callback([5])
     assert result_of(first) == 5 and not waiting.called
-    assert store.checks[1] == [(8, 0, 9, frozenset()), (7, 5, 6, frozenset({6}))]
+    assert store.checks[1] == [(8, 0, 9, frozenset(), None), (7, 5, 6, frozenset({6}), None)]
     store.pending_checks[1].callback([0, 6])
     assert [result_of(d) for d in later] == [0, 6]
     assert result_of(waiting) is None

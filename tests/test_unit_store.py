@@ -12,9 +12,13 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.enterprise import adbapi
+from twisted.internet import defer, task
+from twisted.logger import globalLogPublisher
 from unit_support import InlineReactor, InlineThreadPool, make_store, result_of
 
+from qqchat.errors import UnavailableError
 from qqchat.storage.schema import apply_schema
 from qqchat.storage.store import KIND_DIRECT, STAGE_ROWS, NewMessage, Store
 
@@ -62,9 +66,9 @@ def test_new_messages_are_staged_and_every_read_sees_them() -> None:
 
     # what arrives after a read is staged again and read again
     send(store, a, b, ["four"])
-    acked, rows = result_of(store.backlog_start(b, 100))
-    assert acked == 0 and [r[6] for r in rows] == ["one", "two", "four"]
-    first = rows[0]
+    start = result_of(store.backlog_start(b, 100, 5000))
+    assert start.acked == 0 and [r[6] for r in start.rows] == ["one", "two", "four"]
+    first = start.rows[0]
     assert result_of(store.message(first[0])) == first
 
 
@@ -128,14 +132,105 @@ def test_a_checked_ack_stops_before_a_message_not_yet_seen() -> None:
 
     # "two" may still be on its way from another node: b's ack stops below it, while
     # a's ack in the same transaction (of the broadcast a does not receive) goes through
-    reached = result_of(store.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]})),
-                                            (a, 0, own, frozenset({own}))]))
+    reached = result_of(store.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]}), None),
+                                            (a, 0, own, frozenset({own}), None)]))
     assert reached == [ids[0], own]
     assert (acked(b), acked(a)) == (ids[0], own)
     # nothing new seen at all: the position stays where it was
-    assert result_of(store.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}))])) == [ids[0]]
+    assert result_of(store.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}), None)])
+                     ) == [ids[0]]
     # everything seen: the ack goes the whole way; b's own broadcast is not b's to receive
     reached = result_of(store.checked_acks([(b, ids[0], own,
-                                             frozenset({ids[1], ids[2], broadcast}))]))
+                                             frozenset({ids[1], ids[2], broadcast}), None)]))
     assert reached == [own]
     assert acked(b) == own
+
+
+class _DBAPI:
+    class Error(Exception):
+        pass
+
+    class DatabaseError(Error):
+        pass
+
+    class OperationalError(DatabaseError):
+        pass
+
+    class InterfaceError(Error):
+        pass
+
+    class IntegrityError(DatabaseError):
+        pass
+
+
+class _FailingPool:
+    """A pool whose transactions fail with the given errors, then succeed."""
+
+    dbapi = _DBAPI
+
+    def __init__(self, errors: list[Exception], clock: task.Clock) -> None:
+        self.errors = errors
+        self.runs = 0
+        self._reactor = clock
+
+    def runInteraction(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
+        self.runs += 1
+        if self.errors:
+            return defer.fail(self.errors.pop(0))
+        return defer.succeed("done")
+
+
+def _run_with(errors: list[Exception], warnings: list[dict[str, Any]]
+              ) -> tuple[_FailingPool, defer.Deferred[Any], task.Clock]:
+    clock = task.Clock()
+    pool = _FailingPool(errors, clock)
+    store = Store(pool, "mysql")  # type: ignore[arg-type]
+    globalLogPublisher.addObserver(warnings.append)
+    try:
+        d = store._run(lambda t: None)
+        for _ in range(10):
+            clock.advance(1)
+    finally:
+        globalLogPublisher.removeObserver(warnings.append)
+    return pool, d, clock
+
+
+def test_deadlocks_and_lock_wait_timeouts_are_retried_a_bounded_number_of_times() -> None:
+    deadlock = _DBAPI.OperationalError(1213, "Deadlock found when trying to get lock")
+    timeout = _DBAPI.OperationalError(1205, "Lock wait timeout exceeded")
+    warnings: list[dict[str, Any]] = []
+    pool, d, _ = _run_with([deadlock, timeout], warnings)
+    assert result_of(d) == "done" and pool.runs == 3
+    assert [w["code"] for w in warnings if "code" in w] == [1213, 1205]
+
+    warnings.clear()
+    pool, d, _ = _run_with([deadlock] * 10, warnings)
+    with pytest.raises(UnavailableError):
+        result_of(d)
+    assert pool.runs == Store.max_tries
+    assert len([w for w in warnings if "code" in w]) == Store.max_tries - 1
+
+    # anything else fails at once, as before
+    warnings.clear()
+    pool, d, _ = _run_with([_DBAPI.OperationalError(2013, "Lost connection")], warnings)
+    with pytest.raises(UnavailableError):
+        result_of(d)
+    assert pool.runs == 1 and not [w for w in warnings if "code" in w]
+
+
+def test_each_login_is_stamped_and_acks_of_a_replaced_login_are_refused() -> None:
+    """A login names itself in users.last_login (strictly increasing, even within one
+    millisecond); a checked ack carrying an older login's stamp acknowledges nothing,
+    since the newer login may already have read its backlog (tests/test_storage_mariadb.py
+    has the cross-node interleavings)."""
+    _, store = make_store()
+    a, b = users(store)
+    ids = [s.id for s in send(store, a, b, ["one", "two"])]
+    old = result_of(store.backlog_start(b, 100, 5000))
+    new = result_of(store.backlog_start(b, 100, 5000))
+    assert (old.login, new.login) == (5000, 5001)
+    assert [r[0] for r in new.rows] == ids
+    seen = frozenset(ids)
+    assert result_of(store.checked_acks([(b, 0, ids[-1], seen, old.login)])) == [0]
+    assert result_of(store.checked_acks([(b, 0, ids[-1], seen, new.login)])) == [ids[-1]]
+    assert result_of(store.backlog_start(b, 100, 4000)).rows == []

@@ -158,7 +158,7 @@ class AccountService:
             raise ChatError("already_online", "this user is logged in elsewhere")
         self._users.remember(row.id, row.name)
         try:
-            body = await self._summary(row.id, row.name, self._now())
+            body = await self._summary(row.id, row.name)
             if session.closed or session.user_id != row.id:
                 raise ChatError("closed", "connection closed during login")
             # the whole list is read for the announcement when the reply has only a page
@@ -176,10 +176,10 @@ class AccountService:
                       peer=session.peer)
         return body
 
-    async def _summary(self, uid: int, name: str, now: int) -> dict[str, Any]:
+    async def _summary(self, uid: int, name: str) -> dict[str, Any]:
         """The login reply: first pages of friends and groups (R8), the rest by request."""
         lim = self._limits
-        view = await self._store.login_view(uid, now, lim.friends_page, lim.groups_page,
+        view = await self._store.login_view(uid, lim.friends_page, lim.groups_page,
                                             lim.members_preview)
         friends, groups, requests = view.friends, view.groups, view.requests
         friends_more, groups_more = len(friends) > lim.friends_page, len(groups) > lim.groups_page

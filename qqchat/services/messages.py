@@ -210,7 +210,7 @@ class MessageService:
         far the ack may go: up to the first message of the user's this session has
         not been sent. Ids commit in id order, so all up to ``message_id`` are readable."""
         upto = await self._log.checked_ack(uid, session.acked, message_id,
-                                           frozenset(session.seen or ()))
+                                           frozenset(session.seen or ()), session.login)
         return self._acked(None, session, message_id, upto)
 
     @staticmethod
@@ -245,13 +245,16 @@ class MessageService:
         messages held meanwhile. Returns how many backlog messages were sent.
 
         Pending acks (say, from a session this login just replaced) are committed
-        first, so the backlog never repeats what the client was told is acked.
+        first, so the backlog never repeats what the client was told is acked; an
+        old session's ack on another node is either read by ``backlog_start`` or
+        refused (``Store.checked_acks``).
         """
         uid, _ = self._sender(session)
         await self._log.settled(uid)
         page = self._limits.backlog_page
-        after, rows = await self._store.backlog_start(uid, page)
-        session.acked = after
+        start = await self._store.backlog_start(uid, page, int(self._clock.seconds() * 1000))
+        after, rows = start.acked, start.rows
+        session.acked, session.login = after, start.login
         if not self._relay.ordered:
             session.seen = set()
         count = 0

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qqchat.metrics import LATENCY_BUCKETS, Registry
-from qqchat.storage.store import NewMessage, Store, Stored
+from qqchat.storage.store import CheckedAck, NewMessage, Store, Stored
 
 #: entries (messages plus users' ack positions) one transaction carries
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -43,7 +43,7 @@ class MessageLog:
         self._writing_acks: dict[int, int] = {}
         self._ack_waiters: list[defer.Deferred[None]] = []
         #: checked acks waiting for the next check transaction
-        self._checks: list[tuple[int, int, int, frozenset[int], defer.Deferred[int]]] = []
+        self._checks: list[tuple[CheckedAck, defer.Deferred[int]]] = []
         self._checks_scheduled: Any = None
         self._checks_running = False
         #: checked acks queued or in flight, per user, and who waits for them to finish
@@ -79,14 +79,15 @@ class MessageLog:
         self._schedule()
         return d
 
-    def checked_ack(self, user_id: int, after: int, upto: int, seen: frozenset[int]
-                    ) -> defer.Deferred[int]:
-        """Several nodes: an ack checked against the log (``Store.checked_acks``). The
-        checks that arrive while one transaction of them runs share the next, as
+    def checked_ack(self, user_id: int, after: int, upto: int, seen: frozenset[int],
+                    login: int | None = None) -> defer.Deferred[int]:
+        """Several nodes: an ack checked against the log (``Store.checked_acks``),
+        refused if the user has logged in again since the login stamped ``login``.
+        The checks that arrive while one transaction of them runs share the next, as
         messages share a batch. ``settled`` and ``idle`` wait for them like for a
         batched ack."""
         d: defer.Deferred[int] = defer.Deferred()
-        self._checks.append((user_id, after, upto, seen, d))
+        self._checks.append(((user_id, after, upto, seen, login), d))
         self._checking[user_id] = self._checking.get(user_id, 0) + 1
         if self._checks_scheduled is None and not self._checks_running:
             self._checks_scheduled = self._clock.callLater(0, self._run_checks)
@@ -96,21 +97,22 @@ class MessageLog:
         self._checks_scheduled = None
         checks, self._checks = self._checks, []
         self._checks_running = True
-        d = self._store.checked_acks([(u, a, t, s) for u, a, t, s, _ in checks])
+        d = self._store.checked_acks([check for check, _ in checks])
         d.addCallbacks(self._checks_done, self._checks_failed, callbackArgs=(checks,),
                        errbackArgs=(checks,))
+        d.addErrback(self._checks_unexpected, checks)
 
     def _checks_done(self, reached: list[int], checks: list[Any]) -> None:
         self._checks_running = False
-        for (user_id, _, _, _, d), r in zip(checks, reached, strict=True):
-            self._checked(user_id)
+        for (check, d), r in zip(checks, reached, strict=True):
+            self._checked(check[0])
             d.callback(r)
         self._next_checks()
 
     def _checks_failed(self, failure: Failure, checks: list[Any]) -> None:
         self._checks_running = False
-        for user_id, _, _, _, d in checks:
-            self._checked(user_id)
+        for check, d in checks:
+            self._checked(check[0])
             d.errback(failure)
         self._next_checks()
 
@@ -129,8 +131,12 @@ class MessageLog:
                 w.callback(None)
 
     def settled(self, user_id: int) -> defer.Deferred[None]:
-        """Fires once no ack of ``user_id``'s is waiting to be written: at once if
-        none is queued or being written, else after the batch or check that carries it."""
+        """Fires once no ack of ``user_id``'s is waiting to be written on this node: at
+        once if none is queued or being written, else after the batch or check that
+        carries it. A login waits for this before its backlog is read, so that an
+        ack its old session sent here counts. Acks of another node's session are not
+        seen here: ``Store.backlog_start`` and ``Store.checked_acks`` order those
+        against the login in the database."""
         if user_id in self._checking:
             d: defer.Deferred[None] = defer.Deferred()
             self._check_waiters.setdefault(user_id, []).append(d)
@@ -173,6 +179,7 @@ class MessageLog:
         d.addCallbacks(self._written, self._failed,
                        callbackArgs=(batch, ack_waiters, started),
                        errbackArgs=(batch, ack_waiters))
+        d.addErrback(self._batch_unexpected, batch, ack_waiters)
 
     def _written(self, results: list[Stored], batch: list[Any],
                  ack_waiters: list[defer.Deferred[None]], started: float) -> None:
@@ -192,6 +199,26 @@ class MessageLog:
             d.errback(failure)
         for w in ack_waiters:
             w.errback(failure)
+
+    # The last errbacks of the transactions' Deferreds: a bug in handling an outcome
+    # is logged now (not when the Deferred is garbage collected, if ever), and every
+    # caller still waiting gets the failure instead of waiting forever.
+
+    def _batch_unexpected(self, failure: Failure, batch: list[Any],
+                          ack_waiters: list[defer.Deferred[None]]) -> None:
+        self.log.failure("handling the outcome of a log batch failed", failure)
+        for d in [d for _, d in batch] + ack_waiters:
+            if not d.called:
+                d.errback(failure)
+
+    def _checks_unexpected(self, failure: Failure, checks: list[Any]) -> None:
+        self.log.failure("handling the outcome of checked acks failed", failure)
+        self._checks_running = False
+        for check, d in checks:
+            if not d.called:
+                self._checked(check[0])
+                d.errback(failure)
+        self._next_checks()
 
     def _done(self) -> None:
         self._writing = False

@@ -183,6 +183,7 @@ class DatabaseService(Service):
         self._retry = None
         d = self.pool.runInteraction(apply_schema, self.config.dialect)
         d.addCallbacks(self._ready, self._failed)
+        d.addErrback(lambda f: self.log.failure("database start failed", f))
 
     def _ready(self, _: object) -> None:
         self.log.info("database ready: {db}", db=self.config.describe())

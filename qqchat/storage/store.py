@@ -63,6 +63,11 @@ def _reach(after: int, upto: int, ids: set[int], seen: frozenset[int]) -> int:
     return upto
 
 
+def _by_user(row: tuple[int, int, int]) -> int:
+    """The user id of an (acked, user id, acked) row: the order rows are locked in."""
+    return row[1]
+
+
 @dataclass(slots=True)
 class Stored:
     """The outcome of one append. For a new group message, ``members`` is the group's
@@ -73,6 +78,22 @@ class Stored:
     duplicate: bool
     rejected: bool = False
     members: list[int] | None = None
+
+
+@dataclass(slots=True)
+class Backlog:
+    """Where a login's backlog starts (``Store.backlog_start``)."""
+
+    #: the acknowledged position the backlog follows
+    acked: int
+    #: the stamp naming this login; its checked acks carry it
+    login: int
+    #: the first page of messages after ``acked``
+    rows: list[MessageRow]
+
+
+#: (user, after, upto, seen, login): an ack ``Store.checked_acks`` checks
+CheckedAck = tuple[int, int, int, frozenset[int], int | None]
 
 
 @dataclass(slots=True)
@@ -100,14 +121,15 @@ class Store(Access):
 
     def create_user(self, name: str, pw_hash: str, now: int) -> defer.Deferred[int | None]:
         """Insert a user; None if the name is taken. New users start past the log head,
-        so they do not receive broadcasts sent before they existed."""
-        q_head = self._q("SELECT last_id FROM log_seq WHERE id = 1")
+        so they do not receive broadcasts sent before they existed. The head is read
+        under the share lock ``join_group`` takes: no batch commits between that read
+        and the account's commit, so a broadcast reaches the account exactly when it
+        committed after the account did."""
         q_ins = self._q("INSERT INTO users (name, pw_hash, created_at, acked, name_key) "
                         "VALUES (?, ?, ?, ?, ?)")
 
         def txn(t: Any) -> int | None:
-            t.execute(q_head)
-            head = t.fetchone()[0]
+            head = self._locked_head(t)
             try:
                 t.execute(q_ins, (name, pw_hash, now, head, fold(name)))
             except self._integrity_error:
@@ -164,17 +186,15 @@ class Store(Access):
         d.addCallback(lambda rows: [(int(fid), name) for fid, name in rows])
         return d
 
-    def login_view(self, user_id: int, now: int, friends_page: int, groups_page: int,
+    def login_view(self, user_id: int, friends_page: int, groups_page: int,
                    members_preview: int) -> defer.Deferred[LoginView]:
         """The first pages of friends and groups (each with its first members) and the
-        pending requests: what a login reply shows, read in one interaction; the
-        login time is noted on the way (operators list it with qqchat-admin). One
-        more row than a page is read, to tell whether there are more."""
+        pending requests: what a login reply shows, read in one interaction. One
+        more row than a page is read, to tell whether there are more. (The login
+        time is noted by ``backlog_start``, where it also names the login.)"""
         q_friends, q_requests = self._q(self._FRIENDS), self._q(self._REQUESTS)
-        q_seen = self._q("UPDATE users SET last_login = ? WHERE id = ?")
 
         def txn(t: Any) -> LoginView:
-            t.execute(q_seen, (now, user_id))
             t.execute(q_friends, (user_id, 0, friends_page + 1))
             friends = [(int(fid), name) for fid, name in t.fetchall()]
             groups = self._groups_txn(t, user_id, 0, groups_page + 1, members_preview)
@@ -474,7 +494,8 @@ class Store(Access):
         q_ins = self._q(f"INSERT INTO {self._log_table} ({_LOG_COLUMNS}) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
-        ack_rows = [(mid, uid, mid) for uid, mid in acks]
+        # users rows in id order, as every transaction that locks several takes them
+        ack_rows = [(mid, uid, mid) for uid, mid in sorted(acks)]
 
         def txn(t: Any) -> list[Stored]:
             if mysql and messages and self._one_trip(messages):
@@ -609,9 +630,13 @@ class Store(Access):
     _ACK_CHUNK = 500
 
     def _write_acks(self, t: Any, rows: Sequence[tuple[int, int, int]]) -> None:
-        """Apply (acked, user id, acked) rows. MySQLdb's ``executemany`` sends an UPDATE
-        per row, a round trip each: on MySQL they go as multi-statements instead (a
-        group message acked by its 199 receivers at once was 199 round trips)."""
+        """Apply (acked, user id, acked) rows, sorted by user id: each UPDATE locks its
+        users row until commit, so two transactions (two nodes' acks) that took the
+        same rows in opposite orders would deadlock. MySQLdb's ``executemany`` sends
+        an UPDATE per row, a round trip each: on MySQL they go as multi-statements
+        instead (a group message acked by its 199 receivers at once was 199 round
+        trips)."""
+        rows = sorted(rows, key=_by_user)
         q = self._q(self._ACK)
         if self.dialect != "mysql":
             t.executemany(q, rows)
@@ -690,42 +715,57 @@ class Store(Access):
         " UNION ALL"
         " SELECT id FROM messages WHERE kind = 3 AND id > ? AND id <= ? AND sender <> ?")
 
-    def checked_acks(self, acks: Sequence[tuple[int, int, int, frozenset[int]]]
-                     ) -> defer.Deferred[list[int]]:
-        """Several nodes: for each (user, ``after``, ``upto``, ``seen``), acknowledge up
-        to ``upto``, but never past a message of the user's in (``after``, ``upto``]
-        that is not in ``seen`` (it may still be on its way from another node). All
-        are read and written in one transaction (on MySQL, the reads in one round trip
-        and the writes in another); returns each position acknowledged (``after`` when
-        nothing could be)."""
+    def checked_acks(self, acks: Sequence[CheckedAck]) -> defer.Deferred[list[int]]:
+        """Several nodes: for each (user, ``after``, ``upto``, ``seen``, ``login``),
+        acknowledge up to ``upto``, but never past a message of the user's in
+        (``after``, ``upto``] that is not in ``seen`` (it may still be on its way from
+        another node), and nothing at all once the user has logged in again since the
+        login stamped ``login`` (``backlog_start``; None: not checked). All are read
+        and written in one transaction (on MySQL, the reads in one round trip and the
+        writes in another); returns each position acknowledged (``after`` when nothing
+        could be).
+
+        The users rows are locked first, in id order, before anything is read: a
+        login's stamp (``backlog_start``) then either commits before this
+        transaction reads it (the ack is refused: that login's backlog, read after
+        its stamp, may resend these messages, and the reply must not call them
+        acknowledged) or waits until this transaction has committed (the login reads
+        the new position)."""
         q_ids = self._q(self._IDS_BETWEEN)
         mysql = self.dialect == "mysql"
+        users = sorted({a[0] for a in acks})
+        q_lock = self._q(f"SELECT id, last_login FROM users WHERE id IN "
+                         f"({self._placeholders(len(users))}) ORDER BY id"
+                         + (" FOR UPDATE" if mysql else ""))
 
         def ids_params(user_id: int, after: int, upto: int) -> tuple[int, ...]:
             return (user_id, after, upto, user_id, after, upto, user_id, after, upto,
                     user_id)
 
-        def txn(t: Any) -> list[set[int]]:
+        def txn(t: Any) -> list[int]:
             self._settle(t)
             found: list[set[int]] = []
             if mysql:
-                params: list[int] = []
-                for user_id, after, upto, _ in acks:
+                params: list[int] = list(users)
+                for user_id, after, upto, _, _ in acks:
                     params += ids_params(user_id, after, upto)
-                t.execute(";\n".join([q_ids] * len(acks)), params)
-                while True:
+                t.execute(";\n".join([q_lock] + [q_ids] * len(acks)), params)
+                stamps = {int(uid): int(stamp) for uid, stamp in t.fetchall()}
+                while t.nextset():
                     if t.description is not None:
                         found.append({int(r[0]) for r in t.fetchall()})
-                    if not t.nextset():
-                        break
             else:
-                for user_id, after, upto, _ in acks:
+                t.execute(q_lock, users)
+                stamps = {int(uid): int(stamp) for uid, stamp in t.fetchall()}
+                for user_id, after, upto, _, _ in acks:
                     t.execute(q_ids, ids_params(user_id, after, upto))
                     found.append({int(r[0]) for r in t.fetchall()})
-            reached = [_reach(after, upto, ids, seen)
-                       for (_, after, upto, seen), ids in zip(acks, found, strict=True)]
+            reached = [
+                after if login is not None and stamps.get(user_id) != login
+                else _reach(after, upto, ids, seen)
+                for (user_id, after, upto, seen, login), ids in zip(acks, found, strict=True)]
             rows = [(r, user_id, r)
-                    for (user_id, after, _, _), r in zip(acks, reached, strict=True)
+                    for (user_id, after, *_), r in zip(acks, reached, strict=True)
                     if r > after]
             if rows:
                 self._write_acks(t, rows)
@@ -733,20 +773,31 @@ class Store(Access):
 
         return self._run(txn)
 
-    def backlog_start(self, user_id: int, limit: int
-                      ) -> defer.Deferred[tuple[int, list[MessageRow]]]:
-        """The user's acknowledged position and the first page of what follows it, in
-        one interaction: a login's backlog starts with this."""
-        q_acked = self._q("SELECT acked FROM users WHERE id = ?")
+    def backlog_start(self, user_id: int, limit: int, now: int) -> defer.Deferred[Backlog]:
+        """A login's start, in one transaction: stamp the users row with a value that
+        names this login (``users.last_login``: the time in ms, made strictly
+        greater than the previous login's), then read the acknowledged position and
+        the first page of what follows it.
+
+        The stamp is an UPDATE, so it waits for any ack transaction holding the row
+        (one of another node's, say) and the read after it sees that ack; an ack
+        of an older login that comes later finds a newer stamp and is refused
+        (``checked_acks``). Either way a message this login's backlog sends was
+        never confirmed acknowledged to anyone."""
+        bump = "GREATEST" if self.dialect == "mysql" else "MAX"
+        q_stamp = self._q(f"UPDATE users SET last_login = {bump}(?, last_login + 1) "
+                          "WHERE id = ?")
+        q_acked = self._q("SELECT acked, last_login FROM users WHERE id = ?")
         q_rows = self._q(self._UNDELIVERED)
 
-        def txn(t: Any) -> tuple[int, list[MessageRow]]:
+        def txn(t: Any) -> Backlog:
+            t.execute(q_stamp, (now, user_id))
             self._settle(t)
             t.execute(q_acked, (user_id,))
             row = t.fetchone()
-            acked = int(row[0]) if row else 0
+            acked, login = (int(row[0]), int(row[1])) if row else (0, 0)
             t.execute(q_rows, self._undelivered_params(user_id, acked, limit))
-            return acked, list(t.fetchall())
+            return Backlog(acked, login, list(t.fetchall()))
 
         return self._run(txn)
 
