@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog", "soak", "directory",
-                  "loginflood")
+                  "loginflood", "writers")
 DEFAULT_COST = 14  # the daemon's default password-hash cost
 CHEAPEST_COST = 4  # the cheapest it accepts
 SETUP_COST = 4  # for workloads that only need users to exist
@@ -32,6 +32,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "soak": {"messages": 0, "warmup": 0, "clients": 1000},
     "directory": {"messages": 0, "warmup": 20, "clients": 1},
     "loginflood": {"messages": 0, "warmup": 0},
+    "writers": {"messages": 0, "warmup": 0},
 }
 
 
@@ -106,9 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--cross", action="store_true",
                    help="chat: two cluster nodes on one MariaDB and a throwaway Redis; "
                         "senders on one node, receivers on the other")
+    from bench import writers
     from bench.loginflood import add_options, check_options
 
     add_options(w)
+    writers.add_options(w)
     args = p.parse_args(argv)
     if args.cross:
         if args.workload != "chat":
@@ -132,7 +135,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--ws goes with chat, on a daemon the generator starts (no --cross or "
                 "--connect)")
     if args.db is None:
-        args.db = "mysql" if args.cross else "sqlite"
+        args.db = "mysql" if args.cross or args.workload == "writers" else "sqlite"
+    if args.workload == "writers" and (problem := writers.check_options(args)):
+        p.error(problem)
     for key, value in DEFAULTS[args.workload].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -291,6 +296,10 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
             from bench.loginflood import run_alternating
 
             return await run_alternating(reactor, args, plan, out, dbs)
+        if args.workload == "writers":  # K storage processes, no daemon
+            from bench.writers import run_writers
+
+            return await run_writers(reactor, args, plan, out, dbs)
         cases = case_list(args)
         for case in cases:
             label = case_label(args, case)

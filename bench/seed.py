@@ -63,11 +63,10 @@ _TEXT_WORDS = [
     "think", "你好", "明天见", "好的", "谢谢", "photo", "link", "doc", "new", "version"]
 
 
-def _import_qqchat() -> tuple[ModuleType, Callable[[str], str], Callable[[str, int], str]]:
-    """``qqchat.storage.schema``, ``fold`` and ``hash_password``. Run from the source
-    tree, ``qqchat`` is the tree's, where the schema files sit in ``db/`` rather than
-    in ``qqchat/db`` (pyproject maps one to the other when it installs): map it here
-    the same way."""
+def map_qqchat_db() -> None:
+    """Run from the source tree, ``qqchat`` is the tree's, where the schema files sit
+    in ``db/`` rather than in ``qqchat/db`` (pyproject maps one to the other when it
+    installs): map it here the same way, before anything of ``qqchat.storage``."""
     import qqchat
 
     try:
@@ -81,6 +80,11 @@ def _import_qqchat() -> tuple[ModuleType, Callable[[str], str], Callable[[str, i
         sys.modules["qqchat.db"] = module
         spec.loader.exec_module(module)
         qqchat.db = module  # type: ignore[attr-defined]
+
+
+def _import_qqchat() -> tuple[ModuleType, Callable[[str], str], Callable[[str, int], str]]:
+    """``qqchat.storage.schema``, ``fold`` and ``hash_password``."""
+    map_qqchat_db()
     from qqchat.names import fold
     from qqchat.passwords import hash_password
     from qqchat.storage import schema

@@ -1,0 +1,33 @@
+"""``python -m bench writers``: K storage processes on one throwaway MariaDB.
+
+Checks that the workload runs end to end against a real MariaDB and reports sane
+figures (messages written by every K, commits, a lock-busy share between 0 and 1);
+not how fast anything is.
+"""
+
+from __future__ import annotations
+
+from test_bench import run_bench
+
+
+def test_writers_report_every_k() -> None:
+    out = run_bench("writers", "--writers", "1,2", "--seconds", "1", "--inflight", "20")
+    assert [case["writers"] for case in out["cases"]] == [1, 2]
+    for case in out["cases"]:
+        [run] = case["runs"]
+        assert run["msgs_per_s"] > 0 and run["commits_per_s"] > 0, run
+        assert 1 <= run["batch_mean"] <= 20 * case["writers"], run
+        assert 0 < run["lock_busy"] <= case["writers"], run
+        assert run["commit_p50_ms"] <= run["commit_p99_ms"], run
+
+
+def test_writers_need_mariadb() -> None:
+    import subprocess
+    import sys
+
+    from test_bench import REPO, bench_env
+
+    proc = subprocess.run([sys.executable, "-m", "bench", "writers", "--db", "sqlite"],
+                          cwd=REPO, env=bench_env(), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2 and "MariaDB" in proc.stderr
