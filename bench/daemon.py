@@ -310,16 +310,21 @@ def _load_test_helper(file: str, module_name: str, needed_for: str) -> ModuleTyp
 
 
 def _load_mariadb_helper() -> ModuleType:
-    """tests/mariadb_server.py starts a throwaway MariaDB; reuse it rather than copy it."""
+    """tests/mariadb_server.py starts a throwaway MariaDB; reuse it rather than copy it.
+    It imports its port helper as ``ports`` (a sibling module in tests/), so that name
+    goes in sys.modules first."""
+    sys.modules.setdefault("ports", _load_test_helper("ports.py", "qqbench_ports",
+                                                      "--db mysql"))
     return _load_test_helper("mariadb_server.py", "qqbench_mariadb_server",
                              "--db mysql (or give --db-url mysql://...)")
 
 
 def _load_redis_helper() -> ModuleType:
     """tests/redis_server.py starts a throwaway redis-server. It imports its port
-    helper as ``mariadb_server`` (a sibling module in tests/), so that name goes in
+    helper as ``ports`` (a sibling module in tests/), so that name goes in
     sys.modules first."""
-    sys.modules.setdefault("mariadb_server", _load_mariadb_helper())
+    sys.modules.setdefault("ports", _load_test_helper("ports.py", "qqbench_ports",
+                                                      "chat --cross"))
     return _load_test_helper("redis_server.py", "qqbench_redis_server", "chat --cross")
 
 
