@@ -160,6 +160,8 @@ def test_replies_as_the_protocol_says(ceiling: Ceiling) -> None:
 @pytest.mark.parametrize(("line", "code"), [
     (b'{"type":"ping"', "bad_json"),
     (b"\xff\xfe{}", "bad_json"),
+    (b"\0", "bad_json"),
+    (b" \0 ", "bad_json"),
     (b"[1,2]", "bad_request"),
     (b'{"req":7}', "missing_field"),
     (b'{"type":"ping","req":{"a":1}}', "bad_field"),

@@ -915,7 +915,7 @@ static void handle_line(struct conn *c, const char *text, size_t n) {
     if (n && text[n - 1] == '\r')
         n--;
     size_t i = 0;
-    while (i < n && strchr(" \t\r\v\f", text[i]))
+    while (i < n && text[i] && strchr(" \t\r\v\f", text[i]))
         i++;
     if (i == n)
         return; /* a blank line: no reply */
