@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--runs", type=int, default=1, help="repeat K times; report median and "
                                                        "spread")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    r.add_argument("--ceiling", action="store_true",
+                   help="after every daemon run, the same run against the ceiling (a minimal "
+                        "C server of the protocol subset, bench/ceiling/, built with cc on "
+                        "first use) on the same core; each figure is given beside the "
+                        "ceiling's and as the ratio daemon/ceiling (chat, group, login, idle)")
     r.add_argument("--py-spy", metavar="PATH",
                    help="profile the daemon with py-spy over each measured window; raw "
                         "stacks to PATH (PATH.N with --runs; PATH.a and PATH.b, one per "
@@ -195,8 +200,12 @@ def case_list(args: argparse.Namespace) -> list[dict[str, Any]]:
              "users": args.users}]
 
 
-def case_label(args: argparse.Namespace, case: dict[str, Any]) -> str:
-    db = "connect" if args.connect else (args.db if not args.db_url else "mysql-url")
+def case_label(args: argparse.Namespace, case: dict[str, Any], server: str | None = None
+               ) -> str:
+    """The case's line label; ``server`` names what ran instead of the database
+    (``ceiling``)."""
+    db = server or ("connect" if args.connect else (args.db if not args.db_url else
+                                                    "mysql-url"))
     w = args.workload
     if w == "login":
         cost = "?" if case["cost"] is None else case["cost"]
@@ -251,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
                            "machine": machine_info(plan)}
     out["machine"]["reactor"] = type(reactor).__name__
     status = {"code": 0}
+    if args.ceiling:
+        from bench.ceiling import unsupported
+
+        if (why := unsupported(args)) is not None:
+            print(f"bench: --ceiling: {why}; the daemon runs alone", file=sys.stderr,
+                  flush=True)
+            out["ceiling"] = {"supported": False, "reason": why}
+            args.ceiling = False
+        else:
+            out["ceiling"] = {"supported": True}
 
     async def run_all(_reactor: Any) -> None:
         try:
@@ -280,10 +299,15 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
     from bench import daemon as dmod
     from bench import soak  # noqa: F401  (registers the soak workload and its summary)
     from bench.directory import prepare  # (importing it registers the directory workload)
-    from bench.stats import aggregate, median_line, run_line
+    from bench.stats import aggregate, ceiling_table, median_line, ratio_line, ratios, run_line
 
     log = sys.stderr if args.json else sys.stdout
     all_ok = True
+    ceiling_exe = None
+    if args.ceiling:
+        from bench import ceiling
+
+        ceiling_exe = ceiling.build()  # before any run: no build between two of them
     if args.connect:
         assert args.pid is not None
         if plan[0] is not None:
@@ -303,7 +327,10 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
         cases = case_list(args)
         for case in cases:
             label = case_label(args, case)
+            ceiling_label = case_label(args, case, "ceiling")
             runs: list[dict[str, Any]] = []
+            ceiling_runs: list[dict[str, Any]] = []
+            vs: list[dict[str, Any]] = []
             for i in range(1, args.runs + 1):
                 args.profile_path = ""
                 if args.py_spy:
@@ -330,12 +357,54 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
                 all_ok = all_ok and bool(result.get("ok")) and not result.get("errors")
                 print(run_line(args.workload, label, result, i, args.runs), file=log,
                       flush=True)
+                if ceiling_exe is None:
+                    continue
+                # the same run against the ceiling, right after: the same sitting
+                result = await ceiling_run(reactor, ceiling_exe, args, case, plan)
+                ceiling_runs.append(result)
+                all_ok = all_ok and bool(result.get("ok")) and not result.get("errors")
+                vs.append(ratios(args.workload, runs[-1], result))
+                print(run_line(args.workload, ceiling_label, result, i, args.runs), file=log,
+                      flush=True)
+                print(ratio_line(args.workload, label, vs[-1], i, args.runs), file=log,
+                      flush=True)
             agg = aggregate(runs)
             if args.runs > 1:
                 print(median_line(args.workload, label, agg, args.runs), file=log, flush=True)
-            out["cases"].append({"label": label, "hash_cost": case["cost"], "runs": runs,
-                                 **agg})
+            entry = {"label": label, "hash_cost": case["cost"], "runs": runs, **agg}
+            if ceiling_exe is not None:
+                ceiling_agg = aggregate(ceiling_runs)
+                vs_agg = aggregate(vs)
+                if args.runs > 1:
+                    print(median_line(args.workload, ceiling_label, ceiling_agg, args.runs),
+                          file=log, flush=True)
+                print(ceiling_table(args.workload, label, agg, ceiling_agg, vs_agg, args.runs),
+                      file=log, flush=True)
+                entry["ceiling"] = {"label": ceiling_label, "runs": ceiling_runs,
+                                    **ceiling_agg}
+                entry["vs_ceiling"] = {"per_run": vs, **vs_agg}
+            out["cases"].append(entry)
     return all_ok
+
+
+async def ceiling_run(reactor: Any, exe: Any, args: argparse.Namespace,
+                      case: dict[str, Any], plan: tuple[int | None, int | None]
+                      ) -> dict[str, Any]:
+    """One run of the case against a fresh ceiling on the daemon's core (never
+    profiled: py-spy reads Python stacks)."""
+    from bench import ceiling
+    from bench import daemon as dmod
+
+    profile_path, args.profile_path = args.profile_path, ""
+    try:
+        with dmod.workdir() as wd:
+            server = ceiling.start(exe, wd, plan[0])
+            try:
+                return await one_run(reactor, server, args, case)
+            finally:
+                server.stop()
+    finally:
+        args.profile_path = profile_path
 
 
 async def cross_run(reactor: Any, args: argparse.Namespace, case: dict[str, Any], dbs: Any,

@@ -113,3 +113,68 @@ def median_line(workload: str, label: str, agg: dict[str, dict[str, float]], n: 
         spread = "" if low[key] == high[key] else f" [{fmt(low[key])}-{fmt(high[key])}]"
         parts.append(f"{name}={fmt(med[key])}{unit}{spread}")
     return " ".join(parts)
+
+
+# -- beside the ceiling ---------------------------------------------------------------
+
+#: Per workload the ceiling serves: the figures given beside the ceiling's, as
+#: (field, label, unit); the ratio is always daemon / ceiling.
+COMPARED: dict[str, list[tuple[str, str, str]]] = {
+    "chat": [("msgs_per_s", "rate", "msg/s"), ("p50_ms", "p50", "ms"), ("p99_ms", "p99", "ms"),
+             ("p999_ms", "p999", "ms"), ("daemon_cpu_us_per_msg", "cpu", "us/msg")],
+    "group": [("deliveries_per_s", "rate", "deliveries/s"), ("p50_ms", "p50", "ms"),
+              ("p99_ms", "p99", "ms"), ("daemon_cpu_us_per_delivery", "cpu", "us/delivery")],
+    "login": [("logins_per_s", "rate", "logins/s"), ("p50_ms", "p50", "ms"),
+              ("p99_ms", "p99", "ms"), ("daemon_cpu_us_per_login", "cpu", "us/login")],
+    "idle": [("rss_kib_per_client", "rss", "KiB/client"),
+             ("logins_per_s", "login rate", "logins/s"),
+             ("daemon_cpu_us_per_login", "cpu", "us/login")],
+}
+
+
+def ratios(workload: str, daemon: dict[str, Any], ceiling: dict[str, Any]
+           ) -> dict[str, float | None]:
+    """daemon / ceiling for each compared figure of one pair of runs (None where
+    either is missing or the ceiling's is 0)."""
+    out: dict[str, float | None] = {}
+    for key, _, _ in COMPARED[workload]:
+        d, c = daemon.get(key), ceiling.get(key)
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (d, c))
+        out[key] = round(d / c, 3) if ok and c else None
+    return out
+
+
+def ratio_line(workload: str, label: str, ratio: dict[str, float | None], index: int,
+               total: int) -> str:
+    """One run's figures as multiples of the ceiling run that followed it."""
+    parts = [f"{workload} {label}".rstrip(), f"run {index}/{total} daemon/ceiling:"]
+    for key, name, _ in COMPARED[workload]:
+        parts.append(f"{name}={fmt(ratio.get(key))}x")
+    return " ".join(parts)
+
+
+def _with_spread(agg: dict[str, dict[str, float]], key: str, unit: str = "") -> str:
+    if key not in agg["median"]:
+        return "-"
+    low, high = agg["min"][key], agg["max"][key]
+    spread = "" if low == high else f" [{fmt(low)}-{fmt(high)}]"
+    return f"{fmt(agg['median'][key])}{unit}{spread}"
+
+
+def ceiling_table(workload: str, label: str, daemon: dict[str, dict[str, float]],
+                  ceiling: dict[str, dict[str, float]], ratio: dict[str, dict[str, float]],
+                  n: int) -> str:
+    """Each figure of the daemon beside the ceiling's and as their ratio: medians of
+    ``n`` runs with [min-max]; the ratio is the median of the runs' own ratios
+    (each daemon run against the ceiling run that followed it)."""
+    head = f"median of {n} runs [min-max]" if n > 1 else "1 run"
+    rows = [("figure", "daemon", "ceiling", "daemon/ceiling")]
+    for key, name, unit in COMPARED[workload]:
+        rows.append((f"{name} ({unit})", _with_spread(daemon, key), _with_spread(ceiling, key),
+                     _with_spread(ratio, key, "x")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{workload} {label} beside the ceiling ({head}):"]
+    for row in rows:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths,
+                                                                          strict=True)).rstrip())
+    return "\n".join(lines)

@@ -74,7 +74,7 @@ class Window:
         self.daemons = daemons = ctx.daemons
         self.observed = dict(ctx.observed)
         self.profilers: list[Any] = []
-        if ctx.options.py_spy:
+        if ctx.options.py_spy and ctx.profile_path:
             for i, daemon in enumerate(daemons):
                 path = ctx.profile_path + ("" if len(daemons) == 1 else f".{'ab'[i]}")
                 self.profilers.append(start_py_spy(daemon.pid, path))
