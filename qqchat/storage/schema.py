@@ -82,10 +82,10 @@ class SchemaTooNewError(StartupError):
 
     def __init__(self, found: int, found_name: str, known: Migration) -> None:
         super().__init__(
-            f"the database schema is at version {found} ({found_name}), newer than this "
-            f"qqchat knows (version {known.version}, {known.name}): a newer qqchat upgraded "
-            "it. Run that version or a later one; this one will not use the database "
-            "(a schema is never downgraded)")
+            f"the database schema is at version {found} ({found:04d}_{found_name}), newer "
+            f"than this qqchat knows (version {known.version}, {known.label}): a newer "
+            "qqchat upgraded it. Run that version or a later one; this one will not use "
+            "the database (a schema is never downgraded)")
         self.found = found
         self.known = known.version
 
