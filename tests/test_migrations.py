@@ -17,14 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 from daemon_process import free_port
 from mariadb_server import MariaDB
 from test_admin import admin, ok, refused
 from test_e2e_upgrade import VERSIONS, create_old
+from twisted.internet import defer, task
 
+from qqchat.app import Settings, build
 from qqchat.storage.migrations import status
 from qqchat.storage.pool import parse_database_url
-from qqchat.storage.schema import SchemaTooNewError, apply_schema, latest, migrations
+from qqchat.storage.schema import (
+    LOCK_NAME,
+    SchemaTooNewError,
+    apply_schema,
+    latest,
+    migrations,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -397,3 +406,36 @@ def test_the_group_unread_count_reads_the_index_alone(db_url: str) -> None:
     else:
         assert any("USING COVERING INDEX messages_group_unread" in str(r[-1])
                    for r in plan), plan
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_daemon_waits_for_another_migration_past_its_read_timeout(
+        mariadb: MariaDB) -> None:
+    """Another process holds the schema lock for 12 s, past the pool's 10 s read
+    timeout: the daemon polls for it in shorter waits, starts once it is released,
+    and applies the migrations itself."""
+    from twisted.internet import reactor
+
+    mariadb.create_database("qq_locked")
+    url = mariadb.url("qq_locked")
+    holder = mariadb.connect("qq_locked")
+    daemon = None
+    try:
+        cursor = holder.cursor()
+        cursor.execute(f"SELECT GET_LOCK({LOCK_NAME}, 0)")
+        assert cursor.fetchone()[0] == 1
+        settings = Settings(listen="tcp:0:interface=127.0.0.1", db=url, hash_cost=4,
+                            db_wait=5)
+        daemon = build(settings, reactor)
+        daemon.startService()
+        await task.deferLater(reactor, 12, lambda: None)
+        assert not daemon.listener.listening.called
+        cursor.execute(f"SELECT RELEASE_LOCK({LOCK_NAME})")
+        cursor.fetchall()
+        await daemon.listener.listening.addTimeout(20, reactor)
+        assert versions(url) == known(url)
+    finally:
+        holder.close()
+        if daemon is not None:
+            await defer.maybeDeferred(daemon.stopService).addTimeout(20, reactor)
+        mariadb.drop_database("qq_locked")

@@ -69,8 +69,9 @@ _VERSION_TABLE = {
              " name VARCHAR(200) NOT NULL, applied_at BIGINT NOT NULL) ENGINE=InnoDB",
 }
 
-#: one lock per database on the server (a name is at most 64 characters)
-_LOCK_NAME = "CONCAT('qqchat_schema_', MD5(DATABASE()))"
+#: the SQL of the lock's name: one per database on the server (names are at most 64
+#: characters, so the database name is hashed); operators see it in SHOW PROCESSLIST
+LOCK_NAME = "CONCAT('qqchat_schema_', MD5(DATABASE()))"
 #: seconds per GET_LOCK: under the daemon's 10 s read timeout, so a wait is polled
 _LOCK_POLL = 5
 #: seconds to wait for another process's run before giving up
@@ -182,7 +183,7 @@ def _exclusive(t: Any, mysql: bool) -> Iterator[None]:
     deadline = time.monotonic() + LOCK_WAIT
     waited = False
     while True:
-        t.execute(f"SELECT GET_LOCK({_LOCK_NAME}, {_LOCK_POLL})")
+        t.execute(f"SELECT GET_LOCK({LOCK_NAME}, {_LOCK_POLL})")
         row = t.fetchone()
         if row is not None and row[0] == 1:
             break
@@ -197,7 +198,7 @@ def _exclusive(t: Any, mysql: bool) -> Iterator[None]:
         yield
     finally:
         with suppress(Exception):  # gone with the connection, which releases it anyway
-            t.execute(f"SELECT RELEASE_LOCK({_LOCK_NAME})")
+            t.execute(f"SELECT RELEASE_LOCK({LOCK_NAME})")
             t.fetchall()
 
 
