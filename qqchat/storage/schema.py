@@ -236,8 +236,9 @@ def _baseline(t: Any, dialect: str, statements: list[str]) -> None:
         _fill_conversations(t, mysql)
 
 
-#: Python steps by number (run in place of the statements of their file, which they get)
-_STEPS: dict[int, Step] = {1: _baseline}
+#: Python steps of later migrations, by number: each runs in place of its file's
+#: statements, which it is given (none yet; migration 1 is ``_baseline``)
+_STEPS: dict[int, Step] = {}
 
 
 def _text(value: Any) -> str:
