@@ -1,5 +1,5 @@
--- qqchat schema for MySQL / MariaDB (InnoDB, utf8mb4). Applied at every start;
--- every statement is idempotent.
+-- qqchat schema for MySQL / MariaDB (InnoDB, utf8mb4): the baseline, migration 1.
+-- Later changes are the numbered files in db/mysql/; every statement is idempotent.
 
 CREATE TABLE IF NOT EXISTS users (
     id          BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,

@@ -1,4 +1,5 @@
--- qqchat schema for SQLite. Applied at every start; every statement is idempotent.
+-- qqchat schema for SQLite: the baseline, migration 1. Later changes are the numbered
+-- files in db/sqlite/; every statement is idempotent.
 
 CREATE TABLE IF NOT EXISTS users (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -6,8 +6,8 @@ daemons' sweep within seconds). Passwords come from a prompt or stdin, never fro
 the command line, where other local users could read them in the process list.
 
 Exit status: 0 done; 1 refused (no such user, name taken, a name or password the
-rules refuse, passwords that differ); 2 a usage error; 3 the database cannot be
-reached or opened.
+rules refuse, passwords that differ, a database newer than this qqchat); 2 a usage
+error; 3 the database cannot be reached or opened.
 """
 
 from __future__ import annotations
@@ -23,19 +23,22 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TextIO
 
-from qqchat.errors import ChatError
+from qqchat.errors import ChatError, StartupError
 from qqchat.passwords import DEFAULT_COST, MAX_COST, MIN_COST, hash_password
 from qqchat.services.rules import check_password, check_user_name
 from qqchat.storage.admin import Account, AdminStore, DatabaseUnavailableError, open_store
+from qqchat.storage.migrations import MigrationError, SchemaStatus, status
 from qqchat.storage.pool import DatabaseURLError, parse_database_url
+from qqchat.storage.schema import latest
 
 OK, REFUSED, USAGE, UNREACHABLE = 0, 1, 2, 3
 DEFAULT_DB = "sqlite:///qqchat.db"
 LIST_DEFAULT, LIST_MAX = 100, 10_000
 
 EPILOG = """\
-exit status: 0 done; 1 refused (no such user, name taken, bad name or password);
-2 usage error; 3 database unreachable or cannot be opened.
+exit status: 0 done; 1 refused (no such user, name taken, bad name or password, a
+database newer than this qqchat); 2 usage error; 3 database unreachable or cannot
+be opened.
 A user is a name (exact, else case and width folded, as at login) or an all-digits id.
 Passwords are read from a prompt (twice) on a terminal, else one line from stdin."""
 
@@ -171,8 +174,33 @@ def _set_admin(admin: bool) -> Callable[[AdminStore, argparse.Namespace], int]:
     return cmd
 
 
-def cmd_migrate(store: AdminStore, args: argparse.Namespace) -> int:
-    print(f"Schema up to date in {args.config.describe()}.")
+def _migration_lines(state: SchemaStatus) -> list[str]:
+    return [f"  {a.label}  applied {_when(a.applied_at)} UTC" if a.applied_at else
+            f"  {a.label}" for a in state.history]
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Runs on a connection of its own (storage/migrations.py), not on an AdminStore:
+    a long migration must not meet the admin connection's read timeout."""
+    db = args.config.describe()
+    if args.status:
+        state = status(args.config, apply=False)
+        known = latest(args.config.dialect)
+        print(f"{db}: schema version {state.version} ({state.latest}); this qqchat "
+              f"knows up to {known.label}.")
+        for line in _migration_lines(state):
+            print(line)
+        if state.version > known.version:
+            raise RefusedError("the database is newer than this qqchat, which will not "
+                               "use it: run the version that upgraded it, or a later one")
+        if state.pending:
+            print("To apply (qqchat-admin migrate, or a daemon's start): "
+                  + ", ".join(m.label for m in state.pending))
+        return OK
+    state = status(args.config, apply=True)
+    if state.applied_now:
+        print(f"Applied {', '.join(m.label for m in state.applied_now)} to {db}.")
+    print(f"Schema up to date in {db}: version {state.version} ({state.latest}).")
     return OK
 
 
@@ -247,8 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("user", metavar="NAME|ID")
         p.set_defaults(run=run)
 
-    p = sub.add_parser("migrate", help="apply the schema (creates an SQLite file), then exit")
-    p.set_defaults(run=cmd_migrate)
+    p = sub.add_parser("migrate", help="apply the schema migrations this database lacks, in "
+                                       "order (creates an SQLite file), then exit")
+    p.add_argument("--status", action="store_true",
+                   help="only show the recorded version and what would be applied")
+    p.set_defaults(run=None)
     return parser
 
 
@@ -264,10 +295,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = parse_database_url(args.db)
     except ValueError as e:  # DatabaseURLError, or a bad pool size
         parser.error(f"--db: {e}")
+    if args.command == "migrate":
+        try:
+            return cmd_migrate(args)
+        except (MigrationError, DatabaseURLError) as e:  # the latter: no MySQL driver
+            fail(UNREACHABLE, str(e))
+        except (StartupError, RefusedError) as e:  # a newer database; the lock held
+            fail(REFUSED, str(e))
+        except KeyboardInterrupt:
+            fail(REFUSED, "interrupted; a migration cut short is resumed by the next run")
     try:
-        store = open_store(args.config, create=args.command == "migrate")
+        store = open_store(args.config)
     except (DatabaseUnavailableError, DatabaseURLError) as e:  # the latter: no MySQL driver
         fail(UNREACHABLE, str(e))
+    except StartupError as e:  # a newer database; the lock held too long
+        fail(REFUSED, str(e))
     try:
         return int(args.run(store, args))
     except RefusedError as e:

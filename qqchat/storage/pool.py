@@ -194,8 +194,8 @@ class DatabaseService(Service):
             return
         left = self._deadline - self.clock.seconds()
         reason = failure.getErrorMessage()
-        if left <= 0:
-            if self.wait <= 0:
+        if left <= 0 or failure.check(StartupError):  # the latter: waiting will not fix it
+            if self.wait <= 0 or failure.check(StartupError):
                 self.ready.errback(failure)
             else:
                 self.ready.errback(DatabaseUnreachableError(

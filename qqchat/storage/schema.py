@@ -1,19 +1,36 @@
-"""The schema at start: the dialect's SQL file, plus the steps that bring an older
-database up to it (columns added since, and the tables derived from the log).
+"""The schema at start: numbered migrations, each applied once, in order, and recorded
+in the database (``schema_version``), so an operator upgrades by installing the new
+version and restarting.
 
-``CREATE TABLE IF NOT EXISTS`` never alters a table that exists, so each column
-added after the first release is added here, before the file runs (the file's
-indexes name it), and filled from the rows it describes. Every step is idempotent
-and safe when several daemons start at once on one MariaDB.
+Migration 1, the baseline, brings any earlier database to the schema as it stood
+when versions began to be recorded. ``CREATE TABLE IF NOT EXISTS`` never alters a
+table that exists, so it converts the columns whose type has changed since the
+first release, adds the columns added since (filled from the rows they describe),
+and then runs the dialect's schema file, which adds the missing tables and
+indexes. Later migrations are the numbered files in ``db/<dialect>/``, or Python
+steps where SQL cannot say it. A database recorded at a version this code does not
+know was upgraded by a newer one, and is refused: this code cannot know its schema.
+
+Several daemons may start at once on one MariaDB: a run holds a lock named after the
+database (``GET_LOCK``) from reading the version to committing the last row, and
+every step can be run again, since MariaDB commits each DDL statement on its own and
+a run cut short resumes where its recorded version says. On SQLite a run is one
+``BEGIN IMMEDIATE`` transaction: all of it, or none.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from twisted.logger import Logger
 
-from qqchat.db import schema_statements
+from qqchat.db import migration_files, schema_statements
+from qqchat.errors import StartupError
 from qqchat.names import fold
 
 _log = Logger()
@@ -31,13 +48,169 @@ _ADDED_COLUMNS = [
     ("chat_groups", "last_id", "INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
 ]
 
+#: MySQL columns whose type changed after the first schema: (table, column, the
+#: DATA_TYPE and length it must have, its definition)
+_CONVERTED_COLUMNS_MYSQL = [
+    # 217674d: binary, so client ids compare byte for byte. The first schema's
+    # VARCHAR(64) under utf8mb4_bin (a PAD SPACE collation) made "x" and "x " one
+    # key: a send differing from a stored cid by trailing spaces failed its whole
+    # commit batch with a duplicate-key error.
+    ("messages", "cid", "varbinary", 256, "VARBINARY(256) NULL"),
+]
 
-def apply_schema(t: Any, dialect: str) -> None:
-    """Run inside one interaction at start."""
+#: (table, index) of earlier schemas that the baseline replaced: d6151a6's
+#: users_by_key (name_key, id) by the unique users_name_key (182bb0c)
+_STALE_INDEXES = [("users", "users_by_key")]
+
+_VERSION_TABLE = {
+    "sqlite": "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+              " name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    "mysql": "CREATE TABLE IF NOT EXISTS schema_version (version INT NOT NULL PRIMARY KEY,"
+             " name VARCHAR(200) NOT NULL, applied_at BIGINT NOT NULL) ENGINE=InnoDB",
+}
+
+#: the SQL of the lock's name: one per database on the server (names are at most 64
+#: characters, so the database name is hashed); operators see it in SHOW PROCESSLIST
+LOCK_NAME = "CONCAT('qqchat_schema_', MD5(DATABASE()))"
+#: seconds per GET_LOCK: under the daemon's 10 s read timeout, so a wait is polled
+_LOCK_POLL = 5
+#: seconds to wait for another process's run before giving up
+LOCK_WAIT = 600.0
+
+
+class SchemaTooNewError(StartupError):
+    """The database was upgraded by a newer qqchat; this one does not know its schema."""
+
+    def __init__(self, found: int, found_name: str, known: Migration) -> None:
+        super().__init__(
+            f"the database schema is at version {found} ({found:04d}_{found_name}), newer "
+            f"than this qqchat knows (version {known.version}, {known.label}): a newer "
+            "qqchat upgraded it. Run that version or a later one; this one will not use "
+            "the database (a schema is never downgraded)")
+        self.found = found
+        self.known = known.version
+
+
+class SchemaLockError(StartupError):
+    """Another process kept the schema lock too long."""
+
+
+Step = Callable[[Any, str, list[str]], None]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema change: its statements, or a Python step that is given them."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    step: Step | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
+
+    def run(self, t: Any, dialect: str) -> None:
+        if self.step is not None:
+            self.step(t, dialect, list(self.statements))
+            return
+        for stmt in self.statements:
+            t.execute(stmt)
+
+
+@cache
+def migrations(dialect: str) -> tuple[Migration, ...]:
+    """Every migration of ``dialect``, numbered 1, 2, ... without a gap."""
+    found = [Migration(1, "baseline", tuple(schema_statements(dialect)), _baseline)]
+    for number, name, statements in migration_files(dialect):
+        found.append(Migration(number, name, tuple(statements), _STEPS.get(number)))
+    numbers = [m.version for m in found]
+    if numbers != list(range(1, len(found) + 1)):
+        raise ValueError(f"migrations of {dialect} are numbered {numbers}: 1, 2, ... expected")
+    return tuple(found)
+
+
+def latest(dialect: str) -> Migration:
+    return migrations(dialect)[-1]
+
+
+def schema_version(t: Any, dialect: str) -> tuple[int, str]:
+    """The version recorded in the database and its name; (0, "") before any."""
+    exists = _table_exists_mysql if dialect == "mysql" else _table_exists_sqlite
+    if not exists(t, "schema_version"):
+        return 0, ""
+    t.execute("SELECT version, name FROM schema_version ORDER BY version DESC LIMIT 1")
+    row = t.fetchone()
+    return (0, "") if row is None else (int(row[0]), _text(row[1]))
+
+
+def apply_schema(t: Any, dialect: str) -> list[Migration]:
+    """Apply what the database lacks, in order; return what was applied. Run inside
+    one interaction at start (and by ``qqchat-admin``); refuses a newer database."""
+    mysql = dialect == "mysql"
+    known = migrations(dialect)
+    applied: list[Migration] = []
+    with _exclusive(t, mysql):
+        t.execute(_VERSION_TABLE[dialect])
+        found, found_name = schema_version(t, dialect)
+        if found > known[-1].version:
+            raise SchemaTooNewError(found, found_name, known[-1])
+        p = "%s" if mysql else "?"
+        for m in known[found:]:
+            _log.info("schema: applying migration {label}", label=m.label)
+            m.run(t, dialect)
+            t.execute(f"INSERT INTO schema_version (version, name, applied_at)"
+                      f" VALUES ({p}, {p}, {p})", (m.version, m.name, int(time.time() * 1000)))
+            applied.append(m)
+        if not mysql:
+            move_staged(t)  # what a stop left staged, before anything reads the log
+        elif applied:
+            t.execute("COMMIT")  # before the lock goes, so the next holder sees the rows
+    return applied
+
+
+@contextmanager
+def _exclusive(t: Any, mysql: bool) -> Iterator[None]:
+    """One run at a time per database: a named lock on MariaDB (DDL cannot be held in a
+    transaction there), a write transaction taken at once on SQLite."""
+    if not mysql:
+        conn = getattr(t, "connection", None)
+        if conn is not None and not conn.in_transaction:
+            t.execute("BEGIN IMMEDIATE")
+        yield
+        return
+    deadline = time.monotonic() + LOCK_WAIT
+    waited = False
+    while True:
+        t.execute(f"SELECT GET_LOCK({LOCK_NAME}, {_LOCK_POLL})")
+        row = t.fetchone()
+        if row is not None and row[0] == 1:
+            break
+        if time.monotonic() >= deadline:
+            raise SchemaLockError(
+                f"another process has held this database's schema lock for {LOCK_WAIT:g} s "
+                "(a migration still running, or stuck: see SHOW PROCESSLIST)")
+        if not waited:
+            _log.info("schema: another process is migrating this database; waiting")
+            waited = True
+    try:
+        yield
+    finally:
+        with suppress(Exception):  # gone with the connection, which releases it anyway
+            t.execute(f"SELECT RELEASE_LOCK({LOCK_NAME})")
+            t.fetchall()
+
+
+def _baseline(t: Any, dialect: str, statements: list[str]) -> None:
+    """Migration 1: any earlier database (or none) to the baseline schema. Each step
+    looks at what is there, so a run cut short can run again."""
     mysql = dialect == "mysql"
     exists = _table_exists_mysql if mysql else _table_exists_sqlite
     had_log = exists(t, "messages")
     had_conversations = exists(t, "conversations")
+    if mysql:
+        _convert_columns(t)
     added: set[tuple[str, str]] = set()
     for table, column, sqlite_type, mysql_type in _ADDED_COLUMNS:
         if exists(t, table) and not _has_column(t, mysql, table, column):
@@ -45,20 +218,52 @@ def apply_schema(t: Any, dialect: str) -> None:
                       + (f"IF NOT EXISTS {column} {mysql_type}" if mysql
                          else f"{column} {sqlite_type}"))
             added.add((table, column))
-    # before the file's indexes on them: the unique one needs every key filled
-    if ("users", "name_key") in added:
-        _fill_keys(t, mysql, "users", unique=True)
-    if ("chat_groups", "name_key") in added:
-        _fill_keys(t, mysql, "chat_groups")
-    for stmt in schema_statements(dialect):
+    # before the file's indexes on them: the unique one needs every key filled (a run
+    # cut short after adding the column left keys empty: fill those too)
+    for table, unique in (("users", True), ("chat_groups", False)):
+        if (table, "name_key") in added or (exists(t, table) and _empty_key(t, table)):
+            _fill_keys(t, mysql, table, unique=unique)
+    for stmt in statements:
         t.execute(stmt)
+    for table, index in _STALE_INDEXES:
+        t.execute(f"DROP INDEX IF EXISTS {index}" + (f" ON {table}" if mysql else ""))
     if not mysql:
-        move_staged(t)  # what a stop left staged, before anything reads the log
+        move_staged(t)  # what a stop left staged, before the log is read below
     if ("chat_groups", "last_id") in added:
         t.execute("UPDATE chat_groups SET last_id = COALESCE((SELECT MAX(m.id) FROM messages m"
                   " WHERE m.kind = 2 AND m.group_id = chat_groups.id), 0)")
     if had_log and not had_conversations:
         _fill_conversations(t, mysql)
+
+
+#: Python steps of later migrations, by number: each runs in place of its file's
+#: statements, which it is given (none yet; migration 1 is ``_baseline``)
+_STEPS: dict[int, Step] = {}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+def _convert_columns(t: Any) -> None:
+    for table, column, data_type, length, definition in _CONVERTED_COLUMNS_MYSQL:
+        t.execute("SELECT DATA_TYPE, CHARACTER_MAXIMUM_LENGTH FROM information_schema.columns"
+                  " WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s",
+                  (table, column))
+        row = t.fetchone()
+        if row is None:
+            continue  # no such table yet: the schema file creates it as it should be
+        found = (_text(row[0]).lower(), int(row[1] or 0))
+        if found != (data_type, length):
+            _log.info("schema: converting {table}.{column} from {old} to {new} (rewrites the "
+                      "table)", table=table, column=column, old=f"{found[0]}({found[1]})",
+                      new=definition)
+            t.execute(f"ALTER TABLE {table} MODIFY COLUMN {column} {definition}")
+
+
+def _empty_key(t: Any, table: str) -> bool:
+    t.execute(f"SELECT 1 FROM {table} WHERE name_key = '' LIMIT 1")
+    return t.fetchone() is not None
 
 
 def _table_exists_sqlite(t: Any, table: str) -> bool:

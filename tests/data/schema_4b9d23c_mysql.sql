@@ -1,0 +1,71 @@
+-- qqchat schema for MySQL / MariaDB (InnoDB, utf8mb4). Applied at every start;
+-- every statement is idempotent.
+
+CREATE TABLE IF NOT EXISTS users (
+    id          BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name        VARCHAR(64)  NOT NULL,
+    pw_hash     VARCHAR(255) NOT NULL,
+    created_at  BIGINT       NOT NULL,
+    -- highest message id the user has acknowledged (F7); everything above it is resent at login
+    acked       BIGINT       NOT NULL DEFAULT 0,
+    UNIQUE KEY users_name (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS friends (
+    user_id     BIGINT NOT NULL,
+    friend_id   BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (user_id, friend_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS friend_requests (
+    from_id     BIGINT NOT NULL,
+    to_id       BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (from_id, to_id),
+    KEY friend_requests_to (to_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS chat_groups (
+    id          BIGINT        NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    name        VARCHAR(64)   NOT NULL,
+    descr       VARCHAR(1024) NOT NULL DEFAULT '',
+    creator     BIGINT        NOT NULL,
+    created_at  BIGINT        NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id    BIGINT      NOT NULL,
+    user_id     BIGINT      NOT NULL,
+    role        VARCHAR(16) NOT NULL,
+    -- log position at join: a member receives the group's messages after it only
+    since_id    BIGINT      NOT NULL,
+    joined_at   BIGINT      NOT NULL,
+    PRIMARY KEY (group_id, user_id),
+    KEY group_members_user (user_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The durable message log (F7). kind: 1 one-to-one, 2 group, 3 broadcast.
+-- Ids come from log_seq inside the writing transaction, whose row lock makes
+-- ids commit in id order even when several daemons write at once.
+CREATE TABLE IF NOT EXISTS messages (
+    id          BIGINT      NOT NULL PRIMARY KEY,
+    kind        TINYINT     NOT NULL,
+    sender      BIGINT      NOT NULL,
+    recipient   BIGINT      NULL,
+    group_id    BIGINT      NULL,
+    body        TEXT        NOT NULL,
+    ts          BIGINT      NOT NULL,
+    cid         VARCHAR(64) NULL,
+    UNIQUE KEY messages_cid (sender, cid),
+    KEY messages_recipient (recipient, id),
+    KEY messages_conv (sender, recipient, id),
+    KEY messages_group (group_id, id),
+    KEY messages_kind (kind, id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+CREATE TABLE IF NOT EXISTS log_seq (
+    id          INT    NOT NULL PRIMARY KEY,
+    last_id     BIGINT NOT NULL
+) ENGINE=InnoDB;
+INSERT IGNORE INTO log_seq (id, last_id) VALUES (1, 0);
