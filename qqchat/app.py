@@ -196,7 +196,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
                              limits.login_failures_address, limits.login_window)
     accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
                               TokenStore(pool, db_config.dialect), settings.token_ttl,
-                              kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle)
+                              kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle,
+                              hash_threads=HASH_THREADS)
     messages = MessageService(store, log, relay, users, limits, reactor, metrics=metrics,
                               broadcast_anyone=settings.broadcast_anyone)
     DisabledAccounts(store, hub, presence, reactor).setServiceParent(daemon)
