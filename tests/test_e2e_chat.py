@@ -79,8 +79,7 @@ async def test_retried_send_with_same_cid_is_stored_and_delivered_once(server: R
     other = await alice.ok("chat", to=bob.user_id, text="twice", cid="c-2")
     got = await bob.messages(2)
     assert [m["id"] for m in got] == [first["id"], other["id"]]
-    await bob.silence()
-    assert bob.take_pushes("message") == []
+    await bob.nothing_more("message")
 
 
 @pytest_twisted.ensureDeferred
