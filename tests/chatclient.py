@@ -73,6 +73,8 @@ class ChatClient(LineReceiver):
         """Send a request and return its reply frame, whatever it is (errors included)."""
         from twisted.internet import reactor
 
+        if self.closed.called:
+            raise ConnectionError(f"connection closed before the {type} request")
         req = next(self._reqs) if req is None else req
         d: defer.Deferred[Frame] = defer.Deferred()
         self._replies[req] = d
