@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_twisted
-from chatclient import ChatClient, connect
+from chatclient import ChatClient, connect, wait_for
 from conftest import start_daemon
 from mariadb_server import MariaDB
 from redis_server import RedisServer
@@ -181,18 +181,27 @@ async def test_login_on_another_node_kicks_the_first(cluster: Cluster) -> None:
 @pytest_twisted.ensureDeferred
 async def test_simultaneous_logins_leave_exactly_one_session(cluster: Cluster) -> None:
     setup = await cluster.client(0)
-    await setup.ok("register", name="alice", password="password1")
+    alice_id = (await setup.ok("register", name="alice", password="password1"))["id"]
     clients = [await cluster.client(n) for n in range(3)]
     # a login overtaken by another may be kicked before its reply: either is fine
     await defer.DeferredList([
         defer.Deferred.fromCoroutine(c.call("login", name="alice", password="password1"))
         for c in clients], consumeErrors=True)
-    await clients[0].silence(1.0)
+    await wait_for(lambda: sum(c.closed.called for c in clients) >= 2,
+                   "two of the three sessions to be kicked")
     alive = [c for c in clients if not c.closed.called]
     assert len(alive) == 1
+    # Every kick was published before the login that caused it was answered; a chat
+    # to alice from another node goes through her channel after them, so once it
+    # is here no kick is still on its way to the survivor.
+    home = clients.index(alive[0])
+    bob = await cluster.user("bob", (home + 1) % 3)
+    sent = await bob.ok("chat", to=alice_id, text="still you?")
+    assert (await alive[0].push("message"))["id"] == sent["id"]
+    assert not alive[0].closed.called
     assert sum(1 for c in clients if any(f.get("type") == "kicked" for f in c.frames)) == 2
     who = await alive[0].ok("who")
-    assert [u["name"] for u in who["users"]] == ["alice"]
+    assert sorted(u["name"] for u in who["users"]) == ["alice", "bob"]
 
 
 @pytest_twisted.ensureDeferred
