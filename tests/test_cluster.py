@@ -30,6 +30,14 @@ def redis() -> Iterator[RedisServer]:
     server.close()
 
 
+def relay_lost(daemon: ChatDaemon) -> bool:
+    """Whether the node's relay has seen all three of its Redis connections go."""
+    relay = daemon.relay
+    return (relay._sub is None  # type: ignore[attr-defined]
+            and relay._cmd_factory.size == 0  # type: ignore[attr-defined]
+            and not relay._publisher.connected)  # type: ignore[attr-defined]
+
+
 @dataclass
 class Cluster:
     daemons: list[ChatDaemon]
@@ -238,7 +246,9 @@ async def test_redis_restart_during_traffic_recovers_without_restarting_daemons(
     await newcomer.ok("register", name="carol", password="password1")
     refused = await newcomer.call("login", name="carol", password="password1")
     assert refused["code"] == "unavailable"
-    await alice.silence(1.0)
+    # every node has seen Redis go, so what follows is a reconnection on each
+    await wait_for(lambda: all(relay_lost(d) for d in cluster.daemons),
+                   "every node to lose its Redis connections")
     redis.start()
 
     # the relay reconnects, re-subscribes and resends what bob missed from the log
@@ -247,20 +257,25 @@ async def test_redis_restart_during_traffic_recovers_without_restarting_daemons(
     await bob.ok("ack", id=during["id"])
     after = await alice.ok("chat", to=bob.user_id, text="after")
     assert (await bob.push("message", wait=30))["id"] == after["id"]
-    for _ in range(60):  # node 2 reconnects on its own schedule: retry as a client would
+
+    async def logged_in() -> bool:
+        # node 2 reconnects on its own schedule: retry as a client would
         reply = await newcomer.call("login", name="carol", password="password1")
         if reply["type"] == "login":
-            break
+            return True
         assert reply["code"] == "unavailable"
-        await newcomer.silence(0.5)
+        return False
+
+    await wait_for(logged_in, "carol's login on node 2", timeout=30, interval=0.1)
     await newcomer.push("synced")
+
     # every node re-asserts its users in the emptied Redis once it is reconnected
-    for _ in range(40):
+    async def everyone_online() -> bool:
         who = await newcomer.ok("who")
-        if len(who["users"]) == 3:
-            break
-        await newcomer.silence(0.5)
-    assert sorted(u["name"] for u in who["users"]) == ["alice", "bob", "carol"]
+        return sorted(u["name"] for u in who["users"]) == ["alice", "bob", "carol"]
+
+    await wait_for(everyone_online, "alice, bob and carol to be online", timeout=20,
+                   interval=0.1)
 
 
 @pytest_twisted.ensureDeferred
