@@ -294,9 +294,11 @@ async def test_node_restarted_under_its_old_id_clears_what_it_held(
                                                "node_id": "phoenix"}))
     cluster.daemons.append(daemon)
     await daemon.relay.connected  # type: ignore[attr-defined]
-    await alice.silence(0.5)
-    who = await alice.ok("who")
-    assert who["users"] == []
+
+    async def cleared() -> bool:
+        return (await alice.ok("who"))["users"] == []
+
+    await wait_for(cleared, "phoenix to clear the session it held")
 
 
 @pytest_twisted.ensureDeferred
