@@ -123,13 +123,6 @@ class ChatClient(LineReceiver):
     async def messages(self, n: int, wait: float = DEFAULT_WAIT) -> list[Frame]:
         return [await self.push("message", wait=wait) for _ in range(n)]
 
-    async def silence(self, seconds: float = 0.3) -> None:
-        """Wait a little. No proof that nothing else was sent: a late push passes it
-        by. Use ``nothing_more`` (one node) or ``nothing_before`` (a marker) instead."""
-        from twisted.internet import reactor, task
-
-        await task.deferLater(reactor, seconds, lambda: None)
-
     async def fence(self) -> None:
         """A ``ping`` round trip on this connection.
 

@@ -143,7 +143,7 @@ async def test_group_and_broadcast_across_nodes(cluster: Cluster) -> None:
         msg = await u.push("message", match=lambda f: f.get("broadcast") is True)
         assert msg["id"] == cast["id"]
     # not echoed to the sender, whether by its own node or through Redis: nodes 0 and
-    # 1 got the broadcast from qq:all, so Redis had it before this marker, which
+    # 1 got the broadcast from the broadcast channel, so Redis had it before this marker, which
     # therefore reaches node 2 after it on that channel
     marker = await users[0].ok("broadcast", text="marker")
     await users[2].nothing_before("message", lambda f: f["id"] == marker["id"])
