@@ -263,3 +263,47 @@ def test_many_logins_from_one_address_at_once_are_all_let_in(throttled: Any,
         clock.advance(0)
     for client, d in logins:
         assert result_of(d) is None and client.conn.take()[0]["type"] == "login"
+
+
+def test_a_long_line_of_refused_guesses_leaves_the_threads_free(throttled: Any,
+                                                                clock: task.Clock) -> None:
+    """Hundreds of guesses waiting their turn, refused one after another once the
+    budget is spent, must hand the threads on without piling up a call stack (a
+    handoff in the same call stack overflowed it and lost a thread for good)."""
+    services, _ = throttled
+    Client(services).register("alice")
+    pending: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def held(f: Any, *a: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        pending.append((d, f, a))
+        return d
+
+    services.accounts._hasher._run = held
+    replies: list[dict[str, Any]] = []
+    for k in range(400):
+        flood = Client(services, peer=f"203.0.113.5:{10000 + k}")
+        services.dispatcher.dispatch(flood.session, {
+            "type": "login", "name": f"guess{k}", "password": "wrong-pw", "req": k,
+        }).addCallback(replies.append)
+    clock.advance(0)
+    for _ in range(100):
+        if not pending:
+            break
+        d, f, a = pending.pop(0)
+        d.callback(f(*a))
+        for _ in range(5):
+            clock.advance(0)
+    assert not pending
+    clock.advance(2)
+    assert len(replies) == 400
+    assert sorted({r["code"] for r in replies}) == ["bad_credentials", "rate_limited"]
+    genuine = Client(services, peer="198.51.100.7:5000")
+    login = services.dispatcher.dispatch(genuine.session, {
+        "type": "login", "name": "alice", "password": "secret-pw", "req": "me"})
+    clock.advance(0)
+    assert len(pending) == 1  # a thread is free for alice
+    d, f, a = pending.pop()
+    d.callback(f(*a))
+    clock.advance(0)
+    assert result_of(login) is None and genuine.conn.take()[0]["type"] == "login"

@@ -35,7 +35,7 @@ class AccountService:
                  kick_on_duplicate: bool = True, throttle: LoginThrottle | None = None,
                  hash_threads: int = 2) -> None:
         self._store = store
-        self._turns = HashTurns(hash_threads)
+        self._turns = HashTurns(hash_threads, clock)
         self._throttle = throttle or LoginThrottle(
             LocalCounters(clock), limits.login_failures_account,
             limits.login_failures_address, limits.login_window)

@@ -150,8 +150,9 @@ class HashTurns:
     given, not before, keeps one address's reservations in flight to ``width``.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, clock: IReactorTime) -> None:
         self._width = width
+        self._clock = clock
         self._running: dict[str, int] = {}  # address -> its hashes running
         self._lines: dict[str, deque[defer.Deferred[None]]] = {}  # in arrival order
 
@@ -180,4 +181,7 @@ class HashTurns:
         if line:
             self._lines[nxt] = line  # to the back of the line
         self._running[nxt] = self._running.get(nxt, 0) + 1
-        waiting.callback(None)  # the thread passes straight to it
+        # the thread passes to it on the next reactor turn, not in this call stack: a
+        # waiter refused at once hands it on in turn, and a line of hundreds of those
+        # would otherwise nest that many calls deep
+        self._clock.callLater(0, waiting.callback, None)
