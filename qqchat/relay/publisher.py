@@ -197,6 +197,11 @@ class Publisher:
     def connected(self) -> bool:
         return self._proto is not None
 
+    @property
+    def protocol(self) -> PublishProtocol | None:
+        """The connection publishes go on, once Redis has accepted it."""
+        return self._proto
+
     def publish(self, channel: bytes, payload: bytes) -> bool:
         """Write one PUBLISH; False (nothing written) while there is no connection
         ready, or it cannot take more for now: the caller keeps it until
