@@ -48,6 +48,7 @@ come in many types, so they are parsed whole.
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 from collections import deque
@@ -58,6 +59,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 import txredisapi
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints, task
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
@@ -82,6 +84,9 @@ NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
 #: after Redis was away, every live peer has had a TTL to write its key again
 REAP_AFTER = NODE_TTL_MS / 1000
 COMMAND_TIMEOUT = 5.0
+#: seconds before the first reconnect with Sentinel (then backing off to 2 s): each
+#: attempt itself waits, asking the Sentinels, until a master answers
+SENTINEL_RETRY = 0.1
 MAX_UNSENT = 10_000
 _TS = re.compile(rb'"ts":(\d+)')  # a key: inside a JSON string a quote is escaped
 
@@ -303,6 +308,8 @@ class _SubscriberFactory(txredisapi.RedisFactory):
         super().__init__(None, config.db, 1, isLazy=True, password=config.password,
                          charset=None, convertNumbers=False)
         self.relay = relay
+        if config.sentinels:
+            self.initialDelay = SENTINEL_RETRY
 
     def stopTrying(self) -> Any:
         # txredisapi gives up for good after one failed AUTH/SELECT (a timeout while
@@ -319,6 +326,8 @@ class _CommandFactory(txredisapi.RedisFactory):
         super().__init__(None, config.db, 1, isLazy=True, password=config.password,
                          replyTimeout=COMMAND_TIMEOUT, convertNumbers=False)
         self.relay = relay
+        if config.sentinels:
+            self.initialDelay = SENTINEL_RETRY
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
@@ -363,8 +372,10 @@ class RedisRelay(Service):
         #: where every connection goes: the one server, or the master Sentinel names
         self._redis_endpoint = self._endpoint()
         #: pushes go out on a third connection, as raw RESP (publisher.py says why)
+        retry = (backoffPolicy(SENTINEL_RETRY, 2.0, jitter=lambda: random.uniform(0, 0.1))
+                 if config.sentinels else None)
         self._publisher = Publisher(self._redis_endpoint, config.password,
-                                    self._publisher_ready, reactor)
+                                    self._publisher_ready, reactor, retry)
         self._sub: _Subscriber | None = None
         #: channels Redis confirmed subscribed on ``_sub``, and those being subscribed
         self._subscribed: set[bytes] = set()
@@ -421,8 +432,8 @@ class RedisRelay(Service):
     def _master_lost(self, why: str) -> None:
         """The server is no master any more (``-READONLY``): reconnect everything,
         through Sentinel, to the one that is."""
-        if self.stopping:
-            return
+        if self.stopping or not self.config.sentinels:
+            return  # one server named by --redis: reconnecting to it changes nothing
         self.log.warn("Redis {why}: reconnecting to the master", why=why)
         for transport in self._transports():
             transport.loseConnection()
