@@ -34,7 +34,14 @@ from cluster_processes import (
 from mariadb_server import MariaDB
 from ports import free_port
 from redis_sentinel import MASTER, RedisSentinels
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from txredisapi import ResponseError
 
+from qqchat.errors import UnavailableError
+from qqchat.relay.hub import SessionHub
+from qqchat.relay.redis import RedisRelay, parse_redis_url
 from qqchat.relay.sentinel import MasterNotFoundError, SentinelEndpoint, parse_reply
 
 #: the target: cross-node delivery is back this soon after the master died
@@ -246,3 +253,41 @@ async def test_resolve_skips_a_dead_sentinel_and_finds_the_master(
     unknown = SentinelEndpoint(reactor, [("127.0.0.1", s.sentinels[0].port)], "nosuch", None)
     with pytest.raises(MasterNotFoundError, match="knows no master nosuch"):
         await unknown.resolve()
+
+
+# -- the relay's reactions, with fake connections --------------------------------------------
+
+
+class _Conn:
+    def __init__(self, port: int) -> None:
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", port))
+
+
+def _relay_with_connections(url: str, ports: tuple[int, int, int]
+                            ) -> tuple[RedisRelay, list[StringTransport]]:
+    relay = RedisRelay(parse_redis_url(url), SessionHub(), MemoryReactorClock(), "me")
+    sub, cmd, pub = (_Conn(p) for p in ports)
+    relay._sub = sub  # type: ignore[assignment]
+    relay._cmd_factory.pool.append(cmd)
+    relay._publisher._proto = pub  # type: ignore[assignment]
+    return relay, [sub.transport, cmd.transport, pub.transport]
+
+
+def test_a_new_master_drops_the_connections_left_on_the_old_one() -> None:
+    relay, transports = _relay_with_connections("redis+sentinel://127.0.0.1:1/m", (7, 8, 7))
+    relay._master_moved(("127.0.0.1", 7))
+    assert [t.disconnecting for t in transports] == [False, True, False]
+
+
+@pytest.mark.logged_errors_ok
+def test_readonly_reconnects_everything_under_sentinel_only() -> None:
+    readonly = Failure(ResponseError("READONLY You can't write against a read only replica."))
+    relay, transports = _relay_with_connections("redis+sentinel://127.0.0.1:1/m", (7, 7, 7))
+    with pytest.raises(UnavailableError):
+        relay._unavailable(readonly)
+    assert all(t.disconnecting for t in transports)
+    # one server named by --redis: reconnecting to it would change nothing
+    relay, transports = _relay_with_connections("redis://127.0.0.1:7/0", (7, 7, 7))
+    with pytest.raises(UnavailableError):
+        relay._unavailable(readonly)
+    assert not any(t.disconnecting for t in transports)
