@@ -14,6 +14,13 @@ TTL: after Redis was away every key had expired, and the live peers need that
 long to write theirs again. A node that finds its own key gone re-asserts its
 users (its peers may have reaped them).
 
+With ``--redis redis+sentinel://...`` every connection goes through
+``sentinel.SentinelEndpoint``, which connects wherever the Sentinels say the master
+is now: a failover is one more reconnect, with the same re-subscribe, re-assert
+and resync. Connections left on a server that is no master any more (a ``-READONLY``
+reply, or another connection that found a new master) are dropped so that they
+follow.
+
 Redis keys (prefix ``qq:``, or ``qq:<name>:`` with ``--cluster-name``; the
 database number already keeps the keys of two clusters apart):
 
