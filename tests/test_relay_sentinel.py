@@ -34,6 +34,7 @@ from cluster_processes import (
 from mariadb_server import MariaDB
 from ports import free_port
 from redis_sentinel import MASTER, RedisSentinels
+from redis_server import RedisServer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -42,7 +43,12 @@ from txredisapi import ResponseError
 from qqchat.errors import UnavailableError
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.redis import RedisRelay, parse_redis_url
-from qqchat.relay.sentinel import MasterNotFoundError, SentinelEndpoint, parse_reply
+from qqchat.relay.sentinel import (
+    MasterNotFoundError,
+    RedisReplyError,
+    SentinelEndpoint,
+    parse_reply,
+)
 
 #: the target: cross-node delivery is back this soon after the master died
 #: (Sentinel's detection, 1 s here, included)
@@ -253,6 +259,22 @@ async def test_resolve_skips_a_dead_sentinel_and_finds_the_master(
     unknown = SentinelEndpoint(reactor, [("127.0.0.1", s.sentinels[0].port)], "nosuch", None)
     with pytest.raises(MasterNotFoundError, match="knows no master nosuch"):
         await unknown.resolve()
+
+
+@pytest_twisted.ensureDeferred
+async def test_role_probe_authenticates_with_the_data_nodes_password() -> None:
+    from twisted.internet import reactor
+
+    server = RedisServer(args=["--requirepass", "s3cret"]).start()
+    try:
+        address = ("127.0.0.1", server.port)
+        ep = SentinelEndpoint(reactor, [("127.0.0.1", 1)], MASTER, "s3cret")
+        assert await ep._role(address) == "master"
+        wrong = SentinelEndpoint(reactor, [("127.0.0.1", 1)], MASTER, "nope")
+        with pytest.raises(RedisReplyError, match="WRONGPASS"):
+            await wrong._role(address)
+    finally:
+        server.close()
 
 
 # -- the relay's reactions, with fake connections --------------------------------------------
