@@ -55,6 +55,7 @@ class RedisServer:
             except OSError:
                 pass
             time.sleep(0.05)
+        self.stop()  # never leave one running behind a failed start
         raise RuntimeError(f"redis-server not answering on port {self.port}")
 
     def stop(self) -> None:
