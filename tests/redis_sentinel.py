@@ -125,16 +125,19 @@ class RedisSentinels:
         raise RuntimeError("no Sentinel answers")
 
     def start(self) -> RedisSentinels:
-        self.master.start()
-        self.replica.start()
-        for s in self.sentinels:
-            s.start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._ready():
-            if time.monotonic() > deadline:
-                raise RuntimeError("Sentinels not ready:\n"
-                                   + "\n".join(s.output() for s in self.sentinels))
-            time.sleep(0.1)
+        try:
+            self.master.start()
+            self.replica.start()
+            for s in self.sentinels:
+                s.start()
+            deadline = time.monotonic() + START_TIMEOUT
+            while not self._ready():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Sentinels not ready:\n" + self.output())
+                time.sleep(0.1)
+        except BaseException:
+            self.close()  # nothing left running behind a failed start
+            raise
         return self
 
     def _ready(self) -> bool:
