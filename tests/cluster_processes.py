@@ -548,3 +548,33 @@ def reader_thread(client: LineClient, on_frame: Callable[[Frame], None]
     finally:
         stop.set()
         thread.join(5)
+
+
+# -- MariaDB faults: a crash and a process that stops answering ---------------------------
+
+
+class FaultyMariaDB(RestartableMariaDB):
+    """``RestartableMariaDB`` plus the faults of a real outage: SIGKILL (a crash; ``resume``
+    or ``restart`` starts it again from the same datadir, through crash recovery) and
+    SIGSTOP/SIGCONT (connections stay open and nothing answers)."""
+
+    def kill(self) -> None:
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()  # stops a paused server too
+            proc.wait(10)
+        # left behind by the crash: _spawn takes the socket's presence as a sign of life
+        self.socket_path.unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        """Start again after ``kill`` or ``halt``, on the same port and datadir."""
+        self.resume()
+
+    def pause(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def unpause(self) -> None:
+        """SIGCONT after ``pause`` (harmless if not paused)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)

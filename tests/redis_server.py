@@ -78,3 +78,29 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- faults: a crash, a restart on the same port, a process that stops answering --
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown. The port and directory stay for ``restart``."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def restart(self) -> RedisServer:
+        """Start again on the same port, in the same directory (after ``kill`` or
+        ``stop``); without persistence it comes back empty."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("redis-server is running")
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its sockets and answers nothing until ``resume``."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause`` (harmless if not paused)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
