@@ -8,8 +8,10 @@ the same ``cid`` after ``unavailable`` or a lost connection until a reply with a
 ``id`` comes; every user acks, cumulatively, the highest message id its connection got,
 and keeps the position the server's ``ack`` replies confirmed (``acked`` when present).
 Three watchers, one per node, look at ``who``. Each test runs one fault in the middle of
-the traffic; at the end every user logs in again, drains its backlog, acks it, and logs
-in once more.
+the traffic. When it begins, two users (of two pairs) move: they log in on the third
+node while their first connection is still open and an ack sent on it is unanswered,
+retrying the login while it gets ``unavailable``; the first session is kicked. At the
+end every user logs in again, drains its backlog, acks it, and logs in once more.
 
 What is asserted, for every user as a recipient (section 6 of docs/protocol.md):
 
@@ -18,14 +20,18 @@ What is asserted, for every user as a recipient (section 6 of docs/protocol.md):
   recipient got no message that was not sent to it, each ``cid`` was stored once
   (one id per text) and a sender's ids grow with its sends;
 - **nothing doubled**: no message came (live or in a backlog) after an ``ack`` reply
-  had confirmed a position at or above its id. A message that came again before its
+  had confirmed a position at or above its id: a reply read earlier on the same
+  connection, or one from an earlier connection whenever it was read (that ack was
+  committed before the later login, whose backlog then starts past it, or refused by
+  the login stamp, and then its reply does not say so). A message that came again before its
   acknowledgement was confirmed is allowed: the protocol resends what is not
   acknowledged at the next login and asks clients to de-duplicate pushes by id (such
   repeats are counted and printed, not failed);
 - a backlog comes oldest first, and after the final drain's ack a new login has none;
-- **no healthy user taken offline**: no user's connection was closed by a server, no
-  user was ``kicked``, no user got an ``online: false`` presence for its friend (every
-  node and every connection stays up in these tests), and once the fault has healed
+- **no healthy user taken offline**: no connection but a mover's was closed by a
+  server, no user but a mover was ``kicked``, no user got an ``online: false`` presence
+  for a friend who did not move (every node stays up in these tests; a kick is not a
+  logout), and once the fault has healed
   every watcher's ``who`` has every user again within a deadline and keeps them until
   the end of a window in which a wrongful reaper pass would have run;
 - the daemons are alive at the end, and chat flows again after the fault (each user's
@@ -74,16 +80,34 @@ HEAL_DEADLINE = 40.0
 
 @dataclass
 class Delivery:
-    """One ``message`` that reached a user: on which connection, how, and the position
-    the user's ack replies had confirmed when it came."""
+    """One ``message`` that reached a user: on which connection (numbered from 1 in
+    login order), in a backlog or live, and when it was read."""
 
     id: int
     text: str
     sender: int
     conn: int
     backlog: bool
-    confirmed: int
     at: float
+
+
+@dataclass
+class Confirmation:
+    """An ``ack`` reply: the position it says is stored, on which connection, when read."""
+
+    upto: int
+    conn: int
+    at: float
+
+
+def doubled(d: Delivery, confirmations: list[Confirmation]) -> Confirmation | None:
+    """The confirmation ``d`` came after, if any: one read earlier on the same connection,
+    or one from an earlier connection, whenever read (that ack was committed before the
+    later login, which then starts past it, or refused, and its reply would not say so)."""
+    for c in confirmations:
+        if d.id <= c.upto and (c.conn < d.conn or (c.conn == d.conn and c.at < d.at)):
+            return c
+    return None
 
 
 @dataclass
@@ -95,7 +119,12 @@ class Presence:
 
 class ChatUser:
     """A user as a client following docs/protocol.md drives it (module docstring). One
-    thread runs it; the test reads what it recorded once that thread has stopped."""
+    thread runs it; the test reads what it recorded once that thread has stopped.
+
+    A user asked to ``move`` logs in on another node while its first connection is
+    still open, right after sending an ack there without waiting for the reply, as a
+    client does whose connection looks dead; the old session is kicked (no ``offline``
+    for its friends), and the ack races the new login's backlog across two nodes."""
 
     def __init__(self, name: str, uid: int, port: int) -> None:
         self.name = name
@@ -104,8 +133,10 @@ class ChatUser:
         self.partner = 0
         self.conn: LineClient | None = None
         self.conn_no = 0
+        self.conns = itertools.count(1)
         self.conn_max = 0  # the highest message id this connection got
         self.confirmed = 0  # the highest position an ack reply confirmed
+        self.confirmations: list[Confirmation] = []
         self.seq = 0
         self.sent: dict[int, int] = {}  # seq -> message id, from replies with an id
         self.sent_at: dict[int, float] = {}
@@ -115,6 +146,8 @@ class ChatUser:
         self.drops: list[str] = []  # why a connection had to be replaced
         self.unexpected: list[str] = []
         self.counts: Counter[str] = Counter()
+        self.move_to: int | None = None  # set by the test: log in on this port
+        self.moved = False
         self.lock = threading.Lock()
 
     # -- the connection --
@@ -143,62 +176,71 @@ class ChatUser:
             except (DisconnectedError, TimeoutError) as e:
                 last = repr(e)
             conn.close()
+            self.conn = None
             time.sleep(0.2)
         raise AssertionError(f"{self.name} could not log in again: {last}")
 
     def _login_on(self, conn: LineClient) -> bool:
+        """Log in on ``conn``; True once ``synced`` came (``conn`` is then this user's)."""
         reply = conn.call("login", name=self.name, password="password1")
         if reply["type"] == "error":
             if reply["code"] == "unavailable":
                 self.counts["login unavailable"] += 1
                 return False
             raise AssertionError(f"login of {self.name}: {reply}")
-        self.conn, self.conn_no, self.conn_max = conn, self.conn_no + 1, 0
+        self.conn, self.conn_no, self.conn_max = conn, next(self.conns), 0
         count = 0
         while True:
             frame = conn.read_frame()
             if frame is None:
                 raise TimeoutError(f"no 'synced' after the login of {self.name}")
             if frame["type"] == "message":
-                self._message(frame, backlog=True)
+                self._message(frame, True, self.conn_no)
                 count += 1
             elif frame["type"] == "synced":
                 assert frame["count"] == count, (frame, count)
                 return True
             elif frame["type"] == "error":  # the backlog could not be read: closing
                 self.counts[f"backlog {frame.get('code')}"] += 1
-                self.conn = None
                 return False
             elif frame["type"] == "kicked":
-                self._push(frame)
-                self.conn = None
+                self._push(frame, self.conn_no)
                 return False
             else:
                 self.unexpected.append(f"in the backlog: {frame}")
 
-    def _push(self, frame: Frame) -> None:
+    def _push(self, frame: Frame, conn_no: int) -> None:
         kind = frame["type"]
         if kind == "message":
-            self._message(frame, backlog=False)
+            self._message(frame, False, conn_no)
         elif kind == "presence":
             self.presence.append(Presence(frame["user"], frame["online"], time.monotonic()))
         elif kind == "kicked":
             self.kicked.append(frame)
+        elif kind == "ack" and frame.get("req") == "move":  # the ack a move left behind
+            self._confirm(frame, conn_no)
+        elif kind == "error" and frame.get("req") == "move":
+            self.counts[f"move ack {frame.get('code')}"] += 1
         elif kind in ("error", "server_shutdown"):
             self.unexpected.append(f"push: {frame}")
 
-    def _message(self, frame: Frame, backlog: bool) -> None:
+    def _message(self, frame: Frame, backlog: bool, conn_no: int) -> None:
         with self.lock:
             self.deliveries.append(Delivery(frame["id"], frame["text"], frame["from"],
-                                            self.conn_no, backlog, self.confirmed,
-                                            time.monotonic()))
-        self.conn_max = max(self.conn_max, frame["id"])
+                                            conn_no, backlog, time.monotonic()))
+        if conn_no == self.conn_no:
+            self.conn_max = max(self.conn_max, frame["id"])
+
+    def _confirm(self, reply: Frame, conn_no: int) -> None:
+        upto = reply.get("acked", reply["id"])
+        self.confirmations.append(Confirmation(upto, conn_no, time.monotonic()))
+        self.confirmed = max(self.confirmed, upto)
 
     def _take_pushes(self) -> None:
         if self.conn is not None:
             pushes, self.conn.pushes = self.conn.pushes, []
             for frame in pushes:
-                self._push(frame)
+                self._push(frame, self.conn_no)
 
     def request(self, type: str, **fields: object) -> Frame:
         """One request; the pushes that came before its reply are recorded first."""
@@ -213,6 +255,8 @@ class ChatUser:
     def run(self, stop: threading.Event, failures: list[str]) -> None:
         try:
             while not stop.is_set():
+                if self.move_to is not None:
+                    self.move()
                 self.send_next()
                 self.ack()
                 self.idle(PACE)
@@ -261,10 +305,48 @@ class ChatUser:
                 raise AssertionError(f"ack {upto} of {self.name}: {reply}")
             self.counts["ack unavailable"] += 1
             return
-        done = reply.get("acked", reply["id"])
-        if done < upto:
+        if reply.get("acked", reply["id"]) < upto:
             self.counts["ack short"] += 1
-        self.confirmed = max(self.confirmed, done)
+        self._confirm(reply, self.conn_no)
+
+    def move(self) -> None:
+        """Log in on ``move_to`` with the old connection still open and an ack on it
+        unanswered; then read the old one to its end (``kicked``). If the new login
+        fails (the server is away), the old connection is kept and the move tried again."""
+        assert self.move_to is not None and self.conn is not None
+        old, old_no = self.conn, self.conn_no
+        if self.conn_max > self.confirmed:
+            with contextlib.suppress(DisconnectedError):
+                old.send({"type": "ack", "id": self.conn_max, "req": "move"})
+        try:
+            new = LineClient(self.move_to, timeout=CALL_TIMEOUT)
+        except OSError:
+            return
+        try:
+            ok = self._login_on(new)
+        except (DisconnectedError, TimeoutError):
+            ok = False
+        if not ok:
+            new.close()
+            # the old connection stays (a failed backlog read may have replaced its
+            # session: then it is kicked, and the next read logs in again)
+            self.conn, self.conn_no = old, old_no
+            self.conn_max = max((d.id for d in self.deliveries if d.conn == old_no), default=0)
+            self.counts["move retried"] += 1
+            return
+        self.port, self.move_to, self.moved = self.move_to, None, True
+        for frame in old.pushes:
+            self._push(frame, old_no)
+        deadline = time.monotonic() + CALL_TIMEOUT
+        try:
+            while time.monotonic() < deadline:
+                frame = old.read_frame(deadline - time.monotonic())
+                if frame is not None:
+                    self._push(frame, old_no)
+            self.unexpected.append("the session a move replaced was not closed")
+        except DisconnectedError:
+            pass
+        old.close()
 
     def idle(self, seconds: float) -> None:
         """Read pushes for ``seconds``."""
@@ -277,7 +359,7 @@ class ChatUser:
                 self.login(f"reading: {e!r}")
                 continue
             if frame is not None:
-                self._push(frame)
+                self._push(frame, self.conn_no)
 
     def drain(self) -> list[Delivery]:
         """Log in again, ack the whole backlog; returns the backlog."""
@@ -287,7 +369,7 @@ class ChatUser:
         if backlog:
             reply = self.request("ack", id=backlog[-1].id)
             assert reply["type"] == "ack", reply
-            self.confirmed = max(self.confirmed, reply.get("acked", reply["id"]))
+            self._confirm(reply, self.conn_no)
         return backlog
 
     # -- for the test's conditions (read from the test thread) --
@@ -329,6 +411,8 @@ class Chaos:
             w.user_id for w in self.watchers if w.user_id is not None}
         nodes = {cluster.node_of(u.uid) for u in self.users}
         assert nodes == set(range(NODES)), nodes
+        #: two users of two pairs who move, at the fault, to the node neither side is on
+        self.movers = [self.users[0], self.users[5]]
         self.stop = threading.Event()
         self.failures: list[str] = []
         self.threads: list[threading.Thread] = []
@@ -354,6 +438,14 @@ class Chaos:
     def sends(self) -> int:
         return sum(len(u.sent) for u in self.users)
 
+    def fault(self) -> None:
+        """The fault has begun: the movers log in elsewhere as soon as they can."""
+        ports = [d.port for d in self.cluster.daemons]
+        by_uid = {u.uid: u for u in self.users}
+        for u in self.movers:
+            taken = {u.port, by_uid[u.partner].port}
+            u.move_to = next(p for p in ports if p not in taken)
+
     def wait_sends(self, more: int, timeout: float, what: str) -> None:
         """Until ``more`` sends have been stored since now."""
         start = self.sends()
@@ -367,9 +459,10 @@ class Chaos:
         def flowing() -> bool:
             self.check_running()
             return all(set(u.sent_since(since)) & by_uid[u.partner].got()
-                       for u in self.users)
+                       and u.move_to is None for u in self.users)
 
-        wait_until(flowing, HEAL_DEADLINE, "chat to flow again between every pair",
+        wait_until(flowing, HEAL_DEADLINE, "chat to flow again between every pair, "
+                   "and the movers to have moved",
                    interval=0.2)
 
     def who(self, watcher: LineClient) -> set[int]:
@@ -419,9 +512,10 @@ class Chaos:
             for d in u.deliveries:
                 if d.id in got:
                     repeats += 1
-                if d.id <= d.confirmed:
-                    problems.append(f"{u.name} got {d.id} again after its ack of "
-                                    f"{d.confirmed} was confirmed ({d})")
+                after = doubled(d, u.confirmations)
+                if after is not None:
+                    problems.append(f"{u.name} got {d.id} again after an ack reply "
+                                    f"confirmed {after}: {d}")
                 if d.sender != sender.uid or texts.get(d.id) != d.text:
                     problems.append(f"{u.name} got a message not sent to it: {d}")
                 got[d.id] = d.text
@@ -437,12 +531,15 @@ class Chaos:
                 if backlog != sorted(set(backlog)):
                     problems.append(f"{u.name}'s backlog is not oldest first: {backlog}")
         healthy: list[str] = []
+        movers = {u.uid for u in self.movers}
         for u in self.users:
-            if u.drops:
-                healthy.append(f"{u.name}'s connection was lost: {u.drops}")
-            if u.kicked:
+            if u.uid in movers:
+                assert u.moved and u.kicked, (u.name, u.kicked, u.drops, u.counts)
+            elif u.kicked:
                 healthy.append(f"{u.name} was kicked: {u.kicked}")
-            offline = [p for p in presence[u.uid] if not p.online]
+            elif u.drops:
+                healthy.append(f"{u.name}'s connection was lost: {u.drops}")
+            offline = [p for p in presence[u.uid] if not p.online and p.user not in movers]
             if offline:
                 healthy.append(f"{u.name} was told its friend went offline: {offline}")
             if u.unexpected:
@@ -502,6 +599,7 @@ def test_redis_killed_and_restarted(chaos: Chaos, redis: RedisServer) -> None:
     with chaos.traffic():
         chaos.wait_sends(60, 30, "traffic before the fault")
         redis.kill()
+        chaos.fault()
         chaos.wait_sends(24, 30, "chat to be stored while Redis is away")
         redis.restart()
         healed = time.monotonic()
@@ -516,6 +614,7 @@ def test_redis_paused_longer_than_the_presence_ttl(chaos: Chaos, redis: RedisSer
     with chaos.traffic():
         chaos.wait_sends(60, 30, "traffic before the fault")
         redis.pause()
+        chaos.fault()
         time.sleep(PAUSE_REDIS)  # the fault itself: Redis answers nothing for this long
         redis.resume()
         healed = time.monotonic()
@@ -530,6 +629,7 @@ def test_mariadb_killed_and_restarted(chaos: Chaos, db_server: FaultyMariaDB) ->
     with chaos.traffic():
         chaos.wait_sends(60, 30, "traffic before the fault")
         db_server.kill()
+        chaos.fault()
         wait_until(lambda: chaos.check_running() and sum(
             u.counts["chat unavailable"] for u in chaos.users) >= 12, 30,
             "sends to get `unavailable` while MariaDB is down", interval=0.1)
@@ -546,6 +646,7 @@ def test_mariadb_paused(chaos: Chaos, db_server: FaultyMariaDB) -> None:
     with chaos.traffic():
         chaos.wait_sends(60, 30, "traffic before the fault")
         db_server.pause()
+        chaos.fault()
         time.sleep(PAUSE_MARIADB)  # the fault itself
         db_server.unpause()
         healed = time.monotonic()
