@@ -546,8 +546,10 @@ class Chaos:
                 healthy.append(f"{u.name} got {u.unexpected}")
         counts = sum((u.counts for u in self.users), Counter())
         backlogged = sum(len(b) for b in drained.values())
+        seen = Counter(p.online for events in presence.values() for p in events)
         print(f"{label}: {self.sends()} sends, {repeats} repeats before an ack, "
-              f"{backlogged} in the final backlogs, {dict(counts)}")
+              f"{backlogged} in the final backlogs, presence online/offline "
+              f"{seen[True]}/{seen[False]}, {dict(counts)}")
         assert not problems, "\n".join(problems[:40])
         assert not healthy, "\n".join(healthy)
 
