@@ -79,14 +79,7 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    # -- faults: a crash, a restart on the same port, a process that stops answering --
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: no shutdown. The port and directory stay for ``restart``."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    # -- faults: a restart on the same port (after ``kill``), a process that stops answering
 
     def restart(self) -> RedisServer:
         """Start again on the same port, in the same directory (after ``kill`` or
