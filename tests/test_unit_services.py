@@ -134,7 +134,8 @@ def test_new_login_kicks_the_old_session(services: Services) -> None:
     first = user(services, "alice")
     second = Client(services)
     second.login("alice")
-    assert first.conn.take() == [{"type": "kicked", "reason": "logged in from another place"}]
+    assert first.conn.take() == [{"type": "kicked", "code": "replaced",
+                                  "reason": "logged in from another place"}]
     assert first.conn.closed
     assert not second.conn.closed
     assert services.hub.get(first.id or 0) is second.session
