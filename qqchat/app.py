@@ -45,11 +45,10 @@ from qqchat.services.search import SearchService
 from qqchat.services.throttle import Counters, LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
-from qqchat.storage.directory import DirectoryStore
-from qqchat.storage.log import MessageLog
+from qqchat.storage.engines import create_engine
 from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
-from qqchat.storage.store import Store
-from qqchat.storage.tokens import TokenStore
+from qqchat.storage.stores import Stores
+from qqchat.storage.writer import LogWriter
 
 #: threads that hash passwords (scrypt at the default cost: 16 MiB and ~50 ms each)
 HASH_THREADS = 2
@@ -141,7 +140,7 @@ class ChatDaemon(MultiService):
         self.listener: ChatListenerService
         self.dispatcher: Dispatcher
         self.hub: SessionHub
-        self.log: MessageLog
+        self.writer: LogWriter
         self.relay: Relay
         self.registry: Registry
         self.metrics: MetricsService | None = None
@@ -167,9 +166,9 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     database = DatabaseService(db_config, pool, reactor, settings.db_wait)
     database.setServiceParent(daemon)
 
-    store = Store(pool, db_config.dialect)
-    log = MessageLog(store, reactor, metrics=metrics,
-                     min_interval=settings.commit_interval_ms / 1000)
+    stores = Stores.open(pool, create_engine(db_config.dialect, pool.dbapi))
+    writer = LogWriter(stores.log, reactor, metrics=metrics,
+                       min_interval=settings.commit_interval_ms / 1000)
     hub = SessionHub(metrics=metrics)
     relay: Relay
     if settings.redis:
@@ -183,8 +182,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     else:
         relay = LocalRelay(hub)
     limits = settings.limits
-    users = UserDirectory(store)
-    presence = PresenceService(store, relay)
+    users = UserDirectory(stores.accounts)
+    presence = PresenceService(stores.social, relay)
     # password hashing on threads of its own: a login flood queues there, never in
     # front of the database's threads or the reactor's
     hash_threads = ThreadPoolService(ThreadPool(0, HASH_THREADS, "qqchat-hash"))
@@ -194,18 +193,17 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     counters: Counters = RedisCounters(cluster) if settings.redis else LocalCounters(reactor)
     throttle = LoginThrottle(counters, limits.login_failures_account,
                              limits.login_failures_address, limits.login_window)
-    accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
-                              TokenStore(pool, db_config.dialect), settings.token_ttl,
+    accounts = AccountService(stores.accounts, stores.social, hasher, relay, presence, users,
+                              reactor, limits, stores.tokens, settings.token_ttl,
                               kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle)
-    messages = MessageService(store, log, relay, users, limits, reactor, metrics=metrics,
-                              broadcast_anyone=settings.broadcast_anyone)
-    DisabledAccounts(store, hub, presence, reactor).setServiceParent(daemon)
-    friends = FriendService(store, relay, users, reactor, limits)
-    groups = GroupService(store, relay, reactor, limits)
-    directory = DirectoryStore(pool, db_config.dialect)
+    messages = MessageService(stores.log, stores.groups, writer, relay, users, limits, reactor,
+                              metrics=metrics, broadcast_anyone=settings.broadcast_anyone)
+    DisabledAccounts(stores.accounts, hub, presence, reactor).setServiceParent(daemon)
+    friends = FriendService(stores.social, relay, users, reactor, limits)
+    groups = GroupService(stores.groups, relay, reactor, limits)
     dispatcher = Dispatcher(accounts, presence, messages, friends, groups,
-                            SearchService(directory, relay, reactor, limits),
-                            ConversationService(directory), limits, metrics=metrics)
+                            SearchService(stores.directory, relay, reactor, limits),
+                            ConversationService(stores.directory), limits, metrics=metrics)
     if settings.redis:
         cluster.listen(ClusterEvents(messages, presence))
 
@@ -236,6 +234,6 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     listener.setServiceParent(daemon)
 
     daemon.database, daemon.listener, daemon.dispatcher = database, listener, dispatcher
-    daemon.hub, daemon.log, daemon.relay = hub, log, relay
+    daemon.hub, daemon.writer, daemon.relay = hub, writer, relay
     daemon.registry = metrics
     return daemon
