@@ -167,7 +167,7 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     database.setServiceParent(daemon)
 
     stores = Stores.open(pool, create_engine(db_config.dialect, pool.dbapi))
-    writer = LogWriter(stores.log, reactor, metrics=metrics,
+    writer = LogWriter(stores.message_log, reactor, metrics=metrics,
                        min_interval=settings.commit_interval_ms / 1000)
     hub = SessionHub(metrics=metrics)
     relay: Relay
@@ -196,8 +196,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     accounts = AccountService(stores.accounts, stores.social, hasher, relay, presence, users,
                               reactor, limits, stores.tokens, settings.token_ttl,
                               kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle)
-    messages = MessageService(stores.log, stores.groups, writer, relay, users, limits, reactor,
-                              metrics=metrics, broadcast_anyone=settings.broadcast_anyone)
+    messages = MessageService(stores.message_log, stores.groups, writer, relay, users, limits,
+                              reactor, metrics=metrics, broadcast_anyone=settings.broadcast_anyone)
     DisabledAccounts(stores.accounts, hub, presence, reactor).setServiceParent(daemon)
     friends = FriendService(stores.social, relay, users, reactor, limits)
     groups = GroupService(stores.groups, relay, reactor, limits)

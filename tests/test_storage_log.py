@@ -66,4 +66,4 @@ def test_a_failure_handling_checked_acks_is_logged_at_once_and_fails_its_callers
     with pytest.raises(ValueError):
         result_of(checks[1])
     # nothing is left marked as in flight: a login of user 8 does not wait
-    assert result_of(log.settled(8)) is None
+    assert result_of(log.acks_written(8)) is None

@@ -548,14 +548,14 @@ def test_appends_in_one_tick_share_one_transaction(services: Services, clock: ta
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The log's reason to exist: N sends in one reactor turn are one write_batch."""
     calls: list[int] = []
-    real = services.stores.log.write_batch
+    real = services.stores.message_log.write_batch
 
     def counting(messages: Any, acks: Any, now: int) -> defer.Deferred[list[Stored]]:
         calls.append(len(messages))
         return real(messages, acks, now)
 
     alice, bob = user(services, "alice"), user(services, "bob")
-    monkeypatch.setattr(services.stores.log, "write_batch", counting)
+    monkeypatch.setattr(services.stores.message_log, "write_batch", counting)
     before = services.writer.batches
     ds = [services.dispatcher.dispatch(alice.session, {"type": "chat", "to": bob.id,
                                                        "text": f"m{n}"}) for n in range(5)]
@@ -629,19 +629,19 @@ def test_settled_waits_only_for_that_users_acks(clock: task.Clock) -> None:
     does not repeat what was acked), and costs no transaction when there is none."""
     store = HeldStore()
     log = LogWriter(store, clock)  # type: ignore[arg-type]
-    assert result_of(log.settled(7)) is None and store.batches == []
+    assert result_of(log.acks_written(7)) is None and store.batches == []
     log.ack(7, 5)
-    queued = log.settled(7)
-    assert result_of(log.settled(8)) is None  # another user waits for nothing
+    queued = log.acks_written(7)
+    assert result_of(log.acks_written(8)) is None  # another user waits for nothing
     clock.advance(0)
     assert store.batches[0][1] == [(7, 5)] and not queued.called
-    in_flight = log.settled(7)  # the ack is being written: wait for the next batch
+    in_flight = log.acks_written(7)  # the ack is being written: wait for the next batch
     store.commit(0)
     assert result_of(queued) is None and not in_flight.called
     clock.advance(0)
     store.commit(1)
     assert result_of(in_flight) is None
-    assert result_of(log.settled(7)) is None and len(store.batches) == 2
+    assert result_of(log.acks_written(7)) is None and len(store.batches) == 2
 
 
 def test_checked_acks_arriving_during_a_check_share_the_next(clock: task.Clock) -> None:
@@ -653,7 +653,7 @@ def test_checked_acks_arriving_during_a_check_share_the_next(clock: task.Clock) 
     clock.advance(0)
     assert store.checks == [[(7, 0, 5, frozenset({5}), None)]]
     later = [log.checked_ack(8, 0, 9, frozenset()), log.checked_ack(7, 5, 6, frozenset({6}))]
-    waiting = log.settled(7)
+    waiting = log.acks_written(7)
     idle = log.idle()
     clock.advance(0)
     assert len(store.checks) == 1 and not waiting.called
@@ -677,7 +677,7 @@ def test_a_failed_check_fails_its_acks_and_the_next_still_runs(clock: task.Clock
     with pytest.raises(RuntimeError):
         result_of(failing)
     store.pending_checks[1].callback([5])
-    assert result_of(retry) == 5 and result_of(log.settled(7)) is None
+    assert result_of(retry) == 5 and result_of(log.acks_written(7)) is None
 
 
 def test_batches_are_capped(clock: task.Clock) -> None:

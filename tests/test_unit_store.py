@@ -49,7 +49,7 @@ def users(store: Stores) -> tuple[int, int]:
 
 def send(store: Stores, sender: int, to: int, texts: list[str], cid: str | None = None
          ) -> list[Any]:
-    return result_of(store.log.write_batch(
+    return result_of(store.message_log.write_batch(
         [NewMessage(KIND_DIRECT, sender, t, recipient=to, cid=cid) for t in texts], (), 1000))
 
 
@@ -61,19 +61,19 @@ def test_new_messages_are_staged_and_every_read_sees_them() -> None:
     assert count(pool, "messages_recent") == 3  # the commit touched no index of messages
     assert count(pool, "messages") == 0
 
-    backlog = result_of(store.log.undelivered(b, 0, 100))
+    backlog = result_of(store.message_log.undelivered(b, 0, 100))
     assert [r[6] for r in backlog] == ["one", "two"]
-    history = result_of(store.log.history_direct(a, b, 2**62, 10))
+    history = result_of(store.message_log.history_direct(a, b, 2**62, 10))
     assert [r[6] for r in history] == ["three", "two", "one"]
     assert count(pool, "messages_recent") == 0
     assert count(pool, "messages") == 3
 
     # what arrives after a read is staged again and read again
     send(store, a, b, ["four"])
-    start = result_of(store.log.backlog_start(b, 100, 5000))
+    start = result_of(store.message_log.backlog_start(b, 100, 5000))
     assert start.acked == 0 and [r[6] for r in start.rows] == ["one", "two", "four"]
     first = start.rows[0]
-    assert result_of(store.log.message(first[0])) == first
+    assert result_of(store.message_log.message(first[0])) == first
 
 
 def test_the_staged_table_is_moved_in_bulk_once_it_is_large() -> None:
@@ -86,7 +86,7 @@ def test_the_staged_table_is_moved_in_bulk_once_it_is_large() -> None:
     assert count(pool, "messages_recent") < STAGE_ROWS
     assert count(pool, "messages") >= STAGE_ROWS
     assert count(pool, "message_log") == sent
-    rows = result_of(store.log.undelivered(b, 0, sent + 1))
+    rows = result_of(store.message_log.undelivered(b, 0, sent + 1))
     assert [r[6] for r in rows] == [f"m{i}" for i in range(sent)]
     assert [r[0] for r in rows] == sorted(r[0] for r in rows)
 
@@ -98,7 +98,7 @@ def test_a_retried_client_id_is_found_staged_or_moved() -> None:
     assert not first.duplicate
     (again,) = send(store, a, b, ["hello"], cid="c-1")  # still staged
     assert again.duplicate and again.id == first.id
-    result_of(store.log.undelivered(b, 0, 10))  # a read moves it
+    result_of(store.message_log.undelivered(b, 0, 10))  # a read moves it
     assert count(pool, "messages_recent") == 0
     (third,) = send(store, a, b, ["hello"], cid="c-1")
     assert third.duplicate and third.id == first.id
@@ -128,24 +128,25 @@ def test_a_checked_ack_stops_before_a_message_not_yet_seen() -> None:
     pool, store = make_stores()
     a, b = users(store)
     ids = [s.id for s in send(store, a, b, ["one", "two", "three"])]
-    broadcast = result_of(store.log.write_batch([NewMessage(3, a, "to all")], (), 1000))[0].id
-    own = result_of(store.log.write_batch([NewMessage(3, b, "mine")], (), 1000))[0].id
+    log = store.message_log
+    broadcast = result_of(log.write_batch([NewMessage(3, a, "to all")], (), 1000))[0].id
+    own = result_of(log.write_batch([NewMessage(3, b, "mine")], (), 1000))[0].id
 
     def acked(uid: int) -> int:
         return result_of(pool.runQuery("SELECT acked FROM users WHERE id = ?", (uid,)))[0][0]
 
     # "two" may still be on its way from another node: b's ack stops below it, while
     # a's ack in the same transaction (of the broadcast a does not receive) goes through
-    reached = result_of(store.log.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]}), None),
-                                            (a, 0, own, frozenset({own}), None)]))
+    reached = result_of(log.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]}), None),
+                                          (a, 0, own, frozenset({own}), None)]))
     assert reached == [ids[0], own]
     assert (acked(b), acked(a)) == (ids[0], own)
     # nothing new seen at all: the position stays where it was
-    assert result_of(store.log.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}), None)])
+    assert result_of(log.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}), None)])
                      ) == [ids[0]]
     # everything seen: the ack goes the whole way; b's own broadcast is not b's to receive
-    reached = result_of(store.log.checked_acks([(b, ids[0], own,
-                                             frozenset({ids[1], ids[2], broadcast}), None)]))
+    reached = result_of(log.checked_acks([(b, ids[0], own,
+                                           frozenset({ids[1], ids[2], broadcast}), None)]))
     assert reached == [own]
     assert acked(b) == own
 
@@ -230,11 +231,12 @@ def test_each_login_is_stamped_and_acks_of_a_replaced_login_are_refused() -> Non
     _, store = make_stores()
     a, b = users(store)
     ids = [s.id for s in send(store, a, b, ["one", "two"])]
-    old = result_of(store.log.backlog_start(b, 100, 5000))
-    new = result_of(store.log.backlog_start(b, 100, 5000))
+    old = result_of(store.message_log.backlog_start(b, 100, 5000))
+    new = result_of(store.message_log.backlog_start(b, 100, 5000))
     assert (old.login, new.login) == (5000, 5001)
     assert [r[0] for r in new.rows] == ids
     seen = frozenset(ids)
-    assert result_of(store.log.checked_acks([(b, 0, ids[-1], seen, old.login)])) == [0]
-    assert result_of(store.log.checked_acks([(b, 0, ids[-1], seen, new.login)])) == [ids[-1]]
-    assert result_of(store.log.backlog_start(b, 100, 4000)).rows == []
+    log = store.message_log
+    assert result_of(log.checked_acks([(b, 0, ids[-1], seen, old.login)])) == [0]
+    assert result_of(log.checked_acks([(b, 0, ids[-1], seen, new.login)])) == [ids[-1]]
+    assert result_of(store.message_log.backlog_start(b, 100, 4000)).rows == []

@@ -167,7 +167,7 @@ def build_services(clock: task.Clock, limits: Limits | None = None,
     """
     limits = limits or Limits()
     pool, stores = make_stores()
-    writer = LogWriter(stores.log, clock)
+    writer = LogWriter(stores.message_log, clock)
     hub = SessionHub()
     relay = LocalRelay(hub)
     users = UserDirectory(stores.accounts)
@@ -176,8 +176,8 @@ def build_services(clock: task.Clock, limits: Limits | None = None,
     accounts = AccountService(stores.accounts, stores.social, hasher, relay, presence, users,
                               clock, limits, stores.tokens, token_ttl,
                               kick_on_duplicate=kick_on_duplicate)
-    messages = MessageService(stores.log, stores.groups, writer, relay, users, limits, clock,
-                              broadcast_anyone=broadcast_anyone)
+    messages = MessageService(stores.message_log, stores.groups, writer, relay, users, limits,
+                              clock, broadcast_anyone=broadcast_anyone)
     moderation = DisabledAccounts(stores.accounts, hub, presence, clock)
     friends = FriendService(stores.social, relay, users, clock, limits)
     groups = GroupService(stores.groups, relay, clock, limits)

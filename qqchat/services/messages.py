@@ -48,11 +48,11 @@ def message_frame(row: MessageRow) -> dict[str, Any]:
 
 
 class MessageService:
-    def __init__(self, log_store: LogStore, groups: GroupStore, writer: LogWriter, relay: Relay,
+    def __init__(self, message_log: LogStore, groups: GroupStore, writer: LogWriter, relay: Relay,
                  users: UserDirectory,
                  limits: Limits, clock: IReactorTime, metrics: Registry | None = None,
                  broadcast_anyone: bool = False) -> None:
-        self._log_store = log_store
+        self._message_log = message_log
         self._groups = groups
         #: R9: with False (--broadcast admins), only admin accounts broadcast
         self._broadcast_anyone = broadcast_anyone
@@ -100,7 +100,7 @@ class MessageService:
                   ) -> tuple[Stored, bytes | None] | defer.Deferred[tuple[Stored, bytes | None]]:
         """The push line for a freshly stored message, or None when there is nothing
         (more) to push."""
-        if stored.rejected:
+        if stored.not_member:
             return stored, None
         if stored.duplicate:
             if self._relay.ordered:
@@ -116,7 +116,7 @@ class MessageService:
         """Several nodes: the first try may have committed and then failed before its
         push (the sender saw `unavailable`). Push the stored original again; sessions
         drop ids they have already been sent."""
-        original = await self._log_store.message(stored.id)
+        original = await self._message_log.message(stored.id)
         if original is None:
             return stored, None
         if message.group_id is not None:
@@ -182,7 +182,7 @@ class MessageService:
     def _group_stored(self, result: tuple[Stored, bytes | None], uid: int, gid: int
                       ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         stored, line = result
-        if stored.rejected:
+        if stored.not_member:
             return defer.Deferred.fromCoroutine(self._refused_in_group(gid))
         if line is not None and stored.members:
             self._relay.deliver([m for m in stored.members if m != uid], stored.id, line)
@@ -232,7 +232,7 @@ class MessageService:
             return 0
         after, count = session.acked, 0
         while True:
-            rows = await self._log_store.undelivered(uid, after, self._limits.backlog_page)
+            rows = await self._message_log.undelivered(uid, after, self._limits.backlog_page)
             if session.closed or session.user_id != uid:
                 return count
             for row in rows:
@@ -253,9 +253,9 @@ class MessageService:
         refused (``LogStore.checked_acks``).
         """
         uid, _ = self._sender(session)
-        await self._writer.settled(uid)
+        await self._writer.acks_written(uid)
         page = self._limits.backlog_page
-        start = await self._log_store.backlog_start(uid, page, int(self._clock.seconds() * 1000))
+        start = await self._message_log.backlog_start(uid, page, int(self._clock.seconds() * 1000))
         after, rows = start.acked, start.rows
         session.acked, session.login = after, start.login
         if not self._relay.ordered:
@@ -278,7 +278,7 @@ class MessageService:
                         return count
             if len(rows) < page:
                 break
-            rows = await self._log_store.undelivered(uid, after, page)
+            rows = await self._message_log.undelivered(uid, after, page)
         session.send({"type": "synced", "count": count})
         session.end_sync()
         return count
@@ -293,11 +293,11 @@ class MessageService:
                 if await self._groups.group(group) is None:
                     raise ChatError("no_such_group", f"there is no group {group}")
                 raise ChatError("not_member", f"you are not a member of group {group}")
-            rows = await self._log_store.history_group(group, before, limit)
+            rows = await self._message_log.history_group(group, before, limit)
         else:
             assert with_user is not None
             if await self._users.name_of(with_user) is None:
                 raise ChatError("no_such_user", f"there is no user {with_user}")
-            rows = await self._log_store.history_direct(uid, with_user, before, limit)
+            rows = await self._message_log.history_direct(uid, with_user, before, limit)
         rows.reverse()
         return {"messages": [message_frame(r) for r in rows], "more": len(rows) == limit}

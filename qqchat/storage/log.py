@@ -54,7 +54,8 @@ class Stored:
     id: int
     ts: int
     duplicate: bool
-    rejected: bool = False
+    #: the sender is not a member of the group: nothing was stored
+    not_member: bool = False
     members: list[int] | None = None
 
 
@@ -145,7 +146,7 @@ class LogStore(Access):
                         members[m.group_id] = [int(r[0]) for r in t.fetchall()]
                     group = members.get(m.group_id) if m.group_id is not None else None
                     if group is not None and m.sender not in group:
-                        results.append(Stored(0, now, False, rejected=True))
+                        results.append(Stored(0, now, False, not_member=True))
                         continue
                     if m.cid is not None:
                         seen = by_cid.get((m.sender, m.cid))

@@ -24,7 +24,7 @@ class Stores:
     accounts: AccountStore
     social: SocialStore
     groups: GroupStore
-    log: LogStore
+    message_log: LogStore
     tokens: TokenStore
     directory: DirectoryStore
 

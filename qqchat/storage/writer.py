@@ -132,7 +132,7 @@ class LogWriter:
         """Several nodes: an ack checked against the log (``LogStore.checked_acks``),
         refused if the user has logged in again since the login stamped ``login``.
         The checks that arrive while one transaction of them runs share the next, as
-        messages share a batch. ``settled`` and ``idle`` wait for them like for a
+        messages share a batch. ``acks_written`` and ``idle`` wait for them like for a
         batched ack."""
         self._checking[user_id] = self._checking.get(user_id, 0) + 1
         d = self._checks.add((user_id, after, upto, seen, login))
@@ -152,7 +152,7 @@ class LogWriter:
 
     # -- waiting ----------------------------------------------------------
 
-    def settled(self, user_id: int) -> defer.Deferred[None]:
+    def acks_written(self, user_id: int) -> defer.Deferred[None]:
         """Fires once no ack of ``user_id``'s is waiting to be written on this node: at
         once if none is queued or being written, else after the batch or check that
         carries it. A login waits for this before its backlog is read, so that an
@@ -162,7 +162,7 @@ class LogWriter:
         if user_id in self._checking:
             d: defer.Deferred[None] = defer.Deferred()
             self._check_waiters.setdefault(user_id, []).append(d)
-            return d.addCallback(lambda _: self.settled(user_id))
+            return d.addCallback(lambda _: self.acks_written(user_id))
         if user_id in self._acks or user_id in self._writing_acks:
             return self.ack(user_id, 0)  # the next batch commits after the one in flight
         return defer.succeed(None)
