@@ -12,6 +12,8 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints, threads
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from qqchat.dispatch import Dispatcher
@@ -130,12 +132,20 @@ class Settings:
 
 
 class ChatDaemon(MultiService):
-    """The whole daemon. Children start in order ([metrics,] database, listener) and stop in
-    reverse, one after the other: MultiService would stop them all at once and close
-    the pool under the listener's goodbyes and presence updates."""
+    """The whole daemon. Children start in order ([metrics,] database, listener).
 
-    def __init__(self) -> None:
+    ``stopService`` is the graceful stop, the whole of it: the clients first (see
+    there), then the children in reverse, one after the other: MultiService would
+    stop them all at once and close the pool under the goodbyes and presence
+    updates."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, grace: float = 5.0) -> None:
         super().__init__()
+        self.clock = clock
+        #: seconds each step of a graceful stop may take before the next one starts
+        self.grace = grace
         self.database: DatabaseService
         self.listener: ChatListenerService
         self.dispatcher: Dispatcher
@@ -147,14 +157,30 @@ class ChatDaemon(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        """No new clients; the requests in hand answered and committed; every client
+        told ``server_shutdown`` and closed; their logouts (presence to friends) and
+        what those queued in storage; then the children, last started first (the
+        relay after the listener, so logouts reach Redis; the database last)."""
         Service.stopService(self)
+        listener = self.listener
+        yield listener.stop_accepting()
+        yield self._bounded(listener.finish_requests())
+        yield self._bounded(self.writer.idle())
+        yield listener.say_goodbye()
+        yield self._bounded(self.dispatcher.drain())
         for child in reversed(list(self)):
             yield defer.maybeDeferred(child.stopService)
+
+    def _bounded(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        d.addTimeout(self.grace, self.clock)
+        d.addErrback(lambda f: self.log.warn("graceful stop step timed out: {f}",
+                                             f=f.getErrorMessage()))
+        return d
 
 
 def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None = None
           ) -> ChatDaemon:
-    daemon = ChatDaemon()
+    daemon = ChatDaemon(reactor)
     metrics = Registry()
     watch_process(metrics)
     if settings.metrics_listen is not None:
