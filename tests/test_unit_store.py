@@ -1,4 +1,6 @@
-"""The message store on SQLite.
+"""The message store on SQLite: its staging table (``SqliteEngine``), and the rerun of a
+transaction rolled back for a lock conflict. (tests/test_storage_stores.py runs the
+domain stores on both engines.)
 
 New messages land in ``messages_recent`` and move into the indexed ``messages``
 table in bulk: whatever the split, every read sees the whole log, retries stay
