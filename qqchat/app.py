@@ -221,7 +221,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
                              limits.login_failures_address, limits.login_window)
     accounts = AccountService(stores.accounts, stores.social, hasher, relay, presence, users,
                               reactor, limits, stores.tokens, settings.token_ttl,
-                              kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle)
+                              kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle,
+                              hash_threads=HASH_THREADS)
     messages = MessageService(stores.message_log, stores.groups, writer, relay, users, limits,
                               reactor, metrics=metrics, broadcast_anyone=settings.broadcast_anyone)
     DisabledAccounts(stores.accounts, hub, presence, reactor).setServiceParent(daemon)

@@ -67,7 +67,7 @@ class Session:
         #: in cluster mode, ids delivered above ``acked``: pushes from several nodes can
         #: arrive out of order or twice, so acks are checked against this set
         self.seen: set[int] | None = None
-        #: names this login in the database (``Store.backlog_start``): once the user
+        #: names this login in the database (``LogStore.backlog_start``): once the user
         #: logs in again, this session's checked acks are refused
         self.login: int | None = None
 
@@ -142,9 +142,11 @@ class Session:
             elif msg_id > backlog_end:
                 self.deliver(msg_id, line)
 
-    def kick(self, reason: str) -> None:
-        """End this session because the same user logged in elsewhere."""
-        self.send({"type": "kicked", "reason": reason})
+    def kick(self, reason: str, code: str = "replaced") -> None:
+        """End this session: the same user logged in elsewhere (``replaced``), or an
+        operator disabled the account (``account_disabled``). ``code`` is for
+        programs, ``reason`` for people."""
+        self.send({"type": "kicked", "code": code, "reason": reason})
         self.user_id = None
         self.conn.close()
 

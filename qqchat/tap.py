@@ -97,8 +97,9 @@ class Options(usage.Options):
         ["register-burst", None, "20", "Registrations an address may make at once before "
                                        "--register-rate applies."],
         ["redis", None, None,
-         "Cluster mode: redis://[:PASSWORD@]HOST:PORT/N. Daemons sharing --db (MySQL) and "
-         "--redis form one service."],
+         "Cluster mode: redis://[:PASSWORD@]HOST:PORT/N, or through Sentinel "
+         "redis+sentinel://[:PASSWORD@]HOST:PORT,HOST:PORT/MASTER/N (follows a "
+         "failover). Daemons sharing --db (MySQL) and --redis form one service."],
         ["node-id", None, None, "This daemon's name in the cluster (default: random)."],
         ["cluster-name", None, None,
          "Names the cluster in Redis key and channel names, for several clusters on one "

@@ -125,7 +125,7 @@ export async function testSession(m) {
   await until(() => msg.state === "sent");
   out.sent = msg.state + ":" + msg.id;
   // kicked: stays down
-  FakeSocket.last.push({ type: "kicked", reason: "x" });
+  FakeSocket.last.push({ type: "kicked", code: "replaced", reason: "x" });
   out.kicked = s.status;
   const logins = sent.filter((f) => f.type === "login").length;
   await tick(1500);
@@ -159,7 +159,7 @@ export async function testDisabled(m) {
   await p;
   FakeSocket.last.push({ type: "synced", count: 0 });
   // the live session is ended by the operator
-  FakeSocket.last.push({ type: "kicked", reason: "account disabled" });
+  FakeSocket.last.push({ type: "kicked", code: "account_disabled", reason: "x" });
   FakeSocket.last.drop();
   out.kicked = `${s.status}:${tokens.get()}:${notices.join(",")}`;
   await tick(1500);

@@ -7,15 +7,17 @@ frame fails the test instead of hanging it.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from twisted.internet import defer, endpoints, protocol
 from twisted.protocols.basic import LineReceiver
 
 Frame = dict[str, Any]
+T = TypeVar("T")
 DEFAULT_WAIT = 10.0
 
 
@@ -71,6 +73,8 @@ class ChatClient(LineReceiver):
         """Send a request and return its reply frame, whatever it is (errors included)."""
         from twisted.internet import reactor
 
+        if self.closed.called:
+            raise ConnectionError(f"connection closed before the {type} request")
         req = next(self._reqs) if req is None else req
         d: defer.Deferred[Frame] = defer.Deferred()
         self._replies[req] = d
@@ -119,14 +123,67 @@ class ChatClient(LineReceiver):
     async def messages(self, n: int, wait: float = DEFAULT_WAIT) -> list[Frame]:
         return [await self.push("message", wait=wait) for _ in range(n)]
 
-    async def silence(self, seconds: float = 0.3) -> None:
-        """Wait a little so that anything wrongly sent would have arrived."""
-        from twisted.internet import reactor, task
+    async def fence(self) -> None:
+        """A ``ping`` round trip on this connection.
 
-        await task.deferLater(reactor, seconds, lambda: None)
+        A push the server wrote to this connection before it read the ping comes
+        before the ``pong``: once this returns, it is in ``pushes``. On one node a
+        ``chat``, ``group_chat`` or ``broadcast`` pushes its message to the sessions
+        of that node before the sender's reply is written (docs/architecture.md,
+        step 5), so a fence after that reply catches any push it made here. Pushes
+        relayed from another node are not ordered by it: there, wait for a marker
+        sent after the event through the same path (``nothing_before``).
+        """
+        assert (await self.ok("ping"))["type"] == "pong"
+
+    async def nothing_more(self, type: str = "message") -> None:
+        """Fence, then fail if a push of ``type`` is waiting that no one took."""
+        await self.fence()
+        left = self.take_pushes(type)
+        assert left == [], f"unexpected {type} pushes: {left}"
+
+    async def nothing_before(self, type: str, marker: Callable[[Frame], bool],
+                             wait: float = DEFAULT_WAIT) -> Frame:
+        """Wait for the push of ``type`` that ``marker`` picks, then fail if another
+        push of ``type`` is waiting that no one took; returns the marker.
+
+        For pushes relayed from another node: a marker sent after the event through
+        the same path (same channel) arrives after anything the event caused.
+        """
+        got = await self.push(type, wait=wait, match=marker)
+        left = self.take_pushes(type)
+        assert left == [], f"unexpected {type} pushes before {got}: {left}"
+        return got
 
     def close(self) -> None:
         self.transport.loseConnection()
+
+
+async def pause(seconds: float) -> None:
+    """Let ``seconds`` pass. Only for tests whose subject is time itself (a rate to
+    respect, a client that keeps talking); never to let something arrive: use a
+    fence, a marker or ``wait_for`` for that."""
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for(check: Callable[[], T | Awaitable[T]], what: str,
+                   timeout: float = DEFAULT_WAIT, interval: float = 0.05) -> T:
+    """Call ``check`` (plain or async) until it returns something true, and return
+    that; fail with ``what`` if it has not within ``timeout`` seconds."""
+    from twisted.internet import reactor
+
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return cast(T, result)
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await pause(interval)
 
 
 async def connect(port: int, host: str = "127.0.0.1") -> ChatClient:

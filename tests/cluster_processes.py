@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from mariadb_server import MariaDB, MariaDBError, _die_with_parent, _find_binary, _tail
 from ports import free_port
@@ -416,11 +416,22 @@ class Nginx:
 # -- the cluster -----------------------------------------------------------------------
 
 
+class RedisLike(Protocol):
+    """A ``RedisServer``, or Sentinels with their master (``redis_sentinel``): the
+    daemons' ``--redis``, and the port of the server that holds the keys now."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
 class ProcessCluster:
     """N daemons sharing one MariaDB database and one Redis, nginx in front."""
 
-    def __init__(self, workdir: Path, mariadb: MariaDB, dbname: str, redis: RedisServer,
-                 nodes: int = 3) -> None:
+    def __init__(self, workdir: Path, mariadb: MariaDB, dbname: str,
+                 redis: RedisServer | RedisLike, nodes: int = 3) -> None:
         self.workdir = workdir
         self.mariadb = mariadb
         self.redis = redis
@@ -446,7 +457,9 @@ class ProcessCluster:
     def _redis_clients(self) -> int:
         """Daemons with both connections up (the subscriber has its broadcast channel)."""
         lines = [f" {line} " for line in
-                 redis_command(self.redis.port, "CLIENT", "LIST").splitlines()]
+                 redis_command(self.redis.port, "CLIENT", "LIST").splitlines()
+                 # neither a Sentinel's links nor a replica's
+                 if " name=sentinel-" not in f" {line} " and " flags=S " not in f" {line} "]
         subscribers = sum(1 for line in lines if " sub=0 " not in line)
         commands = sum(1 for line in lines if " sub=0 " in line and " cmd=client" not in line)
         return min(subscribers, commands)

@@ -374,7 +374,7 @@ async def test_disable_ends_the_live_session_and_refuses_logins(server: Running,
     await in_thread(db_url, "disable", "alice")
     # the daemon's sweep finds it: a bounded wait on the push, not a sleep
     kicked = await alice.push("kicked", wait=KICK_WAIT)
-    assert kicked["reason"] == "account disabled"
+    assert kicked["code"] == "account_disabled" and kicked["reason"] == "account disabled"
     await alice.closed
     again = await server.client()
     assert await login_error(again, name="alice", password="password1") == "account_disabled"

@@ -152,7 +152,7 @@ def test_loginflood() -> None:
     the same flood with the login budgets off: the flood is refused before hashing
     with the budgets and only hashed without them."""
     out = run_bench("loginflood", "--hash-cost", "4", "--users", "3", "--rounds", "3",
-                    "--think", "0.05", "--flood-conns", "5", "--flood-lead", "0.2")
+                    "--think", "0.5", "--flood-conns", "5", "--flood-lead", "1.5")
     runs = {case["mode"]: case["runs"][0] for case in out["cases"]}
     assert list(runs) == ["alone", "flood", "open"]
     for run in runs.values():

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 import pytest_twisted
-from chatclient import ChatClient, connect
+from chatclient import ChatClient, connect, wait_for
 from conftest import start_daemon
 from mariadb_server import MariaDB
 from redis_server import RedisServer
@@ -28,6 +28,14 @@ def redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.close()
+
+
+def relay_lost(daemon: ChatDaemon) -> bool:
+    """Whether the node's relay has seen all three of its Redis connections go."""
+    relay = daemon.relay
+    return (relay._sub is None  # type: ignore[attr-defined]
+            and relay._cmd_factory.size == 0  # type: ignore[attr-defined]
+            and not relay._publisher.connected)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -134,8 +142,11 @@ async def test_group_and_broadcast_across_nodes(cluster: Cluster) -> None:
     for u in users[:2]:
         msg = await u.push("message", match=lambda f: f.get("broadcast") is True)
         assert msg["id"] == cast["id"]
-    await users[2].silence()
-    assert [f for f in users[2].pushes if f.get("broadcast")] == []
+    # not echoed to the sender, whether by its own node or through Redis: nodes 0 and
+    # 1 got the broadcast from the broadcast channel, so Redis had it before this marker, which
+    # therefore reaches node 2 after it on that channel
+    marker = await users[0].ok("broadcast", text="marker")
+    await users[2].nothing_before("message", lambda f: f["id"] == marker["id"])
 
 
 @pytest_twisted.ensureDeferred
@@ -178,18 +189,27 @@ async def test_login_on_another_node_kicks_the_first(cluster: Cluster) -> None:
 @pytest_twisted.ensureDeferred
 async def test_simultaneous_logins_leave_exactly_one_session(cluster: Cluster) -> None:
     setup = await cluster.client(0)
-    await setup.ok("register", name="alice", password="password1")
+    alice_id = (await setup.ok("register", name="alice", password="password1"))["id"]
     clients = [await cluster.client(n) for n in range(3)]
     # a login overtaken by another may be kicked before its reply: either is fine
     await defer.DeferredList([
         defer.Deferred.fromCoroutine(c.call("login", name="alice", password="password1"))
         for c in clients], consumeErrors=True)
-    await clients[0].silence(1.0)
+    await wait_for(lambda: sum(c.closed.called for c in clients) >= 2,
+                   "two of the three sessions to be kicked")
     alive = [c for c in clients if not c.closed.called]
     assert len(alive) == 1
+    # Every kick was published before the login that caused it was answered; a chat
+    # to alice from another node goes through her channel after them, so once it
+    # is here no kick is still on its way to the survivor.
+    home = clients.index(alive[0])
+    bob = await cluster.user("bob", (home + 1) % 3)
+    sent = await bob.ok("chat", to=alice_id, text="still you?")
+    assert (await alive[0].push("message"))["id"] == sent["id"]
+    assert not alive[0].closed.called
     assert sum(1 for c in clients if any(f.get("type") == "kicked" for f in c.frames)) == 2
     who = await alive[0].ok("who")
-    assert [u["name"] for u in who["users"]] == ["alice"]
+    assert sorted(u["name"] for u in who["users"]) == ["alice", "bob"]
 
 
 @pytest_twisted.ensureDeferred
@@ -226,7 +246,9 @@ async def test_redis_restart_during_traffic_recovers_without_restarting_daemons(
     await newcomer.ok("register", name="carol", password="password1")
     refused = await newcomer.call("login", name="carol", password="password1")
     assert refused["code"] == "unavailable"
-    await alice.silence(1.0)
+    # every node has seen Redis go, so what follows is a reconnection on each
+    await wait_for(lambda: all(relay_lost(d) for d in cluster.daemons),
+                   "every node to lose its Redis connections")
     redis.start()
 
     # the relay reconnects, re-subscribes and resends what bob missed from the log
@@ -235,20 +257,25 @@ async def test_redis_restart_during_traffic_recovers_without_restarting_daemons(
     await bob.ok("ack", id=during["id"])
     after = await alice.ok("chat", to=bob.user_id, text="after")
     assert (await bob.push("message", wait=30))["id"] == after["id"]
-    for _ in range(60):  # node 2 reconnects on its own schedule: retry as a client would
+
+    async def logged_in() -> bool:
+        # node 2 reconnects on its own schedule: retry as a client would
         reply = await newcomer.call("login", name="carol", password="password1")
         if reply["type"] == "login":
-            break
+            return True
         assert reply["code"] == "unavailable"
-        await newcomer.silence(0.5)
+        return False
+
+    await wait_for(logged_in, "carol's login on node 2", timeout=30, interval=0.1)
     await newcomer.push("synced")
+
     # every node re-asserts its users in the emptied Redis once it is reconnected
-    for _ in range(40):
+    async def everyone_online() -> bool:
         who = await newcomer.ok("who")
-        if len(who["users"]) == 3:
-            break
-        await newcomer.silence(0.5)
-    assert sorted(u["name"] for u in who["users"]) == ["alice", "bob", "carol"]
+        return sorted(u["name"] for u in who["users"]) == ["alice", "bob", "carol"]
+
+    await wait_for(everyone_online, "alice, bob and carol to be online", timeout=20,
+                   interval=0.1)
 
 
 @pytest_twisted.ensureDeferred
@@ -267,9 +294,11 @@ async def test_node_restarted_under_its_old_id_clears_what_it_held(
                                                "node_id": "phoenix"}))
     cluster.daemons.append(daemon)
     await daemon.relay.connected  # type: ignore[attr-defined]
-    await alice.silence(0.5)
-    who = await alice.ok("who")
-    assert who["users"] == []
+
+    async def cleared() -> bool:
+        return (await alice.ok("who"))["users"] == []
+
+    await wait_for(cleared, "phoenix to clear the session it held")
 
 
 @pytest_twisted.ensureDeferred

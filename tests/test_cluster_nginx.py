@@ -215,12 +215,19 @@ def test_clients_spread_over_nodes_and_chat_across_them(cluster: ProcessCluster)
     a, b, c = (cluster.user() for _ in range(3))
     nodes = [cluster.node_of(x.user_id) for x in (a, b, c)]  # type: ignore[arg-type]
     assert sorted(nodes) == [0, 1, 2], f"least_conn should spread 3 clients: {nodes}"
+    taken: dict[int | None, list[Frame]] = {}
+
+    def message(dst: LineClient, text: str) -> Frame:
+        """The message ``text`` at ``dst``, remembered for the final count."""
+        frame = dst.message(text=text)
+        taken.setdefault(dst.user_id, []).append(frame)
+        return frame
 
     # one to one, every pair of nodes, both directions
     for src, dst in itertools.permutations((a, b, c), 2):
         text = f"{src.name} to {dst.name}"
         mid = src.ok("chat", to=dst.user_id, text=text)["id"]
-        got = dst.message(text=text)
+        got = message(dst, text)
         assert (got["id"], got["from"], got["to"]) == (mid, src.user_id, dst.user_id)
 
     # a group spanning the three nodes
@@ -231,15 +238,15 @@ def test_clients_spread_over_nodes_and_chat_across_them(cluster: ProcessCluster)
         text = f"{src.name} to the group"
         mid = src.ok("group_chat", group=group, text=text)["id"]
         for dst in {a, b, c} - {src}:
-            assert dst.message(text=text)["id"] == mid
-            assert dst.pushes == [] or all(f.get("text") != text for f in dst.pushes)
+            assert message(dst, text)["id"] == mid
+            assert all(f.get("text") != text for f in dst.pushes)
 
     # broadcasts from two nodes
     for src in (c, a):
         text = f"{src.name} to everyone"
         mid = src.ok("broadcast", text=text)["id"]
         for dst in {a, b, c} - {src}:
-            got = dst.message(text=text)
+            got = message(dst, text)
             assert (got["id"], got["broadcast"]) == (mid, True)
 
     # straight to the daemons too, mixed with clients behind nginx
@@ -249,16 +256,32 @@ def test_clients_spread_over_nodes_and_chat_across_them(cluster: ProcessCluster)
                      (a, direct[1])]:
         text = f"{src.name} straight to {dst.name}"
         mid = src.ok("chat", to=dst.user_id, text=text)["id"]
-        assert dst.message(text=text)["id"] == mid
+        assert message(dst, text)["id"] == mid
 
     everyone = {x.user_id for x in (a, b, c, *direct)}
     for x in (a, direct[1], direct[2]):
         assert x.who() == everyone
-    # nothing arrived twice, nothing sent to oneself
-    for x in (a, b, c, *direct):
-        seen = [f["id"] for f in x.pushes if f["type"] == "message"]
-        assert len(seen) == len(set(seen))
-        assert all(f["from"] != x.user_id for f in x.pushes if f["type"] == "message")
+    # Nothing arrived twice, nothing was sent to oneself: every message each client
+    # got, taken above or not, once the last of two markers has come through each
+    # path a message reached it by (a broadcast on qq:all, from nodes 0 and 1, and a
+    # chat from another node on its own channel): relay order is per channel.
+    clients = (a, b, c, *direct)
+    home = {x.user_id: cluster.node_of(x.user_id) for x in clients}  # type: ignore[arg-type]
+    for src in direct[:2]:
+        text = f"last broadcast from {src.name}"
+        src.ok("broadcast", text=text)
+        for dst in set(clients) - {src}:
+            message(dst, text)
+    for dst in clients:
+        src = next(x for x in direct if home[x.user_id] != home[dst.user_id])
+        text = f"last chat to {dst.name}"
+        src.ok("chat", to=dst.user_id, text=text)
+        message(dst, text)
+    for x in clients:
+        got = taken[x.user_id] + [f for f in x.pushes if f["type"] == "message"]
+        ids = [f["id"] for f in got]
+        assert len(ids) == len(set(ids)), f"{x.name} got a message twice: {sorted(ids)}"
+        assert all(f["from"] != x.user_id for f in got), f"{x.name} got its own message"
 
 
 def test_websockets_through_nginx_chat_with_tcp_clients_on_other_nodes(

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 import pytest_twisted
-from chatclient import ChatClient, connect
+from chatclient import ChatClient, connect, pause
 from conftest import Running, start_daemon
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,12 +76,18 @@ async def test_idle_connection_is_closed_and_its_user_goes_offline(server: Runni
     bob = await server.user("bob")
     await alice.ok("friend_add", to=bob.user_id)
     await bob.ok("friend_accept", **{"from": alice.user_id})
-    for _ in range(3):  # bob keeps talking, alice stays silent
-        await bob.silence(0.4)
+    # alice stays silent; bob keeps talking, a ping every 0.2 s, until she is cut off
+    for _ in range(50):
         await bob.ok("ping")
-    frame = await alice.push("error")
-    assert frame["code"] == "idle_timeout"
-    await alice.closed
+        if alice.closed.called:
+            break
+        await pause(0.2)
+    assert alice.closed.called, "alice was not cut off within 10 s"
+    assert [f["code"] for f in alice.take_pushes("error")] == ["idle_timeout"]
+    # bob's last other request came just after alice's last: only his pings keep him
+    await pause(0.2)
+    assert not bob.closed.called, "bob was cut off although he kept talking"
+    await bob.ok("ping")
     gone = await bob.push("presence")
     assert (gone["user"], gone["online"]) == (alice.user_id, False)
 

@@ -7,12 +7,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest_twisted
 from chatclient import connect
 from daemon_process import free_port
 from mariadb_server import MariaDB
-from twisted.internet import defer, task
+from twisted.internet import defer
+from twisted.logger import globalLogPublisher
 from twisted.protocols.portforward import ProxyFactory
 
 from qqchat.app import Settings, build
@@ -43,14 +45,23 @@ async def test_daemon_waits_for_a_database_that_comes_up_late(mariadb: MariaDB) 
 
     mariadb.create_database("qq_late")
     port = free_port()
-    # the database's address is a forwarder that only starts listening 3 s from now
+    # the database's address is a forwarder that starts listening only once the
+    # daemon has found nothing there and said it will retry
     url = mariadb.url("qq_late").replace(f":{mariadb.port}/", f":{port}/")
     settings = Settings(listen="tcp:0:interface=127.0.0.1", db=url, hash_cost=4, db_wait=60)
+    failed: defer.Deferred[None] = defer.Deferred()
+
+    def observe(event: dict[str, Any]) -> None:
+        if str(event.get("log_format", "")).startswith("database {db} not reachable yet") \
+                and not failed.called:
+            failed.callback(None)
+
+    globalLogPublisher.addObserver(observe)
     daemon = build(settings, reactor)
     daemon.startService()
     forwarder = None
     try:
-        await task.deferLater(reactor, 3, lambda: None)
+        await failed.addTimeout(20, reactor)
         assert not daemon.listener.listening.called  # no clients before the database
         forwarder = reactor.listenTCP(port, ProxyFactory("127.0.0.1", mariadb.port),
                                       interface="127.0.0.1")
@@ -61,6 +72,7 @@ async def test_daemon_waits_for_a_database_that_comes_up_late(mariadb: MariaDB) 
         client.close()
         await client.closed
     finally:
+        globalLogPublisher.removeObserver(observe)
         await defer.maybeDeferred(daemon.stopService).addTimeout(20, reactor)
         if forwarder is not None:
             await forwarder.stopListening()

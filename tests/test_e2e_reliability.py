@@ -78,8 +78,7 @@ async def test_messages_sent_during_login_backlog_arrive_once_in_order(server: R
     await login
     got = await bob.messages(len(before) + len(during), wait=20)
     assert [m["id"] for m in got] == before + during
-    await bob.silence()
-    assert bob.take_pushes("message") == []
+    await bob.nothing_more("message")
 
 
 @pytest_twisted.ensureDeferred

@@ -2,7 +2,7 @@
 on purpose.
 
 Each daemon of a cluster has its own pool on the same database, so here each "node"
-is a ``Store`` over a pool of its own. Interleavings are forced with a plain
+is a ``Stores`` over a pool of its own. Interleavings are forced with a plain
 connection of the test's that holds a row lock (``Holder``), and the test waits for
 the server to report a transaction as blocked (``Monitor``) before it takes the next
 step: no step depends on timing.

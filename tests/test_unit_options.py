@@ -73,6 +73,44 @@ def test_parse_redis_url() -> None:
         parse_redis_url("redis://h:1/notanumber")
 
 
+def test_parse_redis_sentinel_url() -> None:
+    from qqchat.relay.redis import RedisConfig, parse_redis_url
+
+    config = parse_redis_url("redis+sentinel://:s%40cret@10.0.0.1:26380,[::1]:26381,"
+                             "sentinel3/mymaster/2")
+    assert config == RedisConfig(db=2, password="s@cret", master="mymaster", sentinels=(
+        ("10.0.0.1", 26380), ("::1", 26381), ("sentinel3", 26379)))
+    assert config.describe() == ("redis+sentinel://10.0.0.1:26380,[::1]:26381,"
+                                 "sentinel3:26379/mymaster/2")
+    plain = parse_redis_url("redis+sentinel://h1,h2/m")
+    assert (plain.db, plain.password, plain.sentinel_password) == (0, None, None)
+    assert parse_redis_url("redis+sentinel://h/m/?sentinel_password=x").sentinel_password \
+        == "x"
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://h1,h2",  # no master name
+    "redis+sentinel://h1,h2/",
+    "redis+sentinel:///m/0",  # no Sentinel
+    "redis+sentinel://h1,,h2/m",
+    "redis+sentinel://h1:port/m",
+    "redis+sentinel://h1/m/db",
+    "redis+sentinel://h1/m/-1",
+    "redis+sentinel://h1/m/0/extra",
+    "redis+sentinel://h1/m?password=x",  # the data nodes' password goes before the @
+    "sentinel://h1/m",
+])
+def test_bad_sentinel_urls_are_usage_errors(url: str) -> None:
+    with pytest.raises(usage.UsageError, match=r"Redis URL|Sentinel address|scheme"):
+        parse("--db", "mysql://qq:pw@127.0.0.1:3306/qqchat", "--redis", url)
+
+
+def test_sentinel_url_is_accepted_as_redis() -> None:
+    url = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/1"
+    assert parse("--db", "mysql://qq:pw@127.0.0.1:3306/qqchat", "--redis", url
+                 ).settings.redis == url
+
+
 def test_proxy_protocol_flag_from_the_command_line_or_the_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QQCHAT_PROXY_PROTOCOL", raising=False)

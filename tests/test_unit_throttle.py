@@ -19,6 +19,36 @@ def error(reply: dict[str, Any] | None) -> dict[str, Any]:
     return reply
 
 
+class HeldHashes:
+    """Stands in for the hashing threads: each hash waits here until ``finish``
+    runs it, so a test decides when each one ends."""
+
+    def __init__(self, services: Services) -> None:
+        self.clock = services.clock
+        self.pending: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+        services.accounts._hasher._run = self._held
+
+    def _held(self, f: Any, *a: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.pending.append((d, f, a))
+        return d
+
+    def finish(self, index: int = 0) -> None:
+        """Run the hash started ``index``-th of those waiting (-1: the latest)."""
+        d, f, a = self.pending.pop(index)
+        d.callback(f(*a))
+        self.clock.advance(0)
+
+    def finish_all(self) -> int:
+        """Finish hashes in the order they started until none is left; how many."""
+        done = 0
+        while self.pending:
+            assert len(self.pending) <= 2  # the hashing threads
+            self.finish()
+            done += 1
+        return done
+
+
 def attempt(services: Services, name: str, password: str,
             address: str = "203.0.113.5") -> dict[str, Any]:
     """One login on a new connection (reconnecting must not reset anything)."""
@@ -120,14 +150,7 @@ def test_concurrent_guesses_cannot_outrun_the_budget(clock: task.Clock) -> None:
                                             login_failures_address=30))
     try:
         Client(services).register("alice")
-        pending: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-
-        def held(f: Any, *a: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            pending.append((d, f, a))
-            return d
-
-        services.accounts._hasher._run = held
+        hashes = HeldHashes(services)
         replies = []
         for k in range(50):
             client = Client(services, peer=f"203.0.113.{k}:6000")
@@ -136,9 +159,8 @@ def test_concurrent_guesses_cannot_outrun_the_budget(clock: task.Clock) -> None:
                                  "req": k})
             d.addCallback(replies.append)
         clock.advance(0)
-        assert len(pending) == 5  # the account's budget, not 50
-        for d, f, a in pending:
-            d.callback(f(*a))
+        # two at a time (the hashing threads), the rest wait their turn
+        assert hashes.finish_all() == 5  # the account's budget, not 50
         clock.advance(2)  # refusals are answered after a pause (see below)
         codes = sorted(r["code"] for r in replies)
         assert codes == ["bad_credentials"] * 5 + ["rate_limited"] * 45
@@ -190,22 +212,16 @@ def test_refusals_are_answered_after_a_pause_and_others_are_not(throttled: Any,
     assert error(result_of(d))["code"] == "rate_limited"
 
 
-def test_one_address_checks_one_password_at_a_time(throttled: Any,
-                                                   clock: task.Clock) -> None:
-    """Guesses from one address wait for each other, so a burst of them holds one
-    hashing thread at most and a login from elsewhere is hashed at once."""
+def test_a_burst_from_one_address_delays_others_by_one_hash_at_most(
+        throttled: Any, clock: task.Clock) -> None:
+    """Guesses from one address take the hashing threads in turn with other
+    addresses: a login from elsewhere waits for one hash to finish, not for the
+    burst."""
     services, _ = throttled
     Client(services).register("alice")
-    pending: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def held(f: Any, *a: Any) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        pending.append((d, f, a))
-        return d
-
-    services.accounts._hasher._run = held
+    hashes = HeldHashes(services)
     replies: list[dict[str, Any]] = []
-    for k in range(4):
+    for k in range(6):
         flood = Client(services, peer=f"203.0.113.5:{7000 + k}")
         services.dispatcher.dispatch(flood.session, {
             "type": "login", "name": f"guess{k}", "password": "wrong-pw", "req": k,
@@ -214,13 +230,57 @@ def test_one_address_checks_one_password_at_a_time(throttled: Any,
     login = services.dispatcher.dispatch(genuine.session, {
         "type": "login", "name": "alice", "password": "secret-pw", "req": "me"})
     clock.advance(0)
-    assert len(pending) == 2  # one guess and alice's
-    d, f, a = pending.pop()
-    d.callback(f(*a))
+    assert len(hashes.pending) == 2  # two guesses hold both threads; alice waits
+    hashes.finish()
+    hashes.finish(-1)  # the freed thread went to alice, not the next guess
     assert result_of(login) is None and genuine.conn.take()[0]["type"] == "login"
-    while pending:  # the guesses, one after another
-        d, f, a = pending.pop()
-        d.callback(f(*a))
-        clock.advance(0)
-        assert len(pending) <= 1
-    assert [r["code"] for r in replies] == ["bad_credentials"] * 4
+    assert len(replies) == 1
+    hashes.finish_all()
+    assert [r["code"] for r in replies] == ["bad_credentials"] * 6
+
+
+def test_many_logins_from_one_address_at_once_are_all_let_in(throttled: Any,
+                                                            clock: task.Clock) -> None:
+    """Users behind one address (a NAT) logging in together are not refused: a login
+    holds a place in the address's budget only while its own password is checked."""
+    services, _ = throttled
+    for k in range(40):
+        Client(services).register(f"user{k}")
+    hashes = HeldHashes(services)
+    logins = []
+    for k in range(40):  # past the address budget of 30
+        client = Client(services, peer=f"192.0.2.1:{5000 + k}")
+        logins.append((client, services.dispatcher.dispatch(client.session, {
+            "type": "login", "name": f"user{k}", "password": "secret-pw", "req": k})))
+    clock.advance(0)
+    hashes.finish_all()
+    for client, d in logins:
+        assert result_of(d) is None and client.conn.take()[0]["type"] == "login"
+
+
+def test_a_long_line_of_refused_guesses_leaves_the_threads_free(throttled: Any,
+                                                                clock: task.Clock) -> None:
+    """Hundreds of guesses waiting their turn, refused one after another once the
+    budget is spent, must hand the threads on without piling up a call stack (a
+    handoff in the same call stack overflowed it and lost a thread for good)."""
+    services, _ = throttled
+    Client(services).register("alice")
+    hashes = HeldHashes(services)
+    replies: list[dict[str, Any]] = []
+    for k in range(400):
+        flood = Client(services, peer=f"203.0.113.5:{10000 + k}")
+        services.dispatcher.dispatch(flood.session, {
+            "type": "login", "name": f"guess{k}", "password": "wrong-pw", "req": k,
+        }).addCallback(replies.append)
+    clock.advance(0)
+    hashes.finish_all()
+    clock.advance(2)
+    assert len(replies) == 400
+    assert sorted({r["code"] for r in replies}) == ["bad_credentials", "rate_limited"]
+    genuine = Client(services, peer="198.51.100.7:5000")
+    login = services.dispatcher.dispatch(genuine.session, {
+        "type": "login", "name": "alice", "password": "secret-pw", "req": "me"})
+    clock.advance(0)
+    assert len(hashes.pending) == 1  # a thread is free for alice
+    hashes.finish()
+    assert result_of(login) is None and genuine.conn.take()[0]["type"] == "login"

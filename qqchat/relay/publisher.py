@@ -180,7 +180,8 @@ class Publisher:
     """Keeps one publishing connection up (reconnecting with a short backoff)."""
 
     def __init__(self, endpoint: IStreamClientEndpoint, password: str | None,
-                 on_connected: Callable[[], None], clock: Any = None) -> None:
+                 on_connected: Callable[[], None], clock: Any = None,
+                 retry: Callable[[int], float] | None = None) -> None:
         self.password = password
         if clock is None:
             from twisted.internet import reactor as clock
@@ -191,11 +192,17 @@ class Publisher:
         #: publishes a lost connection left unanswered, sent first on the next
         self._resend: list[Entry] = []
         self._service = ClientService(endpoint, _PublishFactory(self),
-                                      retryPolicy=backoffPolicy(maxDelay=2.0), clock=clock)
+                                      retryPolicy=retry or backoffPolicy(maxDelay=2.0),
+                                      clock=clock)
 
     @property
     def connected(self) -> bool:
         return self._proto is not None
+
+    @property
+    def protocol(self) -> PublishProtocol | None:
+        """The connection publishes go on, once Redis has accepted it."""
+        return self._proto
 
     def publish(self, channel: bytes, payload: bytes) -> bool:
         """Write one PUBLISH; False (nothing written) while there is no connection

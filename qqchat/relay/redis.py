@@ -14,6 +14,13 @@ TTL: after Redis was away every key had expired, and the live peers need that
 long to write theirs again. A node that finds its own key gone re-asserts its
 users (its peers may have reaped them).
 
+With ``--redis redis+sentinel://...`` every connection goes through
+``sentinel.SentinelEndpoint``, which connects wherever the Sentinels say the master
+is now: a failover is one more reconnect, with the same re-subscribe, re-assert
+and resync. Connections left on a server that is no master any more (a ``-READONLY``
+reply, or another connection that found a new master) are dropped so that they
+follow.
+
 Redis keys (prefix ``qq:``, or ``qq:<name>:`` with ``--cluster-name``; the
 database number already keeps the keys of two clusters apart):
 
@@ -48,19 +55,21 @@ come in many types, so they are parsed whole.
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 import txredisapi
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from qqchat.errors import ChatError, UnavailableError
@@ -69,6 +78,7 @@ from qqchat.relay.base import RelayListener
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
 from qqchat.relay.publisher import Publisher
+from qqchat.relay.sentinel import SentinelEndpoint
 from qqchat.session import Session
 
 PREFIX = "qq:"
@@ -81,6 +91,9 @@ NODE_TTL_MS = 15_000  # a node silent this long is dead: its users go offline
 #: after Redis was away, every live peer has had a TTL to write its key again
 REAP_AFTER = NODE_TTL_MS / 1000
 COMMAND_TIMEOUT = 5.0
+#: seconds before the first reconnect with Sentinel (then backing off to 2 s): each
+#: attempt itself waits, asking the Sentinels, until a master answers
+SENTINEL_RETRY = 0.1
 MAX_UNSENT = 10_000
 _TS = re.compile(rb'"ts":(\d+)')  # a key: inside a JSON string a quote is escaped
 
@@ -201,16 +214,34 @@ class RedisConfig:
     port: int = 6379
     db: int = 0
     password: str | None = None
+    #: with Sentinel: where to ask (host, port) and the master's name there; the
+    #: master's address then comes from them, never from host and port
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    sentinel_password: str | None = None
 
     def describe(self) -> str:
+        if self.sentinels:
+            hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                             for h, p in self.sentinels)
+            return f"redis+sentinel://{hosts}/{self.master}/{self.db}"
         return f"redis://{self.host}:{self.port}/{self.db}"
 
 
+SENTINEL_PORT = 26379
+_MASTER_NAME = re.compile(r"[^\s/?#@,]{1,128}")
+
+
 def parse_redis_url(url: str) -> RedisConfig:
-    """``redis://[:PASSWORD@]HOST[:PORT][/DB]``."""
+    """``redis://[:PASSWORD@]HOST[:PORT][/DB]``, or with Sentinel
+    ``redis+sentinel://[:PASSWORD@]HOST[:PORT],HOST[:PORT].../MASTER[/DB]`` (the
+    password is the data nodes'; ``?sentinel_password=`` the Sentinels' own)."""
     parts = urlsplit(url)
+    if parts.scheme == "redis+sentinel":
+        return _parse_sentinel_url(url)
     if parts.scheme != "redis":
-        raise ValueError(f"unknown Redis URL scheme {parts.scheme!r}: use redis://HOST:PORT/N")
+        raise ValueError(f"unknown Redis URL scheme {parts.scheme!r}: use redis://HOST:PORT/N "
+                         "or redis+sentinel://HOST:PORT,HOST:PORT/MASTER/N")
     try:
         port = parts.port or 6379
         db = int(parts.path.lstrip("/") or 0)
@@ -218,6 +249,46 @@ def parse_redis_url(url: str) -> RedisConfig:
         raise ValueError(f"bad Redis URL {url!r}: {e}") from None
     password = unquote(parts.password) if parts.password else None
     return RedisConfig(parts.hostname or "127.0.0.1", port, db, password)
+
+
+def _parse_sentinel_url(url: str) -> RedisConfig:
+    parts = urlsplit(url)
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    password = None
+    if at:
+        _, colon, secret = userinfo.partition(":")
+        password = unquote(secret if colon else userinfo) or None
+    sentinels = []
+    for item in hostlist.split(","):
+        host = urlsplit("//" + item.strip())
+        try:
+            port = host.port or SENTINEL_PORT
+        except ValueError as e:
+            raise ValueError(f"bad Sentinel address {item!r} in {url!r}: {e}") from None
+        if not host.hostname:
+            raise ValueError(f"bad Redis URL {url!r}: a Sentinel address is empty "
+                             "(redis+sentinel://HOST:PORT,HOST:PORT/MASTER/N)")
+        sentinels.append((host.hostname, port))
+    path = [unquote(p) for p in parts.path.split("/")[1:]]
+    if path and path[-1] == "":
+        path.pop()
+    if not path or len(path) > 2 or _MASTER_NAME.fullmatch(path[0]) is None:
+        raise ValueError(f"bad Redis URL {url!r}: name the master after the Sentinels "
+                         "(redis+sentinel://HOST:PORT,HOST:PORT/MASTER/N)")
+    try:
+        db = int(path[1]) if len(path) > 1 else 0
+    except ValueError:
+        raise ValueError(f"bad Redis URL {url!r}: the database is a number") from None
+    if db < 0:
+        raise ValueError(f"bad Redis URL {url!r}: the database is a number")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - {"sentinel_password"}
+    if unknown:
+        raise ValueError(f"bad Redis URL {url!r}: unknown parameter "
+                         f"{', '.join(sorted(unknown))} (only sentinel_password)")
+    sentinel_password = query.get("sentinel_password", [""])[-1] or None
+    return RedisConfig(db=db, password=password, sentinels=tuple(sentinels),
+                       master=path[0], sentinel_password=sentinel_password)
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
@@ -244,6 +315,8 @@ class _SubscriberFactory(txredisapi.RedisFactory):
         super().__init__(None, config.db, 1, isLazy=True, password=config.password,
                          charset=None, convertNumbers=False)
         self.relay = relay
+        if config.sentinels:
+            self.initialDelay = SENTINEL_RETRY
 
     def stopTrying(self) -> Any:
         # txredisapi gives up for good after one failed AUTH/SELECT (a timeout while
@@ -260,6 +333,8 @@ class _CommandFactory(txredisapi.RedisFactory):
         super().__init__(None, config.db, 1, isLazy=True, password=config.password,
                          replyTimeout=COMMAND_TIMEOUT, convertNumbers=False)
         self.relay = relay
+        if config.sentinels:
+            self.initialDelay = SENTINEL_RETRY
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
@@ -301,9 +376,13 @@ class RedisRelay(Service):
         self._listener = listener
         self._sub_factory = _SubscriberFactory(self, config)
         self._cmd_factory = _CommandFactory(self, config)
+        #: where every connection goes: the one server, or the master Sentinel names
+        self._redis_endpoint = self._endpoint()
         #: pushes go out on a third connection, as raw RESP (publisher.py says why)
-        self._publisher = Publisher(self._endpoint(), config.password, self._publisher_ready,
-                                    reactor)
+        retry = (backoffPolicy(SENTINEL_RETRY, 2.0, jitter=lambda: random.uniform(0, 0.1))
+                 if config.sentinels else None)
+        self._publisher = Publisher(self._redis_endpoint, config.password,
+                                    self._publisher_ready, reactor, retry)
         self._sub: _Subscriber | None = None
         #: channels Redis confirmed subscribed on ``_sub``, and those being subscribed
         self._subscribed: set[bytes] = set()
@@ -336,9 +415,35 @@ class RedisRelay(Service):
 
     # -- lifecycle ----------------------------------------------------------
 
-    def _endpoint(self) -> endpoints.TCP4ClientEndpoint:
-        return endpoints.TCP4ClientEndpoint(self.reactor, self.config.host, self.config.port,
-                                            timeout=5)
+    def _endpoint(self) -> IStreamClientEndpoint:
+        config = self.config
+        if config.sentinels:
+            return SentinelEndpoint(self.reactor, config.sentinels, config.master,
+                                    config.password, config.sentinel_password,
+                                    on_master=self._master_moved)
+        return endpoints.TCP4ClientEndpoint(self.reactor, config.host, config.port, timeout=5)
+
+    def _transports(self) -> list[Any]:
+        """The open connections to Redis: subscription, commands, publishes."""
+        protos = [self._sub, *self._cmd_factory.pool, self._publisher.protocol]
+        return [p.transport for p in protos if p is not None and p.transport is not None]
+
+    def _master_moved(self, address: tuple[str, int]) -> None:
+        """Sentinel names another master: a connection still open to the old one (a
+        partition, a manual failover) would split this node across two servers."""
+        for transport in self._transports():
+            peer = transport.getPeer()
+            if (getattr(peer, "host", None), getattr(peer, "port", None)) != address:
+                transport.loseConnection()
+
+    def _master_lost(self, why: str) -> None:
+        """The server is no master any more (``-READONLY``): reconnect everything,
+        through Sentinel, to the one that is."""
+        if self.stopping or not self.config.sentinels:
+            return  # one server named by --redis: reconnecting to it changes nothing
+        self.log.warn("Redis {why}: reconnecting to the master", why=why)
+        for transport in self._transports():
+            transport.loseConnection()
 
     def listen(self, listener: RelayListener) -> None:
         """Hand over the services' side (built after the relay, which they need)."""
@@ -350,7 +455,7 @@ class RedisRelay(Service):
         if self._listener is None:
             raise RuntimeError("RedisRelay started without a listener (RedisRelay.listen)")
         super().startService()
-        endpoint = self._endpoint()
+        endpoint = self._redis_endpoint
         self._sub_factory.startConnecting(endpoint)
         self._cmd_factory.startConnecting(endpoint)
         self._publisher.start()
@@ -403,7 +508,10 @@ class RedisRelay(Service):
     def _unavailable(self, failure: Any) -> Any:
         if failure.check(ChatError):
             return failure
-        self.log.warn("Redis command failed: {e}", e=failure.getErrorMessage())
+        error = failure.getErrorMessage()
+        self.log.warn("Redis command failed: {e}", e=error)
+        if "READONLY" in error:
+            self._master_lost("became a replica")
         raise UnavailableError("the cluster relay (Redis)")
 
     def _publish(self, channel: bytes, payload: bytes) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
@@ -16,12 +17,14 @@ from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.services.presence import PresenceService
 from qqchat.services.rules import check_password, check_user_name
-from qqchat.services.throttle import LocalCounters, LoginThrottle
+from qqchat.services.throttle import HashTurns, LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
 from qqchat.storage.accounts import AccountStore, UserRow
 from qqchat.storage.social import SocialStore
 from qqchat.storage.tokens import TokenStore, new_token, token_hash
+
+T = TypeVar("T")
 
 
 class AccountService:
@@ -30,10 +33,11 @@ class AccountService:
     def __init__(self, store: AccountStore, social: SocialStore, hasher: Hasher, relay: Relay,
                  presence: PresenceService, users: UserDirectory, clock: IReactorTime,
                  limits: Limits, tokens: TokenStore, token_ttl: float = 30 * 24 * 3600,
-                 kick_on_duplicate: bool = True, throttle: LoginThrottle | None = None
-                 ) -> None:
+                 kick_on_duplicate: bool = True, throttle: LoginThrottle | None = None,
+                 hash_threads: int = 2) -> None:
         self._store = store
         self._social = social
+        self._turns = HashTurns(hash_threads, clock)
         self._throttle = throttle or LoginThrottle(
             LocalCounters(clock), limits.login_failures_account,
             limits.login_failures_address, limits.login_window)
@@ -47,6 +51,14 @@ class AccountService:
         self._limits = limits
         self._registrations = KeyedBuckets(limits.register_rate / 60, limits.register_burst)
         self.kick_on_duplicate = kick_on_duplicate
+
+    async def _hashed(self, address: str, job: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``job(*args)`` in ``address``'s turn at the hashing threads."""
+        await self._turns.turn(address)
+        try:
+            return await job(*args)
+        finally:
+            self._turns.done(address)
 
     def _check_name(self, name: str) -> None:
         check_user_name(name, self._limits)
@@ -62,7 +74,7 @@ class AccountService:
         if wait:
             raise ChatError("rate_limited", "too many registrations from your address; "
                                             "try again later", retry_after=round(wait + 0.5))
-        pw_hash = await self._hasher.hash(password)
+        pw_hash = await self._hashed(address, self._hasher.hash, password)
         uid = await self._store.create_user(name, pw_hash, int(self._clock.seconds() * 1000))
         if uid is None:
             raise ChatError("name_taken", f"the name {name!r} is taken")
@@ -121,16 +133,16 @@ class AccountService:
             # one budget per account however it is named; unknown names count too
             account = (f"user:{row.id}" if row is not None
                        else f"name:{fold(name)}" if name is not None else f"user:{user_id}")
-            await self._throttle.begin(account, address)
+            await self._turns.turn(address)
+            try:
+                await self._throttle.begin(account, address)
+                ok = await self._hasher.verify(password, row.pw_hash if row else None)
+            finally:
+                self._turns.done(address)
         except ChatError as e:
             if e.code == "rate_limited":
                 await task.deferLater(self._clock, self._throttle.pause, lambda: None)
             raise
-        await self._throttle.turn(address)
-        try:
-            ok = await self._hasher.verify(password, row.pw_hash if row else None)
-        finally:
-            self._throttle.done(address)
         if not ok or row is None:
             self.log.info("failed login for {who} from {address}",
                           who=name if name is not None else f"id {user_id}", address=address)
@@ -211,9 +223,10 @@ class AccountService:
             raise ChatError("not_logged_in", "log in first")
         self._check_password(new)
         row = await self._store.user_by_id(uid)
-        if row is None or not await self._hasher.verify(old, row.pw_hash):
+        if row is None or not await self._hashed(session.address, self._hasher.verify, old,
+                                                 row.pw_hash):
             raise ChatError("bad_credentials", "the old password is wrong")
-        pw_hash = await self._hasher.hash(new)
+        pw_hash = await self._hashed(session.address, self._hasher.hash, new)
         await self._tokens.change_password(uid, pw_hash)
         self.log.info("password changed for {uid} from {peer}", uid=uid, peer=session.peer)
         body: dict[str, Any] = {}

@@ -69,6 +69,6 @@ class DisabledAccounts(Service):
             except Exception as e:  # Redis away: its presence lapses with this node's key
                 self.log.warn("presence of disabled account {uid} not released: {e}",
                               uid=uid, e=e)
-            session.kick("account disabled")
+            session.kick("account disabled", code="account_disabled")
             ended += 1
         return ended

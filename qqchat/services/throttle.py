@@ -94,10 +94,7 @@ class LoginThrottle:
     hashed. The address budget is also read on its own before the account is looked
     up (``check_address``), so a spent address costs one counter read, not a query.
     Refusals are answered after ``pause`` seconds: a flooding connection then asks
-    about once a second, and a flood of them costs the server little. And one
-    address has one password checked at a time (``turn``/``done``): the budget's
-    worth of guesses sent at once then holds one hashing thread, not all of them,
-    and logins from other addresses do not queue behind it.
+    about once a second, and a flood of them costs the server little.
     """
 
     def __init__(self, counters: Counters, per_account: int, per_address: int,
@@ -106,8 +103,6 @@ class LoginThrottle:
         self._budgets = (per_account, per_address)
         self._window = window
         self.pause = pause
-        #: per address with a check running, the checks waiting for their turn
-        self._waiting: dict[str, deque[defer.Deferred[None]]] = {}
 
     @staticmethod
     def _keys(account: str, address: str) -> list[str]:
@@ -143,19 +138,50 @@ class LoginThrottle:
                 [k for k, b in zip(self._keys(account, address), self._budgets, strict=True)
                  if b])
 
+
+class HashTurns:
+    """Turns at the password-hashing threads, shared fairly between client addresses.
+
+    At most ``width`` (the threads) hashes run; the rest wait here, one line per
+    address, and a freed thread goes to the first address in line that has no hash
+    running (else to the first in line). A burst of guesses from one address then
+    delays a login from another by one hash at most, while one address alone (a
+    NAT, say) still gets every thread. Taking a budget's reservation once a turn is
+    given, not before, keeps one address's reservations in flight to ``width``.
+    """
+
+    def __init__(self, width: int, clock: IReactorTime) -> None:
+        self._width = width
+        self._clock = clock
+        self._running: dict[str, int] = {}  # address -> its hashes running
+        self._lines: dict[str, deque[defer.Deferred[None]]] = {}  # in arrival order
+
     async def turn(self, address: str) -> None:
-        """Wait until no other password check of ``address`` runs; pair with ``done``."""
-        waiting = self._waiting.get(address)
-        if waiting is None:
-            self._waiting[address] = deque()
+        """Wait for a thread; pair with ``done(address)``."""
+        if sum(self._running.values()) < self._width and not self._lines:
+            self._running[address] = self._running.get(address, 0) + 1
             return
         d: defer.Deferred[None] = defer.Deferred()
-        waiting.append(d)
+        self._lines.setdefault(address, deque()).append(d)
         await d
 
     def done(self, address: str) -> None:
-        waiting = self._waiting[address]
-        if waiting:
-            waiting.popleft().callback(None)
+        left = self._running[address] - 1
+        if left:
+            self._running[address] = left
         else:
-            del self._waiting[address]
+            del self._running[address]
+        if not self._lines:
+            return
+        nxt = next((a for a in self._lines if a not in self._running), None)
+        if nxt is None:
+            nxt = next(iter(self._lines))
+        line = self._lines.pop(nxt)
+        waiting = line.popleft()
+        if line:
+            self._lines[nxt] = line  # to the back of the line
+        self._running[nxt] = self._running.get(nxt, 0) + 1
+        # the thread passes to it on the next reactor turn, not in this call stack: a
+        # waiter refused at once hands it on in turn, and a line of hundreds of those
+        # would otherwise nest that many calls deep
+        self._clock.callLater(0, waiting.callback, None)

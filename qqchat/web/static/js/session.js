@@ -316,7 +316,7 @@ export class Session extends EventTarget {
         store.groupMember(frame.group, frame.user, frame.name, false);
         break;
       case "kicked":
-        if (frame.reason === "account disabled") {
+        if (frame.code === "account_disabled") {
           this._accountDisabled();
           break;
         }
