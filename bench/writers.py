@@ -3,7 +3,7 @@
 Every node of a cluster writes the message log of one MariaDB. Adding nodes adds
 capacity only if their transactions can overlap; this workload measures whether
 they do. K writer processes (``--writers 1,2,4,8``), each the storage half of one
-node (the daemon's own ``Store`` and ``MessageLog`` on its own connection pool,
+node (the daemon's own ``LogStore`` and ``LogWriter`` on its own connection pool,
 nothing else), append direct messages to one fresh database as fast as their
 batches complete: each keeps ``--inflight`` appends outstanding, as a node with
 that many senders waiting would. All K start together and are measured over the
@@ -197,9 +197,10 @@ async def _writer(reactor: Any, opts: argparse.Namespace) -> dict[str, Any]:
     from bench.seed import map_qqchat_db
 
     map_qqchat_db()
-    from qqchat.storage.log import MessageLog
+    from qqchat.storage.engines import create_engine
+    from qqchat.storage.log import KIND_DIRECT, LogStore, NewMessage
     from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
-    from qqchat.storage.store import KIND_DIRECT, NewMessage, Store
+    from qqchat.storage.writer import LogWriter
 
     config = parse_database_url(opts.url)
     pool = make_pool(config, reactor)
@@ -221,8 +222,8 @@ async def _writer(reactor: Any, opts: argparse.Namespace) -> dict[str, Any]:
     if opts.init:
         db.stopService()
         return {}
-    store = Store(pool, config.dialect)
-    mlog = MessageLog(store, reactor)
+    store = LogStore(pool, create_engine(config.dialect, pool.dbapi))
+    mlog = LogWriter(store, reactor)
     batches: list[tuple[float, float, int]] = []  # (start, seconds, messages)
     write_batch = store.write_batch
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints, threads
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from qqchat.dispatch import Dispatcher
@@ -45,11 +47,10 @@ from qqchat.services.search import SearchService
 from qqchat.services.throttle import Counters, LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
-from qqchat.storage.directory import DirectoryStore
-from qqchat.storage.log import MessageLog
+from qqchat.storage.engines import create_engine
 from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
-from qqchat.storage.store import Store
-from qqchat.storage.tokens import TokenStore
+from qqchat.storage.stores import Stores
+from qqchat.storage.writer import LogWriter
 
 #: threads that hash passwords (scrypt at the default cost: 16 MiB and ~50 ms each)
 HASH_THREADS = 2
@@ -131,31 +132,55 @@ class Settings:
 
 
 class ChatDaemon(MultiService):
-    """The whole daemon. Children start in order ([metrics,] database, listener) and stop in
-    reverse, one after the other: MultiService would stop them all at once and close
-    the pool under the listener's goodbyes and presence updates."""
+    """The whole daemon. Children start in order ([metrics,] database, listener).
 
-    def __init__(self) -> None:
+    ``stopService`` is the graceful stop, the whole of it: the clients first (see
+    there), then the children in reverse, one after the other: MultiService would
+    stop them all at once and close the pool under the goodbyes and presence
+    updates."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, grace: float = 5.0) -> None:
         super().__init__()
+        self.clock = clock
+        #: seconds each step of a graceful stop may take before the next one starts
+        self.grace = grace
         self.database: DatabaseService
         self.listener: ChatListenerService
         self.dispatcher: Dispatcher
         self.hub: SessionHub
-        self.log: MessageLog
+        self.writer: LogWriter
         self.relay: Relay
         self.registry: Registry
         self.metrics: MetricsService | None = None
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        """No new clients; the requests in hand answered and committed; every client
+        told ``server_shutdown`` and closed; their logouts (presence to friends) and
+        what those queued in storage; then the children, last started first (the
+        relay after the listener, so logouts reach Redis; the database last)."""
         Service.stopService(self)
+        listener = self.listener
+        yield listener.stop_accepting()
+        yield self._bounded(listener.finish_requests())
+        yield self._bounded(self.writer.idle())
+        yield listener.say_goodbye()
+        yield self._bounded(self.dispatcher.drain())
         for child in reversed(list(self)):
             yield defer.maybeDeferred(child.stopService)
+
+    def _bounded(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        d.addTimeout(self.grace, self.clock)
+        d.addErrback(lambda f: self.log.warn("graceful stop step timed out: {f}",
+                                             f=f.getErrorMessage()))
+        return d
 
 
 def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None = None
           ) -> ChatDaemon:
-    daemon = ChatDaemon()
+    daemon = ChatDaemon(reactor)
     metrics = Registry()
     watch_process(metrics)
     if settings.metrics_listen is not None:
@@ -167,9 +192,9 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     database = DatabaseService(db_config, pool, reactor, settings.db_wait)
     database.setServiceParent(daemon)
 
-    store = Store(pool, db_config.dialect)
-    log = MessageLog(store, reactor, metrics=metrics,
-                     min_interval=settings.commit_interval_ms / 1000)
+    stores = Stores.open(pool, create_engine(db_config.dialect, pool.dbapi))
+    writer = LogWriter(stores.message_log, reactor, metrics=metrics,
+                       min_interval=settings.commit_interval_ms / 1000)
     hub = SessionHub(metrics=metrics)
     relay: Relay
     if settings.redis:
@@ -183,8 +208,8 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     else:
         relay = LocalRelay(hub)
     limits = settings.limits
-    users = UserDirectory(store)
-    presence = PresenceService(store, relay)
+    users = UserDirectory(stores.accounts)
+    presence = PresenceService(stores.social, relay)
     # password hashing on threads of its own: a login flood queues there, never in
     # front of the database's threads or the reactor's
     hash_threads = ThreadPoolService(ThreadPool(0, HASH_THREADS, "qqchat-hash"))
@@ -194,19 +219,18 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     counters: Counters = RedisCounters(cluster) if settings.redis else LocalCounters(reactor)
     throttle = LoginThrottle(counters, limits.login_failures_account,
                              limits.login_failures_address, limits.login_window)
-    accounts = AccountService(store, hasher, relay, presence, users, reactor, limits,
-                              TokenStore(pool, db_config.dialect), settings.token_ttl,
+    accounts = AccountService(stores.accounts, stores.social, hasher, relay, presence, users,
+                              reactor, limits, stores.tokens, settings.token_ttl,
                               kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle,
                               hash_threads=HASH_THREADS)
-    messages = MessageService(store, log, relay, users, limits, reactor, metrics=metrics,
-                              broadcast_anyone=settings.broadcast_anyone)
-    DisabledAccounts(store, hub, presence, reactor).setServiceParent(daemon)
-    friends = FriendService(store, relay, users, reactor, limits)
-    groups = GroupService(store, relay, reactor, limits)
-    directory = DirectoryStore(pool, db_config.dialect)
+    messages = MessageService(stores.message_log, stores.groups, writer, relay, users, limits,
+                              reactor, metrics=metrics, broadcast_anyone=settings.broadcast_anyone)
+    DisabledAccounts(stores.accounts, hub, presence, reactor).setServiceParent(daemon)
+    friends = FriendService(stores.social, relay, users, reactor, limits)
+    groups = GroupService(stores.groups, relay, reactor, limits)
     dispatcher = Dispatcher(accounts, presence, messages, friends, groups,
-                            SearchService(directory, relay, reactor, limits),
-                            ConversationService(directory), limits, metrics=metrics)
+                            SearchService(stores.directory, relay, reactor, limits),
+                            ConversationService(stores.directory), limits, metrics=metrics)
     if settings.redis:
         cluster.listen(ClusterEvents(messages, presence))
 
@@ -237,6 +261,6 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     listener.setServiceParent(daemon)
 
     daemon.database, daemon.listener, daemon.dispatcher = database, listener, dispatcher
-    daemon.hub, daemon.log, daemon.relay = hub, log, relay
+    daemon.hub, daemon.writer, daemon.relay = hub, writer, relay
     daemon.registry = metrics
     return daemon

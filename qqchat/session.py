@@ -67,7 +67,7 @@ class Session:
         #: in cluster mode, ids delivered above ``acked``: pushes from several nodes can
         #: arrive out of order or twice, so acks are checked against this set
         self.seen: set[int] | None = None
-        #: names this login in the database (``Store.backlog_start``): once the user
+        #: names this login in the database (``LogStore.backlog_start``): once the user
         #: logs in again, this session's checked acks are refused
         self.login: int | None = None
 

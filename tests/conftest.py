@@ -24,6 +24,10 @@ from unit_support import Services, build_services
 
 from qqchat.app import ChatDaemon, Settings, build
 from qqchat.services.limits import Limits
+from qqchat.storage.engines import create_engine
+from qqchat.storage.pool import make_pool, parse_database_url
+from qqchat.storage.schema import apply_schema
+from qqchat.storage.stores import Stores
 
 BACKENDS = ["sqlite", "mysql"]
 _db_names = itertools.count(1)
@@ -85,6 +89,19 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     server.create_database(name)
     yield server.url(name)
     server.drop_database(name)
+
+
+@pytest_twisted.async_yield_fixture
+async def stores(db_url: str) -> AsyncIterator[Stores]:
+    """Every domain store on a fresh database of each engine (``db_url``: SQLite, and
+    MariaDB started as the end-to-end tests start it), on a real pool and reactor."""
+    from twisted.internet import reactor
+
+    config = parse_database_url(db_url, pool_max=4)
+    pool = make_pool(config, reactor)
+    await pool.runInteraction(apply_schema, config.dialect)
+    yield Stores.open(pool, create_engine(config.dialect, pool.dbapi))
+    pool.close()
 
 
 @dataclass

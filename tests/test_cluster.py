@@ -114,7 +114,7 @@ async def test_acks_checked_together_on_mariadb_each_go_as_far_as_their_user_saw
     to_carol = (await alice.ok("chat", to=carol.user_id, text="c1"))["id"]
     await bob.messages(2)
     await carol.messages(1)
-    log = cluster.daemons[1].log
+    log = cluster.daemons[1].writer
     # as if b2 were still on its way to bob's session from another node
     checks = [log.checked_ack(bob.user_id, 0, to_bob[1], frozenset({to_bob[0]})),
               log.checked_ack(carol.user_id, 0, to_carol, frozenset({to_carol}))]

@@ -105,7 +105,7 @@ async def test_acks_written_in_one_batch_each_move_their_own_user(server: Runnin
     to_carol = (await alice.ok("chat", to=carol.user_id, text="c1"))["id"]
     await bob.messages(2)
     await carol.messages(1)
-    log = server.daemon.log
+    log = server.daemon.writer
     batches = log.batches
     await defer.gatherResults([log.ack(bob.user_id, to_bob[0]),
                                log.ack(carol.user_id, to_carol)])

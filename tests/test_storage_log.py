@@ -10,8 +10,8 @@ from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 from unit_support import result_of
 
-from qqchat.storage.log import MessageLog
-from qqchat.storage.store import KIND_DIRECT, NewMessage, Stored
+from qqchat.storage.log import KIND_DIRECT, NewMessage, Stored
+from qqchat.storage.writer import LogWriter
 
 
 class ShortStore:
@@ -32,7 +32,7 @@ def _errors(events: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.logged_errors_ok
 def test_a_failure_handling_a_batch_is_logged_at_once_and_fails_its_callers() -> None:
     clock = task.Clock()
-    log = MessageLog(ShortStore(), clock)  # type: ignore[arg-type]
+    log = LogWriter(ShortStore(), clock)  # type: ignore[arg-type]
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -52,7 +52,7 @@ def test_a_failure_handling_a_batch_is_logged_at_once_and_fails_its_callers() ->
 @pytest.mark.logged_errors_ok
 def test_a_failure_handling_checked_acks_is_logged_at_once_and_fails_its_callers() -> None:
     clock = task.Clock()
-    log = MessageLog(ShortStore(), clock)  # type: ignore[arg-type]
+    log = LogWriter(ShortStore(), clock)  # type: ignore[arg-type]
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -66,4 +66,4 @@ def test_a_failure_handling_checked_acks_is_logged_at_once_and_fails_its_callers
     with pytest.raises(ValueError):
         result_of(checks[1])
     # nothing is left marked as in flight: a login of user 8 does not wait
-    assert result_of(log.settled(8)) is None
+    assert result_of(log.acks_written(8)) is None

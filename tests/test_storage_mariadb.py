@@ -2,7 +2,7 @@
 on purpose.
 
 Each daemon of a cluster has its own pool on the same database, so here each "node"
-is a ``Store`` over a pool of its own. Interleavings are forced with a plain
+is a ``Stores`` over a pool of its own. Interleavings are forced with a plain
 connection of the test's that holds a row lock (``Holder``), and the test waits for
 the server to report a transaction as blocked (``Monitor``) before it takes the next
 step: no step depends on timing.
@@ -20,9 +20,11 @@ from twisted.enterprise import adbapi
 from twisted.internet import defer, task, threads
 from twisted.logger import globalLogPublisher
 
+from qqchat.storage.engines import create_engine
+from qqchat.storage.log import KIND_BROADCAST, KIND_DIRECT, CheckedAck, NewMessage
 from qqchat.storage.pool import make_pool, parse_database_url
 from qqchat.storage.schema import apply_schema
-from qqchat.storage.store import KIND_BROADCAST, KIND_DIRECT, CheckedAck, NewMessage, Store
+from qqchat.storage.stores import Stores
 
 _names = itertools.count(1)
 
@@ -94,12 +96,12 @@ class Cluster:
         self.holders: list[Holder] = []
         self.monitor = Monitor(server)
 
-    def node(self) -> Store:
+    def node(self) -> Stores:
         from twisted.internet import reactor
 
         pool = make_pool(parse_database_url(self.server.url(self.db), pool_max=4), reactor)
         self.pools.append(pool)
-        return Store(pool, "mysql")
+        return Stores.open(pool, create_engine("mysql", pool.dbapi))
 
     def holder(self) -> Holder:
         h = Holder(self.server, self.db)
@@ -120,29 +122,29 @@ async def cluster(mariadb: MariaDB) -> AsyncIterator[Cluster]:
     mariadb.create_database(db)
     c = Cluster(mariadb, db)
     first = c.node()
-    await first._pool.runInteraction(apply_schema, "mysql")
+    await first.message_log._pool.runInteraction(apply_schema, "mysql")
     yield c
     c.close()
     mariadb.drop_database(db)
 
 
-async def new_users(store: Store, *names: str) -> list[int]:
+async def new_users(store: Stores, *names: str) -> list[int]:
     ids = []
     for name in names:
-        uid = await store.create_user(name, "h", 1)
+        uid = await store.accounts.create_user(name, "h", 1)
         assert uid is not None
         ids.append(uid)
     return ids
 
 
-async def direct(store: Store, sender: int, to: int, text: str) -> int:
-    (stored,) = await store.write_batch([NewMessage(KIND_DIRECT, sender, text, recipient=to)],
-                                        (), 1000)
+async def direct(store: Stores, sender: int, to: int, text: str) -> int:
+    (stored,) = await store.message_log.write_batch(
+        [NewMessage(KIND_DIRECT, sender, text, recipient=to)], (), 1000)
     return stored.id
 
 
-async def acked(store: Store, uid: int) -> int:
-    row = await store._one("SELECT acked FROM users WHERE id = ?", uid)
+async def acked(store: Stores, uid: int) -> int:
+    row = await store.message_log._one("SELECT acked FROM users WHERE id = ?", uid)
     assert row is not None
     return int(row[0])
 
@@ -167,9 +169,9 @@ async def test_checked_acks_of_two_nodes_in_opposite_orders_do_not_deadlock(
 
     holder = cluster.holder()
     await holder.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", u3)
-    first = node1.checked_acks([check(u1), check(u3), check(u2)])
+    first = node1.message_log.checked_acks([check(u1), check(u3), check(u2)])
     await cluster.monitor.until("node 1 waiting for u3", blocked_by(holder.thread_id), first)
-    second = node2.checked_acks([check(u2), check(u1)])
+    second = node2.message_log.checked_acks([check(u2), check(u1)])
     await cluster.monitor.until("node 2 waiting", lambda w: len(w) >= 2, first, second)
     await holder.commit()
 
@@ -201,7 +203,7 @@ async def test_a_transaction_chosen_as_deadlock_victim_is_retried(cluster: Clust
     await holder.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", u2)
     globalLogPublisher.addObserver(observe)
     try:
-        checking = node.checked_acks([(u, 0, m[u], frozenset({m[u]}), None)
+        checking = node.message_log.checked_acks([(u, 0, m[u], frozenset({m[u]}), None)
                                       for u in (u1, u2)])
         await cluster.monitor.until("the check waiting for u2", blocked_by(holder.thread_id),
                                     checking)
@@ -218,14 +220,14 @@ async def test_a_transaction_chosen_as_deadlock_victim_is_retried(cluster: Clust
 # -- a login and the acks of the login it replaces ----------------------------------
 
 
-async def login(store: Store, uid: int) -> tuple[int, list[int], int | None]:
+async def login(store: Stores, uid: int) -> tuple[int, list[int], int | None]:
     """What a login's backlog starts from: the acked position, the ids it will send,
     and the stamp that names the login."""
-    start = await store.backlog_start(uid, 100, 5000)
+    start = await store.message_log.backlog_start(uid, 100, 5000)
     return start.acked, [r[0] for r in start.rows], start.login
 
 
-def check_ack(store: Store, uid: int, after: int, upto: int, seen: set[int],
+def check_ack(store: Stores, uid: int, after: int, upto: int, seen: set[int],
               stamp: int | None) -> CheckedAck:
     return (uid, after, upto, frozenset(seen), stamp)
 
@@ -249,7 +251,7 @@ async def test_an_ack_of_the_replaced_login_is_never_confirmed_for_what_the_new_
     _, on_a, stamp_a = await login(node_a, bob)
     assert on_a == sent
     _, on_b, _ = await login(node_b, bob)
-    (reached,) = await node_a.checked_acks(
+    (reached,) = await node_a.message_log.checked_acks(
         [check_ack(node_a, bob, 0, sent[-1], set(sent), stamp_a)])
     assert confirmed_then_sent_again(reached, sent[-1], on_b) == []
     assert reached == 0 and await acked(node_a, bob) == 0  # nothing skipped either
@@ -270,7 +272,7 @@ async def test_a_login_waits_for_an_ack_being_written_on_another_node(
 
     holder = cluster.holder()
     await holder.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", carol)
-    checking = node_a.checked_acks([
+    checking = node_a.message_log.checked_acks([
         check_ack(node_a, bob, 0, to_bob[-1], set(to_bob), stamp_bob),
         check_ack(node_a, carol, 0, to_carol, {to_carol}, stamp_carol)])
     await cluster.monitor.until("the ack waiting for carol", blocked_by(holder.thread_id),
@@ -292,21 +294,23 @@ async def test_a_new_account_starts_at_a_head_no_batch_commits_past_meanwhile(
     the new account exactly when it committed after the account did."""
     node_a, node_b = cluster.node(), cluster.node()
     (admin,) = await new_users(node_a, "admin")
-    await node_a.write_batch([NewMessage(KIND_BROADCAST, admin, "before")], (), 1000)
+    await node_a.message_log.write_batch([NewMessage(KIND_BROADCAST, admin, "before")], (), 1000)
     holder = cluster.holder()  # holds the name, so create_user waits after its head read
     await holder.execute("INSERT INTO users (name, pw_hash, created_at, name_key)"
                          " VALUES ('newbie', 'h', 1, 'newbie')")
     order: list[str] = []
-    creating = node_a.create_user("newbie", "h", 2)
+    creating = node_a.accounts.create_user("newbie", "h", 2)
     creating.addCallback(lambda uid: (order.append("account"), uid)[1])
     await cluster.monitor.until("create_user waiting", blocked_by(holder.thread_id),
                                 creating)
-    batch = node_b.write_batch([NewMessage(KIND_BROADCAST, admin, "meanwhile")], (), 1000)
+    batch = node_b.message_log.write_batch([NewMessage(KIND_BROADCAST, admin, "meanwhile")],
+                                           (), 1000)
     batch.addCallback(lambda stored: (order.append("broadcast"), stored)[1])
     await cluster.monitor.until("the batch done or waiting", lambda w: len(w) >= 2,
                                 batch, creating)
     await holder.execute("ROLLBACK")
     uid, (stored,) = await creating, await batch
     assert uid is not None
-    backlog = [r[0] for r in await node_a.undelivered(uid, await acked(node_a, uid), 100)]
+    start = await acked(node_a, uid)
+    backlog = [r[0] for r in await node_a.message_log.undelivered(uid, start, 100)]
     assert (stored.id in backlog) == (order == ["account", "broadcast"]), (order, backlog)

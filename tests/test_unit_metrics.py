@@ -23,8 +23,8 @@ from unit_support import Services, build_services, frames
 
 from qqchat.metrics import CONTENT_TYPE, Registry, watch_process
 from qqchat.net.protocol import ChatFactory, ChatProtocol
-from qqchat.storage.log import MessageLog
-from qqchat.storage.store import KIND_DIRECT, NewMessage, Stored
+from qqchat.storage.log import KIND_DIRECT, NewMessage, Stored
+from qqchat.storage.writer import LogWriter
 from qqchat.tap import Options
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
@@ -254,7 +254,7 @@ def test_log_batches_record_their_size_commit_time_and_failures() -> None:
     clock = task.Clock()
     reg = Registry()
     store = HeldStore()
-    log = MessageLog(store, clock, metrics=reg)  # type: ignore[arg-type]
+    log = LogWriter(store, clock, metrics=reg)  # type: ignore[arg-type]
     sent = [log.append(NewMessage(KIND_DIRECT, 1, t, recipient=2)) for t in "abc"]
     log.ack(2, 1)
     clock.advance(0)

@@ -44,7 +44,7 @@ def test_failed_backlog_closes_the_connection(services: Services,
     def down(*_: Any) -> defer.Deferred[Any]:
         return defer.fail(UnavailableError("the database"))
 
-    monkeypatch.setattr(services.store, "backlog_start", down)
+    monkeypatch.setattr(services.stores.message_log, "backlog_start", down)
     reply = bob.request({"type": "login", "name": "bob", "password": "secret-pw"})
     assert reply is None
     got = bob.conn.take()

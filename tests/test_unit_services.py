@@ -17,8 +17,8 @@ from unit_support import Client, FakeConnection, Services, build_services, resul
 from qqchat.errors import ChatError
 from qqchat.services.limits import Limits
 from qqchat.session import Session
-from qqchat.storage.log import MessageLog
-from qqchat.storage.store import KIND_DIRECT, NewMessage, Stored
+from qqchat.storage.log import KIND_DIRECT, NewMessage, Stored
+from qqchat.storage.writer import LogWriter
 
 
 def user(services: Services, name: str) -> Client:
@@ -313,7 +313,7 @@ def test_cid_retry_within_one_batch(services: Services, clock: task.Clock) -> No
     """Two sends with the same cid committed in the same transaction still store one."""
     alice, bob = user(services, "alice"), user(services, "bob")
     msg = {"type": "chat", "to": bob.id, "text": "once", "cid": 77}
-    before = services.log.batches
+    before = services.writer.batches
     d1 = services.dispatcher.dispatch(alice.session, msg)
     d2 = services.dispatcher.dispatch(alice.session, msg)
     clock.advance(0)
@@ -321,7 +321,7 @@ def test_cid_retry_within_one_batch(services: Services, clock: task.Clock) -> No
     assert r1 is not None and r2 is not None
     assert r1["id"] == r2["id"] and r2.get("duplicate") is True and "duplicate" not in r1
     assert len(messages_of(bob.conn)) == 1
-    assert services.log.batches == before + 1
+    assert services.writer.batches == before + 1
 
 
 def test_cids_are_per_sender(services: Services) -> None:
@@ -549,22 +549,22 @@ def test_appends_in_one_tick_share_one_transaction(services: Services, clock: ta
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The log's reason to exist: N sends in one reactor turn are one write_batch."""
     calls: list[int] = []
-    real = services.store.write_batch
+    real = services.stores.message_log.write_batch
 
     def counting(messages: Any, acks: Any, now: int) -> defer.Deferred[list[Stored]]:
         calls.append(len(messages))
         return real(messages, acks, now)
 
     alice, bob = user(services, "alice"), user(services, "bob")
-    monkeypatch.setattr(services.store, "write_batch", counting)
-    before = services.log.batches
+    monkeypatch.setattr(services.stores.message_log, "write_batch", counting)
+    before = services.writer.batches
     ds = [services.dispatcher.dispatch(alice.session, {"type": "chat", "to": bob.id,
                                                        "text": f"m{n}"}) for n in range(5)]
     assert calls == [] and not any(d.called for d in ds)
     clock.advance(0)
     replies = [result_of(d) for d in ds]
     assert calls == [5]
-    assert services.log.batches == before + 1
+    assert services.writer.batches == before + 1
     ids = [r["id"] for r in replies if r is not None]
     assert ids == sorted(ids) and len(set(ids)) == 5
     # pushes leave in log order
@@ -605,7 +605,7 @@ def test_appends_during_a_commit_go_into_the_next_batch(clock: task.Clock) -> No
     """While one transaction is in flight, new appends wait and then share the next
     one; callers' Deferreds fire only after their own batch commits."""
     store = HeldStore()
-    log = MessageLog(store, clock)  # type: ignore[arg-type]
+    log = LogWriter(store, clock)  # type: ignore[arg-type]
     first = log.append(NewMessage(KIND_DIRECT, 1, "a", recipient=2))
     clock.advance(0)
     assert len(store.batches) == 1
@@ -629,32 +629,32 @@ def test_settled_waits_only_for_that_users_acks(clock: task.Clock) -> None:
     """A login first lets the user's queued or in-flight ack commit (so its backlog
     does not repeat what was acked), and costs no transaction when there is none."""
     store = HeldStore()
-    log = MessageLog(store, clock)  # type: ignore[arg-type]
-    assert result_of(log.settled(7)) is None and store.batches == []
+    log = LogWriter(store, clock)  # type: ignore[arg-type]
+    assert result_of(log.acks_written(7)) is None and store.batches == []
     log.ack(7, 5)
-    queued = log.settled(7)
-    assert result_of(log.settled(8)) is None  # another user waits for nothing
+    queued = log.acks_written(7)
+    assert result_of(log.acks_written(8)) is None  # another user waits for nothing
     clock.advance(0)
     assert store.batches[0][1] == [(7, 5)] and not queued.called
-    in_flight = log.settled(7)  # the ack is being written: wait for the next batch
+    in_flight = log.acks_written(7)  # the ack is being written: wait for the next batch
     store.commit(0)
     assert result_of(queued) is None and not in_flight.called
     clock.advance(0)
     store.commit(1)
     assert result_of(in_flight) is None
-    assert result_of(log.settled(7)) is None and len(store.batches) == 2
+    assert result_of(log.acks_written(7)) is None and len(store.batches) == 2
 
 
 def test_checked_acks_arriving_during_a_check_share_the_next(clock: task.Clock) -> None:
     """Several nodes: acks checked against the log go in transactions of their own,
     as many per transaction as arrived meanwhile; a login waits for its user's."""
     store = HeldStore()
-    log = MessageLog(store, clock)  # type: ignore[arg-type]
+    log = LogWriter(store, clock)  # type: ignore[arg-type]
     first = log.checked_ack(7, 0, 5, frozenset({5}))
     clock.advance(0)
     assert store.checks == [[(7, 0, 5, frozenset({5}), None)]]
     later = [log.checked_ack(8, 0, 9, frozenset()), log.checked_ack(7, 5, 6, frozenset({6}))]
-    waiting = log.settled(7)
+    waiting = log.acks_written(7)
     idle = log.idle()
     clock.advance(0)
     assert len(store.checks) == 1 and not waiting.called
@@ -670,7 +670,7 @@ def test_checked_acks_arriving_during_a_check_share_the_next(clock: task.Clock) 
 
 def test_a_failed_check_fails_its_acks_and_the_next_still_runs(clock: task.Clock) -> None:
     store = HeldStore()
-    log = MessageLog(store, clock)  # type: ignore[arg-type]
+    log = LogWriter(store, clock)  # type: ignore[arg-type]
     failing = log.checked_ack(7, 0, 5, frozenset({5}))
     clock.advance(0)
     retry = log.checked_ack(7, 0, 5, frozenset({5}))
@@ -678,12 +678,12 @@ def test_a_failed_check_fails_its_acks_and_the_next_still_runs(clock: task.Clock
     with pytest.raises(RuntimeError):
         result_of(failing)
     store.pending_checks[1].callback([5])
-    assert result_of(retry) == 5 and result_of(log.settled(7)) is None
+    assert result_of(retry) == 5 and result_of(log.acks_written(7)) is None
 
 
 def test_batches_are_capped(clock: task.Clock) -> None:
     store = HeldStore()
-    log = MessageLog(store, clock, max_batch=2)  # type: ignore[arg-type]
+    log = LogWriter(store, clock, max_batch=2)  # type: ignore[arg-type]
     ds = [log.append(NewMessage(KIND_DIRECT, 1, str(n), recipient=2)) for n in range(5)]
     for n in range(3):
         clock.advance(0)
@@ -694,7 +694,7 @@ def test_batches_are_capped(clock: task.Clock) -> None:
 
 def test_failed_batch_fails_every_caller_and_the_log_recovers(clock: task.Clock) -> None:
     store = HeldStore()
-    log = MessageLog(store, clock)  # type: ignore[arg-type]
+    log = LogWriter(store, clock)  # type: ignore[arg-type]
     ds = [log.append(NewMessage(KIND_DIRECT, 1, t, recipient=2)) for t in "ab"]
     clock.advance(0)
     store.pending[0].errback(RuntimeError("disk full"))
@@ -728,14 +728,14 @@ def test_connection_dropped_during_login_leaves_friends_seeing_offline(
     alice.conn.take()
 
     held: list[defer.Deferred[None]] = []
-    real = services.store.login_view
+    real = services.stores.social.login_view
 
     def slow(uid: int, *args: Any) -> defer.Deferred[Any]:
         gate: defer.Deferred[None] = defer.Deferred()
         held.append(gate)
         return gate.addCallback(lambda _: real(uid, *args))
 
-    monkeypatch.setattr(services.store, "login_view", slow)
+    monkeypatch.setattr(services.stores.social, "login_view", slow)
     again = Client(services)
     d = services.dispatcher.dispatch(again.session, {"type": "login", "name": "bob",
                                                      "password": "secret-pw"})

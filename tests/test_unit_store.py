@@ -1,4 +1,6 @@
-"""The message store on SQLite.
+"""The message store on SQLite: its staging table (``SqliteEngine``), and the rerun of a
+transaction rolled back for a lock conflict. (tests/test_storage_stores.py runs the
+domain stores on both engines.)
 
 New messages land in ``messages_recent`` and move into the indexed ``messages``
 table in bulk: whatever the split, every read sees the whole log, retries stay
@@ -16,11 +18,15 @@ import pytest
 from twisted.enterprise import adbapi
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
-from unit_support import InlineReactor, InlineThreadPool, make_store, result_of
+from unit_support import InlineReactor, InlineThreadPool, make_stores, result_of
 
 from qqchat.errors import UnavailableError
+from qqchat.storage.access import Access
+from qqchat.storage.engines import MySQLEngine, SqliteEngine
+from qqchat.storage.engines.sqlite import STAGE_ROWS
+from qqchat.storage.log import KIND_DIRECT, NewMessage
 from qqchat.storage.schema import apply_schema
-from qqchat.storage.store import KIND_DIRECT, STAGE_ROWS, NewMessage, Store
+from qqchat.storage.stores import Stores
 
 
 def _pool(path: str) -> adbapi.ConnectionPool:
@@ -36,44 +42,44 @@ def count(pool: adbapi.ConnectionPool, table: str) -> int:
     return int(result_of(pool.runQuery(f"SELECT COUNT(*) FROM {table}"))[0][0])
 
 
-def users(store: Store) -> tuple[int, int]:
-    a = result_of(store.create_user("alice", "h", 1))
-    b = result_of(store.create_user("bob", "h", 1))
+def users(store: Stores) -> tuple[int, int]:
+    a = result_of(store.accounts.create_user("alice", "h", 1))
+    b = result_of(store.accounts.create_user("bob", "h", 1))
     assert a is not None and b is not None
     return a, b
 
 
-def send(store: Store, sender: int, to: int, texts: list[str], cid: str | None = None
+def send(store: Stores, sender: int, to: int, texts: list[str], cid: str | None = None
          ) -> list[Any]:
-    return result_of(store.write_batch(
+    return result_of(store.message_log.write_batch(
         [NewMessage(KIND_DIRECT, sender, t, recipient=to, cid=cid) for t in texts], (), 1000))
 
 
 def test_new_messages_are_staged_and_every_read_sees_them() -> None:
-    pool, store = make_store()
+    pool, store = make_stores()
     a, b = users(store)
     send(store, a, b, ["one", "two"])
     send(store, b, a, ["three"])
     assert count(pool, "messages_recent") == 3  # the commit touched no index of messages
     assert count(pool, "messages") == 0
 
-    backlog = result_of(store.undelivered(b, 0, 100))
+    backlog = result_of(store.message_log.undelivered(b, 0, 100))
     assert [r[6] for r in backlog] == ["one", "two"]
-    history = result_of(store.history_direct(a, b, 2**62, 10))
+    history = result_of(store.message_log.history_direct(a, b, 2**62, 10))
     assert [r[6] for r in history] == ["three", "two", "one"]
     assert count(pool, "messages_recent") == 0
     assert count(pool, "messages") == 3
 
     # what arrives after a read is staged again and read again
     send(store, a, b, ["four"])
-    start = result_of(store.backlog_start(b, 100, 5000))
+    start = result_of(store.message_log.backlog_start(b, 100, 5000))
     assert start.acked == 0 and [r[6] for r in start.rows] == ["one", "two", "four"]
     first = start.rows[0]
-    assert result_of(store.message(first[0])) == first
+    assert result_of(store.message_log.message(first[0])) == first
 
 
 def test_the_staged_table_is_moved_in_bulk_once_it_is_large() -> None:
-    pool, store = make_store()
+    pool, store = make_stores()
     a, b = users(store)
     sent = 0
     while sent < STAGE_ROWS + 50:
@@ -82,19 +88,19 @@ def test_the_staged_table_is_moved_in_bulk_once_it_is_large() -> None:
     assert count(pool, "messages_recent") < STAGE_ROWS
     assert count(pool, "messages") >= STAGE_ROWS
     assert count(pool, "message_log") == sent
-    rows = result_of(store.undelivered(b, 0, sent + 1))
+    rows = result_of(store.message_log.undelivered(b, 0, sent + 1))
     assert [r[6] for r in rows] == [f"m{i}" for i in range(sent)]
     assert [r[0] for r in rows] == sorted(r[0] for r in rows)
 
 
 def test_a_retried_client_id_is_found_staged_or_moved() -> None:
-    pool, store = make_store()
+    pool, store = make_stores()
     a, b = users(store)
     (first,) = send(store, a, b, ["hello"], cid="c-1")
     assert not first.duplicate
     (again,) = send(store, a, b, ["hello"], cid="c-1")  # still staged
     assert again.duplicate and again.id == first.id
-    result_of(store.undelivered(b, 0, 10))  # a read moves it
+    result_of(store.message_log.undelivered(b, 0, 10))  # a read moves it
     assert count(pool, "messages_recent") == 0
     (third,) = send(store, a, b, ["hello"], cid="c-1")
     assert third.duplicate and third.id == first.id
@@ -104,7 +110,7 @@ def test_a_retried_client_id_is_found_staged_or_moved() -> None:
 def test_staged_messages_left_by_a_stop_move_at_the_next_start(tmp_path: Path) -> None:
     path = str(tmp_path / "q.db")
     pool = _pool(path)
-    store = Store(pool, "sqlite")
+    store = Stores.open(pool, SqliteEngine(pool.dbapi))
     a, b = users(store)
     send(store, a, b, ["before the stop"])
     pool.close()
@@ -121,27 +127,28 @@ def test_staged_messages_left_by_a_stop_move_at_the_next_start(tmp_path: Path) -
 
 
 def test_a_checked_ack_stops_before_a_message_not_yet_seen() -> None:
-    pool, store = make_store()
+    pool, store = make_stores()
     a, b = users(store)
     ids = [s.id for s in send(store, a, b, ["one", "two", "three"])]
-    broadcast = result_of(store.write_batch([NewMessage(3, a, "to all")], (), 1000))[0].id
-    own = result_of(store.write_batch([NewMessage(3, b, "mine")], (), 1000))[0].id
+    log = store.message_log
+    broadcast = result_of(log.write_batch([NewMessage(3, a, "to all")], (), 1000))[0].id
+    own = result_of(log.write_batch([NewMessage(3, b, "mine")], (), 1000))[0].id
 
     def acked(uid: int) -> int:
         return result_of(pool.runQuery("SELECT acked FROM users WHERE id = ?", (uid,)))[0][0]
 
     # "two" may still be on its way from another node: b's ack stops below it, while
     # a's ack in the same transaction (of the broadcast a does not receive) goes through
-    reached = result_of(store.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]}), None),
-                                            (a, 0, own, frozenset({own}), None)]))
+    reached = result_of(log.checked_acks([(b, 0, ids[2], frozenset({ids[0], ids[2]}), None),
+                                          (a, 0, own, frozenset({own}), None)]))
     assert reached == [ids[0], own]
     assert (acked(b), acked(a)) == (ids[0], own)
     # nothing new seen at all: the position stays where it was
-    assert result_of(store.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}), None)])
+    assert result_of(log.checked_acks([(b, ids[0], ids[2], frozenset({ids[2]}), None)])
                      ) == [ids[0]]
     # everything seen: the ack goes the whole way; b's own broadcast is not b's to receive
-    reached = result_of(store.checked_acks([(b, ids[0], own,
-                                             frozenset({ids[1], ids[2], broadcast}), None)]))
+    reached = result_of(log.checked_acks([(b, ids[0], own,
+                                           frozenset({ids[1], ids[2], broadcast}), None)]))
     assert reached == [own]
     assert acked(b) == own
 
@@ -184,7 +191,7 @@ def _run_with(errors: list[Exception], warnings: list[dict[str, Any]]
               ) -> tuple[_FailingPool, defer.Deferred[Any], task.Clock]:
     clock = task.Clock()
     pool = _FailingPool(errors, clock)
-    store = Store(pool, "mysql")  # type: ignore[arg-type]
+    store = Access(pool, MySQLEngine(pool.dbapi))  # type: ignore[arg-type]
     globalLogPublisher.addObserver(warnings.append)
     try:
         d = store._run(lambda t: None)
@@ -207,8 +214,8 @@ def test_deadlocks_and_lock_wait_timeouts_are_retried_a_bounded_number_of_times(
     pool, d, _ = _run_with([deadlock] * 10, warnings)
     with pytest.raises(UnavailableError):
         result_of(d)
-    assert pool.runs == Store.max_tries
-    assert len([w for w in warnings if "code" in w]) == Store.max_tries - 1
+    assert pool.runs == Access.max_tries
+    assert len([w for w in warnings if "code" in w]) == Access.max_tries - 1
 
     # anything else fails at once, as before
     warnings.clear()
@@ -223,14 +230,15 @@ def test_each_login_is_stamped_and_acks_of_a_replaced_login_are_refused() -> Non
     millisecond); a checked ack carrying an older login's stamp acknowledges nothing,
     since the newer login may already have read its backlog (tests/test_storage_mariadb.py
     has the cross-node interleavings)."""
-    _, store = make_store()
+    _, store = make_stores()
     a, b = users(store)
     ids = [s.id for s in send(store, a, b, ["one", "two"])]
-    old = result_of(store.backlog_start(b, 100, 5000))
-    new = result_of(store.backlog_start(b, 100, 5000))
+    old = result_of(store.message_log.backlog_start(b, 100, 5000))
+    new = result_of(store.message_log.backlog_start(b, 100, 5000))
     assert (old.login, new.login) == (5000, 5001)
     assert [r[0] for r in new.rows] == ids
     seen = frozenset(ids)
-    assert result_of(store.checked_acks([(b, 0, ids[-1], seen, old.login)])) == [0]
-    assert result_of(store.checked_acks([(b, 0, ids[-1], seen, new.login)])) == [ids[-1]]
-    assert result_of(store.backlog_start(b, 100, 4000)).rows == []
+    log = store.message_log
+    assert result_of(log.checked_acks([(b, 0, ids[-1], seen, old.login)])) == [0]
+    assert result_of(log.checked_acks([(b, 0, ids[-1], seen, new.login)])) == [ids[-1]]
+    assert result_of(store.message_log.backlog_start(b, 100, 4000)).rows == []

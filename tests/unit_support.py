@@ -32,11 +32,10 @@ from qqchat.services.presence import PresenceService
 from qqchat.services.search import SearchService
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
-from qqchat.storage.directory import DirectoryStore
-from qqchat.storage.log import MessageLog
+from qqchat.storage.engines import create_engine
 from qqchat.storage.schema import apply_schema
-from qqchat.storage.store import Store
-from qqchat.storage.tokens import TokenStore
+from qqchat.storage.stores import Stores
+from qqchat.storage.writer import LogWriter
 
 T = TypeVar("T")
 
@@ -48,7 +47,7 @@ __all__ = [
     "Services",
     "build_services",
     "frames",
-    "make_store",
+    "make_stores",
     "result_of",
     "run",
 ]
@@ -118,7 +117,7 @@ class InlineReactor(MemoryReactorClock):
         f(*a, **kw)
 
 
-def make_store() -> tuple[adbapi.ConnectionPool, Store]:
+def make_stores() -> tuple[adbapi.ConnectionPool, Stores]:
     """A real sqlite3 pool on ``:memory:`` with the daemon's schema, running inline.
 
     One connection (cp_min = cp_max = 1) so the in-memory database is shared by
@@ -130,7 +129,7 @@ def make_store() -> tuple[adbapi.ConnectionPool, Store]:
     pool.threadpool = InlineThreadPool()
     pool.start()
     result_of(pool.runInteraction(apply_schema, "sqlite"))
-    return pool, Store(pool, "sqlite")
+    return pool, Stores.open(pool, create_engine("sqlite", pool.dbapi))
 
 
 @dataclass
@@ -139,8 +138,8 @@ class Services:
 
     clock: task.Clock
     pool: adbapi.ConnectionPool
-    store: Store
-    log: MessageLog
+    stores: Stores
+    writer: LogWriter
     hub: SessionHub
     relay: LocalRelay
     users: UserDirectory
@@ -167,26 +166,25 @@ def build_services(clock: task.Clock, limits: Limits | None = None,
     off in most tests (test_unit_roles checks the daemon's default, admins only).
     """
     limits = limits or Limits()
-    pool, store = make_store()
-    log = MessageLog(store, clock)
+    pool, stores = make_stores()
+    writer = LogWriter(stores.message_log, clock)
     hub = SessionHub()
     relay = LocalRelay(hub)
-    users = UserDirectory(store)
-    presence = PresenceService(store, relay)
+    users = UserDirectory(stores.accounts)
+    presence = PresenceService(stores.social, relay)
     hasher = Hasher(lambda f, *a: defer.maybeDeferred(f, *a), 4)
-    accounts = AccountService(store, hasher, relay, presence, users, clock, limits,
-                              TokenStore(pool, "sqlite"), token_ttl,
+    accounts = AccountService(stores.accounts, stores.social, hasher, relay, presence, users,
+                              clock, limits, stores.tokens, token_ttl,
                               kick_on_duplicate=kick_on_duplicate)
-    messages = MessageService(store, log, relay, users, limits, clock,
-                              broadcast_anyone=broadcast_anyone)
-    moderation = DisabledAccounts(store, hub, presence, clock)
-    friends = FriendService(store, relay, users, clock, limits)
-    groups = GroupService(store, relay, clock, limits)
-    directory = DirectoryStore(pool, "sqlite")
+    messages = MessageService(stores.message_log, stores.groups, writer, relay, users, limits,
+                              clock, broadcast_anyone=broadcast_anyone)
+    moderation = DisabledAccounts(stores.accounts, hub, presence, clock)
+    friends = FriendService(stores.social, relay, users, clock, limits)
+    groups = GroupService(stores.groups, relay, clock, limits)
     dispatcher = Dispatcher(accounts, presence, messages, friends, groups,
-                            SearchService(directory, relay, clock, limits),
-                            ConversationService(directory), limits)
-    return Services(clock, pool, store, log, hub, relay, users, presence, accounts, messages,
+                            SearchService(stores.directory, relay, clock, limits),
+                            ConversationService(stores.directory), limits)
+    return Services(clock, pool, stores, writer, hub, relay, users, presence, accounts, messages,
                     friends, groups, dispatcher, moderation, limits)
 
 

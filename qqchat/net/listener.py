@@ -1,4 +1,5 @@
-"""The listening service: waits for the database, then accepts; on stop, says goodbye."""
+"""The listening service: waits for the database, then accepts; the steps of a graceful
+stop, which the daemon takes in order (``app.ChatDaemon.stopService``)."""
 
 from __future__ import annotations
 
@@ -37,14 +38,13 @@ class ChatListenerService(Service):
 
     def __init__(self, endpoint: IStreamServerEndpoint, factory: ConnectionFactory,
                  ready: defer.Deferred[Any], clock: IReactorTime,
-                 on_fatal: Any = None, grace: float = 5.0, edges: Sequence[Edge] = ()
+                 on_fatal: Any = None, edges: Sequence[Edge] = ()
                  ) -> None:
         self.endpoint = endpoint
         self.factory = factory
         self.ready = ready
         self.clock = clock
         self.on_fatal = on_fatal
-        self.grace = grace
         self.edges = [("tcp", endpoint, factory), *edges]
         self.port: IListeningPort | None = None
         self.ports: dict[str, IListeningPort] = {}
@@ -100,35 +100,37 @@ class ChatListenerService(Service):
         if self.on_fatal is not None:
             self.on_fatal()
 
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:
-        """Graceful stop: no new clients; finish the requests in hand and commit them;
-        tell every client ``server_shutdown`` and close; let logouts reach storage."""
+    def stopService(self) -> defer.Deferred[Any]:
+        """Stops accepting. The graceful stop around it (requests in hand, goodbyes,
+        logouts) is the daemon's: ``app.ChatDaemon.stopService``."""
         super().stopService()
+        return self.stop_accepting()
+
+    # -- the steps of a graceful stop, in the order the daemon takes them --
+
+    def stop_accepting(self) -> defer.Deferred[Any]:
+        """No new clients on any edge; plain HTTP connections of the web edge, which
+        have nothing in flight worth a goodbye, are dropped."""
         ports, self.ports = self.ports, {}
-        yield defer.DeferredList([defer.maybeDeferred(p.stopListening)
-                                  for p in ports.values()])
+        d = defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports.values()])
         for _, _, factory in self.edges[1:]:
             drop_idle = getattr(factory, "drop_idle", None)
             if drop_idle is not None:
-                drop_idle()  # plain HTTP connections: nothing in flight worth a goodbye
-        live = list(self.factory.live)
-        in_hand = defer.DeferredList([p.stop_reading() for p in live])
-        yield self._bounded(in_hand)
-        yield self._bounded(self.factory.dispatcher.messages.idle())
+                drop_idle()
+        return d
+
+    def finish_requests(self) -> defer.Deferred[Any]:
+        """Read no more requests; fires once those in hand are answered."""
+        return defer.DeferredList([p.stop_reading() for p in list(self.factory.live)])
+
+    def say_goodbye(self) -> defer.Deferred[Any]:
+        """Tell every client ``server_shutdown`` and close; fires once all are closed
+        (each cut after the connection's grace period if it does not read)."""
         closed = []
-        for p in live:
+        for p in list(self.factory.live):
             d: defer.Deferred[None] = defer.Deferred()
             p.notifyOnClose(d)
             closed.append(d)
             p.send_frame({"type": "server_shutdown"})
-            p.close()  # cut after a grace period if the client does not read
-        yield defer.DeferredList(closed)
-        # logouts (presence to friends) and anything they queued reach the database
-        yield self._bounded(self.factory.dispatcher.drain())
-
-    def _bounded(self, d: defer.Deferred[Any]) -> defer.Deferred[Any]:
-        d.addTimeout(self.grace, self.clock)
-        d.addErrback(lambda f: self.log.warn("graceful stop step timed out: {f}",
-                                             f=f.getErrorMessage()))
-        return d
+            p.close()
+        return defer.DeferredList(closed)

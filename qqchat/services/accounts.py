@@ -20,7 +20,8 @@ from qqchat.services.rules import check_password, check_user_name
 from qqchat.services.throttle import HashTurns, LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
-from qqchat.storage.store import Store, UserRow
+from qqchat.storage.accounts import AccountStore, UserRow
+from qqchat.storage.social import SocialStore
 from qqchat.storage.tokens import TokenStore, new_token, token_hash
 
 T = TypeVar("T")
@@ -29,12 +30,13 @@ T = TypeVar("T")
 class AccountService:
     log = Logger()
 
-    def __init__(self, store: Store, hasher: Hasher, relay: Relay, presence: PresenceService,
-                 users: UserDirectory, clock: IReactorTime, limits: Limits,
-                 tokens: TokenStore, token_ttl: float = 30 * 24 * 3600,
+    def __init__(self, store: AccountStore, social: SocialStore, hasher: Hasher, relay: Relay,
+                 presence: PresenceService, users: UserDirectory, clock: IReactorTime,
+                 limits: Limits, tokens: TokenStore, token_ttl: float = 30 * 24 * 3600,
                  kick_on_duplicate: bool = True, throttle: LoginThrottle | None = None,
                  hash_threads: int = 2) -> None:
         self._store = store
+        self._social = social
         self._turns = HashTurns(hash_threads, clock)
         self._throttle = throttle or LoginThrottle(
             LocalCounters(clock), limits.login_failures_account,
@@ -191,7 +193,7 @@ class AccountService:
     async def _summary(self, uid: int, name: str) -> dict[str, Any]:
         """The login reply: first pages of friends and groups (R8), the rest by request."""
         lim = self._limits
-        view = await self._store.login_view(uid, lim.friends_page, lim.groups_page,
+        view = await self._social.login_view(uid, lim.friends_page, lim.groups_page,
                                             lim.members_preview)
         friends, groups, requests = view.friends, view.groups, view.requests
         friends_more, groups_more = len(friends) > lim.friends_page, len(groups) > lim.groups_page

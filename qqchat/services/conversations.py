@@ -7,7 +7,7 @@ from typing import Any
 from qqchat.errors import ChatError
 from qqchat.session import Session
 from qqchat.storage.directory import DirectoryStore
-from qqchat.storage.store import KIND_DIRECT
+from qqchat.storage.log import KIND_DIRECT
 
 
 class ConversationService:

@@ -12,11 +12,11 @@ from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
-from qqchat.storage.store import Store
+from qqchat.storage.social import SocialStore
 
 
 class FriendService:
-    def __init__(self, store: Store, relay: Relay, users: UserDirectory,
+    def __init__(self, store: SocialStore, relay: Relay, users: UserDirectory,
                  clock: IReactorTime, limits: Limits) -> None:
         self._store = store
         self._max = limits.friends_max

@@ -12,11 +12,12 @@ from qqchat.names import check_name
 from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.session import Session
-from qqchat.storage.store import Store
+from qqchat.storage.groups import GroupStore
 
 
 class GroupService:
-    def __init__(self, store: Store, relay: Relay, clock: IReactorTime, limits: Limits) -> None:
+    def __init__(self, store: GroupStore, relay: Relay, clock: IReactorTime,
+                 limits: Limits) -> None:
         self._store = store
         self._relay = relay
         self._clock = clock

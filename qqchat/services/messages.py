@@ -20,16 +20,17 @@ from qqchat.relay.base import Relay
 from qqchat.services.limits import Limits
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
-from qqchat.storage.log import MessageLog
-from qqchat.storage.store import (
+from qqchat.storage.groups import GroupStore
+from qqchat.storage.log import (
     KIND_BROADCAST,
     KIND_DIRECT,
     KIND_GROUP,
+    LogStore,
     MessageRow,
     NewMessage,
-    Store,
     Stored,
 )
+from qqchat.storage.writer import LogWriter
 
 
 def message_frame(row: MessageRow) -> dict[str, Any]:
@@ -47,13 +48,15 @@ def message_frame(row: MessageRow) -> dict[str, Any]:
 
 
 class MessageService:
-    def __init__(self, store: Store, log: MessageLog, relay: Relay, users: UserDirectory,
+    def __init__(self, message_log: LogStore, groups: GroupStore, writer: LogWriter, relay: Relay,
+                 users: UserDirectory,
                  limits: Limits, clock: IReactorTime, metrics: Registry | None = None,
                  broadcast_anyone: bool = False) -> None:
-        self._store = store
+        self._message_log = message_log
+        self._groups = groups
         #: R9: with False (--broadcast admins), only admin accounts broadcast
         self._broadcast_anyone = broadcast_anyone
-        self._log = log
+        self._writer = writer
         self._relay = relay
         self._users = users
         self._limits = limits
@@ -97,7 +100,7 @@ class MessageService:
                   ) -> tuple[Stored, bytes | None] | defer.Deferred[tuple[Stored, bytes | None]]:
         """The push line for a freshly stored message, or None when there is nothing
         (more) to push."""
-        if stored.rejected:
+        if stored.not_member:
             return stored, None
         if stored.duplicate:
             if self._relay.ordered:
@@ -113,16 +116,16 @@ class MessageService:
         """Several nodes: the first try may have committed and then failed before its
         push (the sender saw `unavailable`). Push the stored original again; sessions
         drop ids they have already been sent."""
-        original = await self._store.message(stored.id)
+        original = await self._message_log.message(stored.id)
         if original is None:
             return stored, None
         if message.group_id is not None:
-            stored.members = await self._store.group_member_ids(message.group_id)
+            stored.members = await self._groups.group_member_ids(message.group_id)
         return stored, encode(message_frame(original))
 
     def _append(self, name: str, message: NewMessage
                 ) -> defer.Deferred[tuple[Stored, bytes | None]]:
-        return self._log.append(message).addCallback(self._line_for, name, message)
+        return self._writer.append(message).addCallback(self._line_for, name, message)
 
     @staticmethod
     def _reply(stored: Stored) -> dict[str, Any]:
@@ -179,19 +182,19 @@ class MessageService:
     def _group_stored(self, result: tuple[Stored, bytes | None], uid: int, gid: int
                       ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         stored, line = result
-        if stored.rejected:
+        if stored.not_member:
             return defer.Deferred.fromCoroutine(self._refused_in_group(gid))
         if line is not None and stored.members:
             self._relay.deliver([m for m in stored.members if m != uid], stored.id, line)
         return self._reply(stored)
 
     async def _refused_in_group(self, gid: int) -> dict[str, Any]:
-        if await self._store.group(gid) is None:
+        if await self._groups.group(gid) is None:
             raise ChatError("no_such_group", f"there is no group {gid}")
         raise ChatError("not_member", f"you are not a member of group {gid}")
 
     def idle(self) -> defer.Deferred[None]:
-        return self._log.idle()
+        return self._writer.idle()
 
     def ack(self, session: Session, message_id: int
             ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
@@ -202,14 +205,14 @@ class MessageService:
             raise ChatError("bad_ack", f"message {message_id} has not been delivered to you")
         if session.seen is not None:
             return defer.Deferred.fromCoroutine(self._ack_seen(session, uid, message_id))
-        return self._log.ack(uid, message_id).addCallback(
+        return self._writer.ack(uid, message_id).addCallback(
             self._acked, session, message_id, message_id)
 
     async def _ack_seen(self, session: Session, uid: int, message_id: int) -> dict[str, Any]:
         """Several nodes: pushes from different nodes can cross, so the log says how
         far the ack may go: up to the first message of the user's this session has
         not been sent. Ids commit in id order, so all up to ``message_id`` are readable."""
-        upto = await self._log.checked_ack(uid, session.acked, message_id,
+        upto = await self._writer.checked_ack(uid, session.acked, message_id,
                                            frozenset(session.seen or ()), session.login)
         return self._acked(None, session, message_id, upto)
 
@@ -229,7 +232,7 @@ class MessageService:
             return 0
         after, count = session.acked, 0
         while True:
-            rows = await self._store.undelivered(uid, after, self._limits.backlog_page)
+            rows = await self._message_log.undelivered(uid, after, self._limits.backlog_page)
             if session.closed or session.user_id != uid:
                 return count
             for row in rows:
@@ -247,12 +250,12 @@ class MessageService:
         Pending acks (say, from a session this login just replaced) are committed
         first, so the backlog never repeats what the client was told is acked; an
         old session's ack on another node is either read by ``backlog_start`` or
-        refused (``Store.checked_acks``).
+        refused (``LogStore.checked_acks``).
         """
         uid, _ = self._sender(session)
-        await self._log.settled(uid)
+        await self._writer.acks_written(uid)
         page = self._limits.backlog_page
-        start = await self._store.backlog_start(uid, page, int(self._clock.seconds() * 1000))
+        start = await self._message_log.backlog_start(uid, page, int(self._clock.seconds() * 1000))
         after, rows = start.acked, start.rows
         session.acked, session.login = after, start.login
         if not self._relay.ordered:
@@ -275,7 +278,7 @@ class MessageService:
                         return count
             if len(rows) < page:
                 break
-            rows = await self._store.undelivered(uid, after, page)
+            rows = await self._message_log.undelivered(uid, after, page)
         session.send({"type": "synced", "count": count})
         session.end_sync()
         return count
@@ -286,15 +289,15 @@ class MessageService:
         assert uid is not None
         before = before if before is not None else 2**62
         if group is not None:
-            if await self._store.member_role(group, uid) is None:
-                if await self._store.group(group) is None:
+            if await self._groups.member_role(group, uid) is None:
+                if await self._groups.group(group) is None:
                     raise ChatError("no_such_group", f"there is no group {group}")
                 raise ChatError("not_member", f"you are not a member of group {group}")
-            rows = await self._store.history_group(group, before, limit)
+            rows = await self._message_log.history_group(group, before, limit)
         else:
             assert with_user is not None
             if await self._users.name_of(with_user) is None:
                 raise ChatError("no_such_user", f"there is no user {with_user}")
-            rows = await self._store.history_direct(uid, with_user, before, limit)
+            rows = await self._message_log.history_direct(uid, with_user, before, limit)
         rows.reverse()
         return {"messages": [message_frame(r) for r in rows], "more": len(rows) == limit}

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from qqchat.relay.hub import SessionHub
 from qqchat.services.presence import PresenceService
-from qqchat.storage.store import Store
+from qqchat.storage.accounts import AccountStore
 
 #: seconds between two looks; a disabled user's session ends within about this long
 SWEEP_EVERY = 5.0
@@ -27,7 +27,7 @@ OVERLAP_MS = 60_000
 class DisabledAccounts(Service):
     log = Logger()
 
-    def __init__(self, store: Store, hub: SessionHub, presence: PresenceService,
+    def __init__(self, store: AccountStore, hub: SessionHub, presence: PresenceService,
                  clock: IReactorTime, every: float = SWEEP_EVERY) -> None:
         self._store = store
         self._hub = hub

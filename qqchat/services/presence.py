@@ -8,13 +8,13 @@ from qqchat.codec import encode
 from qqchat.errors import ChatError
 from qqchat.relay.base import Relay
 from qqchat.session import Session
-from qqchat.storage.store import Store
+from qqchat.storage.social import SocialStore
 
 
 class PresenceService:
     log = Logger()
 
-    def __init__(self, store: Store, relay: Relay) -> None:
+    def __init__(self, store: SocialStore, relay: Relay) -> None:
         self._store = store
         self._relay = relay
 

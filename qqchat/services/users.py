@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from qqchat.storage.store import Store
+from qqchat.storage.accounts import AccountStore
 
 
 class UserDirectory:
     """Answers "does user N exist, and what is their name" without a query per message."""
 
-    def __init__(self, store: Store, max_entries: int = 200_000) -> None:
+    def __init__(self, store: AccountStore, max_entries: int = 200_000) -> None:
         self._store = store
         self._names: dict[int, str] = {}
         self._max = max_entries

@@ -11,15 +11,15 @@ at the next login.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from qqchat.names import fold
-from qqchat.storage.pool import DatabaseConfig, check_driver
+from qqchat.storage import engines
+from qqchat.storage.engines import ConnectError, Engine
+from qqchat.storage.pool import DatabaseConfig
 from qqchat.storage.schema import apply_schema
 
 _COLUMNS = "id, name, created_at, last_login, is_admin, disabled, disabled_at"
@@ -29,7 +29,7 @@ class DatabaseUnavailableError(Exception):
     """The database cannot be opened or stopped answering; the message says which."""
 
 
-class NoSuchDatabaseError(DatabaseUnavailableError):
+class NoSuchDatabaseError(DatabaseUnavailableError, engines.NoSuchDatabaseError):
     """An SQLite file that does not exist: opening it would create an empty one."""
 
 
@@ -54,18 +54,17 @@ def _account(row: Any) -> Account:
 
 
 class AdminStore:
-    """One connection and its dialect; ``?`` placeholders, translated for MySQLdb."""
+    """One connection and its engine; ``?`` placeholders, translated by the engine."""
 
-    def __init__(self, conn: Any, dialect: str, dbapi: Any) -> None:
+    def __init__(self, conn: Any, engine: Engine) -> None:
         self.conn = conn
-        self.dialect = dialect
-        self._dbapi = dbapi
+        self.engine = engine
+        self.dialect = engine.name
+        self._integrity_error = engine.integrity_error
         #: errors that mean "the database is away", not "this request is wrong"
         self.unavailable_errors: tuple[type[BaseException], ...] = (
-            dbapi.OperationalError, dbapi.InterfaceError)
-
-    def _q(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.dialect == "mysql" else sql
+            engine.dbapi.OperationalError, engine.dbapi.InterfaceError)
+        self._q = engine.sql
 
     @contextmanager
     def _txn(self) -> Iterator[Any]:
@@ -128,7 +127,7 @@ class AdminStore:
                 t.execute(self._q("INSERT INTO users (name, pw_hash, created_at, acked, "
                                   "name_key, is_admin) VALUES (?, ?, ?, ?, ?, ?)"),
                           (name, pw_hash, now, head, fold(name), int(admin)))
-            except self._dbapi.IntegrityError:
+            except self._integrity_error:
                 return None
             return int(t.lastrowid)
 
@@ -155,41 +154,18 @@ class AdminStore:
             t.execute(self._q("UPDATE users SET is_admin = ? WHERE id = ?"), (int(admin), uid))
 
 
-def _sqlite_connect(path: str, create: bool) -> AdminStore:
-    if not create and not os.path.exists(path):
-        raise NoSuchDatabaseError(f"no database at sqlite:///{path} (a daemon creates it at its "
-                             "first start, or run: qqchat-admin migrate)")
-    if create:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    try:
-        conn = sqlite3.connect(path)
-        # as the daemon's connection: WAL, durable commits, and wait for its writes
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-    except sqlite3.Error as e:
-        raise DatabaseUnavailableError(f"cannot open sqlite:///{path}: {e}") from None
-    return AdminStore(conn, "sqlite", sqlite3)
-
-
-def _mysql_connect(config: DatabaseConfig) -> AdminStore:
-    check_driver(config)
-    import MySQLdb
-
-    try:
-        conn = MySQLdb.connect(host=config.host, port=config.port, user=config.user,
-                               passwd=config.password, db=config.database, charset="utf8mb4",
-                               connect_timeout=5, read_timeout=10, write_timeout=10)
-    except MySQLdb.Error as e:
-        raise DatabaseUnavailableError(f"database {config.describe()} unreachable: {e}") from None
-    return AdminStore(conn, "mysql", MySQLdb)
-
-
 def open_store(config: DatabaseConfig, create: bool = False) -> AdminStore:
     """Connect and apply the schema. An SQLite file is created only with ``create``
     (``migrate``): a mistyped path must not quietly become an empty database."""
-    store = (_sqlite_connect(config.path, create) if config.dialect == "sqlite"
-             else _mysql_connect(config))
+    engine = config.engine
+    try:
+        conn = engine.connect(config, create, lock_wait_ms=5000, timeouts=True)
+    except engines.NoSuchDatabaseError as e:
+        raise NoSuchDatabaseError(f"{e} (a daemon creates it at its first start, or run: "
+                                  "qqchat-admin migrate)") from None
+    except ConnectError as e:
+        raise DatabaseUnavailableError(str(e)) from None
+    store = AdminStore(conn, engine(engine.driver()))
     try:
         store.migrate()
     except store.unavailable_errors as e:

@@ -16,7 +16,7 @@ from twisted.internet import defer
 
 from qqchat.names import PREFIX_END
 from qqchat.storage.access import Access
-from qqchat.storage.store import KIND_DIRECT, KIND_GROUP
+from qqchat.storage.log import KIND_DIRECT, KIND_GROUP
 
 #: unread messages counted per conversation; past it a client shows "999+"
 UNREAD_MAX = 1000
@@ -131,7 +131,7 @@ class DirectoryStore(Access):
             " ORDER BY g.last_id DESC LIMIT ?")
 
         def txn(t: Any) -> list[Conversation]:
-            self._settle(t)
+            self._engine.before_log_read(t)
             t.execute(q_direct, (user_id, before, limit))
             page: list[tuple[int, int, int, int, str]] = [
                 (int(last), KIND_DIRECT, int(peer), 0, "") for peer, last in t.fetchall()]

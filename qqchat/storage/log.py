@@ -1,235 +1,416 @@
-"""Group commit for the message log: one transaction per batch, never one per message."""
+"""The SQL of the message log: one transaction per batch of appends and acks (the
+writer, ``writer.LogWriter``, makes the batches), the checked acks of a cluster, a
+login's start, and every read of the log.
+
+Ids come from the ``log_seq`` row (``Engine.reserve_ids``). Where the engine
+stages new messages (SQLite), rows are inserted into ``Engine.log_table`` and
+every read here first calls ``Engine.before_log_read``: ``reads_log`` makes the
+plain ``_all``/``_one`` reads of this store do so, and each ``txn`` that reads
+the log calls it itself.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from qqchat.metrics import LATENCY_BUCKETS, Registry
-from qqchat.storage.store import CheckedAck, NewMessage, Store, Stored
+from qqchat.storage.access import Access
+from qqchat.storage.engines import Engine
+from qqchat.storage.engines.base import LOG_COLUMNS
 
-#: entries (messages plus users' ack positions) one transaction carries
-BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+KIND_DIRECT = 1
+KIND_GROUP = 2
+KIND_BROADCAST = 3
 
 
-class MessageLog:
-    """Collects appends and acks and writes them in batches.
+def locked_head(engine: Engine, t: Any) -> int:
+    """The log head, read so that a message batch in flight is waited for (share
+    lock): a new member's ``since_id``, or a new account's start, is then exactly
+    the last message not meant for them."""
+    t.execute("SELECT last_id FROM log_seq WHERE id = 1" + engine.share_lock)
+    return int(t.fetchone()[0])
 
-    Whatever arrives while a batch is being committed goes into the next one,
-    so under load each transaction carries many messages while a lone message
-    still commits at once. Callers' Deferreds fire in log order after commit,
-    which is what makes live pushes leave in id order.
-    """
 
-    log = Logger()
+@dataclass(slots=True)
+class NewMessage:
+    """A message waiting for the log writer; ``cid`` makes client retries idempotent."""
 
-    def __init__(self, store: Store, clock: IReactorTime, max_batch: int = 1000,
-                 metrics: Registry | None = None, min_interval: float = 0.0) -> None:
-        self._store = store
-        self._clock = clock
-        self._max_batch = max_batch
-        #: seconds from one batch's start to the next one's at the least: under load a
-        #: commit costs the same for 3 messages as for 30 (it is the fsync), so waiting
-        #: a little for more buys CPU; a lone message still goes at once
-        self._min_interval = min_interval
-        self._last_start = float("-inf")
-        self._messages: list[tuple[NewMessage, defer.Deferred[Stored]]] = []
-        self._acks: dict[int, int] = {}
-        #: the acks of the batch being written
-        self._writing_acks: dict[int, int] = {}
-        self._ack_waiters: list[defer.Deferred[None]] = []
-        #: checked acks waiting for the next check transaction
-        self._checks: list[tuple[CheckedAck, defer.Deferred[int]]] = []
-        self._checks_scheduled: Any = None
-        self._checks_running = False
-        #: checked acks queued or in flight, per user, and who waits for them to finish
-        self._checking: dict[int, int] = {}
-        self._check_waiters: dict[int, list[defer.Deferred[None]]] = {}
-        self._scheduled: Any = None
-        self._writing = False
-        self.batches = 0
-        self._idle_waiters: list[defer.Deferred[None]] = []
-        m = metrics if metrics is not None else Registry()
-        self._batch_size = m.histogram(
-            "qqchat_log_batch_size", "Entries (messages and acks) per log transaction.",
-            BATCH_BUCKETS)
-        self._commit_seconds = m.histogram(
-            "qqchat_log_commit_seconds", "Time from a log batch's start to its commit.",
-            LATENCY_BUCKETS)
-        self._batches_failed = m.counter(
-            "qqchat_log_batches_failed_total",
-            "Log batches whose transaction failed (their senders got an error).")
+    kind: int
+    sender: int
+    body: str
+    recipient: int | None = None
+    group_id: int | None = None
+    cid: str | None = None
 
-    def append(self, message: NewMessage) -> defer.Deferred[Stored]:
-        d: defer.Deferred[Stored] = defer.Deferred()
-        self._messages.append((message, d))
-        self._schedule()
+
+@dataclass(slots=True)
+class Stored:
+    """The outcome of one append. For a new group message, ``members`` is the group's
+    membership read inside the writing transaction: exactly who it belongs to."""
+
+    id: int
+    ts: int
+    duplicate: bool
+    #: the sender is not a member of the group: nothing was stored
+    not_member: bool = False
+    members: list[int] | None = None
+
+
+@dataclass(slots=True)
+class Backlog:
+    """Where a login's backlog starts (``LogStore.backlog_start``)."""
+
+    #: the acknowledged position the backlog follows
+    acked: int
+    #: the stamp naming this login; its checked acks carry it
+    login: int
+    #: the first page of messages after ``acked``
+    rows: list[MessageRow]
+
+
+#: (user, after, upto, seen, login): an ack ``LogStore.checked_acks`` checks
+CheckedAck = tuple[int, int, int, frozenset[int], int | None]
+
+
+# (id, kind, sender, sender_name, recipient, group_id, body, ts)
+MessageRow = tuple[int, int, int, str, int | None, int | None, str, int]
+
+_MESSAGE_COLUMNS = "m.id, m.kind, m.sender, u.name, m.recipient, m.group_id, m.body, m.ts"
+
+def _reach(after: int, upto: int, ids: set[int], seen: frozenset[int]) -> int:
+    """How far an ack up to ``upto`` may go: below the first of the user's messages in
+    (``after``, ``upto``] (``ids``) that the session has not been sent (``seen``)."""
+    for mid in sorted(ids):
+        if mid not in seen:
+            return max(mid - 1, after)
+    return upto
+
+
+def _by_user(row: tuple[int, int, int]) -> int:
+    """The user id of an (acked, user id, acked) row: the order rows are locked in."""
+    return row[1]
+
+
+class LogStore(Access):
+    """The message log's SQL; Deferreds fire in the reactor thread."""
+
+    reads_log = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        engine, p = self._engine, self._engine.param
+        self._q_insert = self._q(f"INSERT INTO {engine.log_table} ({LOG_COLUMNS}) "
+                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        self._q_group_head = self._q(
+            f"UPDATE chat_groups SET last_id = {engine.greatest}(last_id, ?) WHERE id = ?")
+        self._conversation_upsert = engine.keep_greatest("user_id, peer_id", "last_id",
+                                                         "conversations")
+        head = engine.reserved_head
+        #: a message row and a conversation row of ``_write_in_one_trip``
+        self._one_trip_row = f"({head} - {p}, {p}, {p}, {p}, NULL, {p}, {p}, NULL)"
+        self._one_trip_pair = f"({p}, {p}, {head} - {p})"
+
+    def write_batch(self, messages: Sequence[NewMessage], acks: Iterable[tuple[int, int]],
+                    now: int) -> defer.Deferred[list[Stored]]:
+        """Append ``messages`` and apply ``acks`` (user id, message id) in one transaction.
+
+        Ids come from the log_seq row, whose lock is held to commit: transactions
+        that write messages commit one after another in id order, on any number of
+        daemons, so a cumulative ack can never pass a message that commits late.
+        """
+        engine = self._engine
+        q_ins = self._q_insert
+        q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
+        # users rows in id order, as every transaction that locks several takes them
+        ack_rows = [(mid, uid, mid) for uid, mid in sorted(acks)]
+
+        def txn(t: Any) -> list[Stored]:
+            if engine.multi_statements and messages and self._one_trip(messages):
+                return self._write_in_one_trip(t, messages, ack_rows, now)
+            results: list[Stored] = []
+            if messages:
+                head = engine.reserve_ids(t, len(messages))
+                next_id = head - len(messages) + 1
+                rows = []
+                by_cid = self._stored_cids(
+                    t, {(m.sender, m.cid) for m in messages if m.cid is not None})
+                # read under the log_seq lock: a join either committed before (and
+                # the joiner gets the message) or gets a since_id past it
+                members: dict[int, list[int]] = {}
+                for m in messages:
+                    if m.group_id is not None and m.group_id not in members:
+                        t.execute(q_members, (m.group_id,))
+                        members[m.group_id] = [int(r[0]) for r in t.fetchall()]
+                    group = members.get(m.group_id) if m.group_id is not None else None
+                    if group is not None and m.sender not in group:
+                        results.append(Stored(0, now, False, not_member=True))
+                        continue
+                    if m.cid is not None:
+                        seen = by_cid.get((m.sender, m.cid))
+                        if seen is not None:
+                            results.append(Stored(seen.id, seen.ts, True))
+                            continue
+                    stored = Stored(next_id, now, False, members=group)
+                    if m.cid is not None:
+                        by_cid[(m.sender, m.cid)] = stored
+                    rows.append((next_id, m.kind, m.sender, m.recipient, m.group_id, m.body,
+                                 now, m.cid))
+                    results.append(stored)
+                    next_id += 1
+                if rows:
+                    t.executemany(q_ins, rows)
+                    if not engine.stages_log:  # else derived when the staged rows move
+                        self._write_derived(t, rows)
+                    engine.after_log_insert(t, next_id)
+            if ack_rows:
+                self._write_acks(t, ack_rows)
+            return results
+
+        return self._run(txn)
+
+    #: the most message text sent as one multi-statement (its packet stays small)
+    _ONE_TRIP_BYTES = 256 * 1024
+
+    def _one_trip(self, messages: Sequence[NewMessage]) -> bool:
+        """Whether the batch needs nothing read back before it is written: no group
+        (its members are read under the lock), no client id (looked up first)."""
+        size = 0
+        for m in messages:
+            if m.group_id is not None or m.cid is not None:
+                return False
+            size += len(m.body)
+        return size * 4 <= self._ONE_TRIP_BYTES
+
+    def _write_in_one_trip(self, t: Any, messages: Sequence[NewMessage],
+                           ack_rows: list[tuple[int, int, int]], now: int) -> list[Stored]:
+        """Where the engine takes multi-statements (MySQL): reserve the ids, insert the
+        rows, apply the acks and read the head back in one round trip, then the
+        commit: two round trips a batch instead of four, each of which holds the
+        log_seq lock for every node. The rows take their ids from the engine's
+        ``reserved_head`` (LAST_INSERT_ID), which the reservation sets."""
+        engine = self._engine
+        n = len(messages)
+        parts = [engine.reserve_sql,
+                 f"INSERT INTO messages ({LOG_COLUMNS}) VALUES "
+                 + ",".join([self._one_trip_row] * n),
+                 f"SELECT {engine.reserved_head}"]
+        params: list[Any] = [n]
+        for k, m in enumerate(messages):
+            params += (n - 1 - k, m.kind, m.sender, m.recipient, m.body, now)
+        # the conversation list: each pair's newest message, by its offset from the head
+        newest: dict[tuple[int, int], int] = {}
+        for k, m in enumerate(messages):
+            if m.kind == KIND_DIRECT and m.recipient is not None:
+                newest[(m.sender, m.recipient)] = newest[(m.recipient, m.sender)] = n - 1 - k
+        if newest:
+            parts.append("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
+                         + ",".join([self._one_trip_pair] * len(newest))
+                         + self._conversation_upsert)
+            for (user, peer), offset in sorted(newest.items()):
+                params += (user, peer, offset)
+        for row in ack_rows:
+            parts.append(self._q(self._ACK))
+            params += row
+        sets = engine.run_script(t, parts, params)
+        if not sets or not sets[0]:
+            raise RuntimeError("the log head was not returned")
+        first = int(sets[0][0][0]) - n + 1
+        return [Stored(first + k, now, False) for k in range(n)]
+
+    def _write_derived(self, t: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Keep the conversation list (each pair's and each group's newest message) in
+        step with the rows just inserted, in the same transaction. (An engine that
+        stages rows does this in bulk when they move: ``SqliteEngine.unstage``.)"""
+        p = self._engine.param
+        newest: dict[tuple[int, int], int] = {}
+        groups: dict[int, int] = {}
+        for mid, kind, sender, recipient, gid, *_ in rows:
+            if kind == KIND_DIRECT:
+                newest[(sender, recipient)] = newest[(recipient, sender)] = mid
+            elif kind == KIND_GROUP:
+                groups[gid] = mid
+        if newest:
+            t.execute("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
+                      + ",".join([f"({p}, {p}, {p})"] * len(newest))
+                      + self._conversation_upsert,
+                      [v for (user, peer), mid in sorted(newest.items())
+                       for v in (user, peer, mid)])
+        for gid, mid in sorted(groups.items()):
+            t.execute(self._q_group_head, (mid, gid))
+
+    _ACK = "UPDATE users SET acked = ? WHERE id = ? AND acked < ?"
+
+    def _write_acks(self, t: Any, rows: Sequence[tuple[int, int, int]]) -> None:
+        """Apply (acked, user id, acked) rows, sorted by user id: each UPDATE locks its
+        users row until commit, so two transactions (two nodes' acks) that took the
+        same rows in opposite orders would deadlock. ``Engine.execute_each`` sends
+        them in as few round trips as it can."""
+        self._engine.execute_each(t, self._q(self._ACK), sorted(rows, key=_by_user))
+
+    #: (sender, cid) pairs looked up per statement
+    _CID_CHUNK = 100
+
+    def _stored_cids(self, t: Any, keys: set[tuple[int, str]]
+                     ) -> dict[tuple[int, str], Stored]:
+        """The messages already stored under these (sender, cid) keys, in one statement
+        per hundred keys rather than one per message: on MySQL each statement is a
+        round trip to the server."""
+        found: dict[tuple[int, str], Stored] = {}
+        todo = list(keys)
+        for i in range(0, len(todo), self._CID_CHUNK):
+            chunk = todo[i : i + self._CID_CHUNK]
+            where = " OR ".join(["(sender = ? AND cid = ?)"] * len(chunk))
+            params = [v for key in chunk for v in key]
+            sql = f"SELECT sender, cid, id, ts FROM messages WHERE {where}"
+            if self._engine.stages_log:
+                sql += f" UNION ALL SELECT sender, cid, id, ts FROM messages_recent WHERE {where}"
+                params += params
+            t.execute(self._q(sql), params)
+            for sender, cid, mid, ts in t.fetchall():
+                if isinstance(cid, bytes):
+                    cid = cid.decode()
+                found[(int(sender), cid)] = Stored(int(mid), int(ts), False)
+        return found
+
+    def message(self, message_id: int) -> defer.Deferred[MessageRow | None]:
+        d = self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
+            " WHERE m.id = ?", message_id)
+        d.addCallback(lambda rows: rows[0] if rows else None)
         return d
 
-    def ack(self, user_id: int, message_id: int) -> defer.Deferred[None]:
-        """Record that ``user_id`` has everything up to ``message_id``; fires once durable."""
-        if message_id > self._acks.get(user_id, 0):
-            self._acks[user_id] = message_id
-        d: defer.Deferred[None] = defer.Deferred()
-        self._ack_waiters.append(d)
-        self._schedule()
-        return d
+    _UNDELIVERED = (
+        f"SELECT {_MESSAGE_COLUMNS} FROM ("
+        " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND recipient = ? AND id > ?"
+        "  ORDER BY id LIMIT ?) d"
+        " UNION ALL"
+        " SELECT id FROM (SELECT m.id FROM group_members gm JOIN messages m"
+        "  ON m.group_id = gm.group_id WHERE m.kind = 2 AND gm.user_id = ?"
+        "  AND m.id > gm.since_id"
+        "  AND m.id > ? AND m.sender <> ? ORDER BY m.id LIMIT ?) g"
+        " UNION ALL"
+        " SELECT id FROM (SELECT id FROM messages WHERE kind = 3 AND id > ? AND sender <> ?"
+        "  ORDER BY id LIMIT ?) b"
+        ") x JOIN messages m ON m.id = x.id JOIN users u ON u.id = m.sender"
+        " ORDER BY m.id LIMIT ?")
 
-    def checked_ack(self, user_id: int, after: int, upto: int, seen: frozenset[int],
-                    login: int | None = None) -> defer.Deferred[int]:
-        """Several nodes: an ack checked against the log (``Store.checked_acks``),
-        refused if the user has logged in again since the login stamped ``login``.
-        The checks that arrive while one transaction of them runs share the next, as
-        messages share a batch. ``settled`` and ``idle`` wait for them like for a
-        batched ack."""
-        d: defer.Deferred[int] = defer.Deferred()
-        self._checks.append(((user_id, after, upto, seen, login), d))
-        self._checking[user_id] = self._checking.get(user_id, 0) + 1
-        if self._checks_scheduled is None and not self._checks_running:
-            self._checks_scheduled = self._clock.callLater(0, self._run_checks)
-        return d
+    @staticmethod
+    def _undelivered_params(user_id: int, after: int, limit: int) -> tuple[int, ...]:
+        return (user_id, after, limit, user_id, after, user_id, limit, after, user_id, limit,
+                limit)
 
-    def _run_checks(self) -> None:
-        self._checks_scheduled = None
-        checks, self._checks = self._checks, []
-        self._checks_running = True
-        d = self._store.checked_acks([check for check, _ in checks])
-        d.addCallbacks(self._checks_done, self._checks_failed, callbackArgs=(checks,),
-                       errbackArgs=(checks,))
-        d.addErrback(self._checks_unexpected, checks)
+    def undelivered(self, user_id: int, after: int, limit: int
+                    ) -> defer.Deferred[list[MessageRow]]:
+        """The user's messages after ``after`` in id order: one-to-one to them (notes to
+        self included), their groups' since they joined, and others' broadcasts."""
+        return self._all(self._UNDELIVERED,
+                             *self._undelivered_params(user_id, after, limit))
 
-    def _checks_done(self, reached: list[int], checks: list[Any]) -> None:
-        self._checks_running = False
-        for (check, d), r in zip(checks, reached, strict=True):
-            self._checked(check[0])
-            d.callback(r)
-        self._next_checks()
+    _IDS_BETWEEN = (
+        "SELECT id FROM messages WHERE kind = 1 AND recipient = ? AND id > ? AND id <= ?"
+        " UNION ALL"
+        " SELECT m.id FROM group_members gm JOIN messages m ON m.group_id = gm.group_id"
+        " WHERE m.kind = 2 AND gm.user_id = ? AND m.id > gm.since_id AND m.id > ?"
+        " AND m.id <= ? AND m.sender <> ?"
+        " UNION ALL"
+        " SELECT id FROM messages WHERE kind = 3 AND id > ? AND id <= ? AND sender <> ?")
 
-    def _checks_failed(self, failure: Failure, checks: list[Any]) -> None:
-        self._checks_running = False
-        for check, d in checks:
-            self._checked(check[0])
-            d.errback(failure)
-        self._next_checks()
+    def checked_acks(self, acks: Sequence[CheckedAck]) -> defer.Deferred[list[int]]:
+        """Several nodes: for each (user, ``after``, ``upto``, ``seen``, ``login``),
+        acknowledge up to ``upto``, but never past a message of the user's in
+        (``after``, ``upto``] that is not in ``seen`` (it may still be on its way from
+        another node), and nothing at all once the user has logged in again since the
+        login stamped ``login`` (``backlog_start``; None: not checked). All are read
+        and written in one transaction (on MySQL, the reads in one round trip and the
+        writes in another); returns each position acknowledged (``after`` when nothing
+        could be).
 
-    def _next_checks(self) -> None:
-        if self._checks:
-            self._run_checks()
-        elif not self._writing and not self.pending():
-            self._done_idle()
+        The users rows are locked first, in id order, before anything is read: a
+        login's stamp (``backlog_start``) then either commits before this
+        transaction reads it (the ack is refused: that login's backlog, read after
+        its stamp, may resend these messages, and the reply must not call them
+        acknowledged) or waits until this transaction has committed (the login reads
+        the new position)."""
+        engine = self._engine
+        q_ids = self._q(self._IDS_BETWEEN)
+        users = sorted({a[0] for a in acks})
+        q_lock = self._q(f"SELECT id, last_login FROM users WHERE id IN "
+                         f"({self._placeholders(len(users))}) ORDER BY id" + engine.for_update)
 
-    def _checked(self, user_id: int) -> None:
-        left = self._checking.pop(user_id) - 1
-        if left:
-            self._checking[user_id] = left
-        else:
-            for w in self._check_waiters.pop(user_id, []):
-                w.callback(None)
+        def ids_params(user_id: int, after: int, upto: int) -> tuple[int, ...]:
+            return (user_id, after, upto, user_id, after, upto, user_id, after, upto,
+                    user_id)
 
-    def settled(self, user_id: int) -> defer.Deferred[None]:
-        """Fires once no ack of ``user_id``'s is waiting to be written on this node: at
-        once if none is queued or being written, else after the batch or check that
-        carries it. A login waits for this before its backlog is read, so that an
-        ack its old session sent here counts. Acks of another node's session are not
-        seen here: ``Store.backlog_start`` and ``Store.checked_acks`` order those
-        against the login in the database."""
-        if user_id in self._checking:
-            d: defer.Deferred[None] = defer.Deferred()
-            self._check_waiters.setdefault(user_id, []).append(d)
-            return d.addCallback(lambda _: self.settled(user_id))
-        if user_id in self._acks or user_id in self._writing_acks:
-            return self.ack(user_id, 0)  # the next batch commits after the one in flight
-        return defer.succeed(None)
+        def txn(t: Any) -> list[int]:
+            engine.before_log_read(t)
+            sets = engine.result_sets(
+                t, [(q_lock, users)] + [(q_ids, ids_params(user_id, after, upto))
+                                        for user_id, after, upto, _, _ in acks])
+            stamps = {int(uid): int(stamp) for uid, stamp in sets[0]}
+            found = [{int(r[0]) for r in rows} for rows in sets[1:]]
+            reached = [
+                after if login is not None and stamps.get(user_id) != login
+                else _reach(after, upto, ids, seen)
+                for (user_id, after, upto, seen, login), ids in zip(acks, found, strict=True)]
+            rows = [(r, user_id, r)
+                    for (user_id, after, *_), r in zip(acks, reached, strict=True)
+                    if r > after]
+            if rows:
+                self._write_acks(t, rows)
+            return reached
 
-    def pending(self) -> int:
-        return len(self._messages) + len(self._ack_waiters) + len(self._checking)
+        return self._run(txn)
 
-    def idle(self) -> defer.Deferred[None]:
-        """Fires once everything appended so far is committed (or failed)."""
-        if not self._writing and not self.pending():
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._idle_waiters.append(d)
-        return d
+    def backlog_start(self, user_id: int, limit: int, now: int) -> defer.Deferred[Backlog]:
+        """A login's start, in one transaction: stamp the users row with a value that
+        names this login (``users.last_login``: the time in ms, made strictly
+        greater than the previous login's), then read the acknowledged position and
+        the first page of what follows it.
 
-    def _schedule(self) -> None:
-        if self._scheduled is None and not self._writing:
-            # next reactor turn at the earliest: everything that arrives in this turn
-            # shares the batch
-            delay = self._last_start + self._min_interval - self._clock.seconds()
-            self._scheduled = self._clock.callLater(max(delay, 0.0), self._flush)
+        The stamp is an UPDATE, so it waits for any ack transaction holding the row
+        (one of another node's, say) and the read after it sees that ack; an ack
+        of an older login that comes later finds a newer stamp and is refused
+        (``checked_acks``). Either way a message this login's backlog sends was
+        never confirmed acknowledged to anyone."""
+        bump = self._engine.greatest
+        q_stamp = self._q(f"UPDATE users SET last_login = {bump}(?, last_login + 1) "
+                          "WHERE id = ?")
+        q_acked = self._q("SELECT acked, last_login FROM users WHERE id = ?")
+        q_rows = self._q(self._UNDELIVERED)
 
-    def _flush(self) -> None:
-        self._scheduled = None
-        if not (self._messages or self._ack_waiters):
-            return
-        batch, self._messages = (self._messages[: self._max_batch],
-                                 self._messages[self._max_batch :])
-        acks, self._acks = self._acks, {}
-        self._writing_acks = acks
-        ack_waiters, self._ack_waiters = self._ack_waiters, []
-        self._writing = True
-        started = self._last_start = self._clock.seconds()
-        self._batch_size.observe(len(batch) + len(acks))
-        d = self._store.write_batch([m for m, _ in batch], acks.items(), int(started * 1000))
-        d.addCallbacks(self._written, self._failed,
-                       callbackArgs=(batch, ack_waiters, started),
-                       errbackArgs=(batch, ack_waiters))
-        d.addErrback(self._batch_unexpected, batch, ack_waiters)
+        def txn(t: Any) -> Backlog:
+            t.execute(q_stamp, (now, user_id))
+            self._engine.before_log_read(t)
+            t.execute(q_acked, (user_id,))
+            row = t.fetchone()
+            acked, login = (int(row[0]), int(row[1])) if row else (0, 0)
+            t.execute(q_rows, self._undelivered_params(user_id, acked, limit))
+            return Backlog(acked, login, list(t.fetchall()))
 
-    def _written(self, results: list[Stored], batch: list[Any],
-                 ack_waiters: list[defer.Deferred[None]], started: float) -> None:
-        self.batches += 1
-        self._commit_seconds.observe(self._clock.seconds() - started)
-        self._done()
-        for (_, d), stored in zip(batch, results, strict=True):
-            d.callback(stored)
-        for w in ack_waiters:
-            w.callback(None)
+        return self._run(txn)
 
-    def _failed(self, failure: Failure, batch: list[Any],
-                ack_waiters: list[defer.Deferred[None]]) -> None:
-        self._batches_failed.inc()
-        self._done()
-        for _, d in batch:
-            d.errback(failure)
-        for w in ack_waiters:
-            w.errback(failure)
+    def history_direct(self, a: int, b: int, before: int, limit: int
+                       ) -> defer.Deferred[list[MessageRow]]:
+        # one index range per direction, newest first, then the newest of both
+        return self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM ("
+            " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND sender = ?"
+            "  AND recipient = ? AND id < ? ORDER BY id DESC LIMIT ?) ab"
+            " UNION ALL"
+            " SELECT id FROM (SELECT id FROM messages WHERE kind = 1 AND sender = ?"
+            "  AND recipient = ? AND id < ? ORDER BY id DESC LIMIT ?) ba"
+            ") x JOIN messages m ON m.id = x.id JOIN users u ON u.id = m.sender"
+            " ORDER BY m.id DESC LIMIT ?",
+            a, b, before, limit, b, a, before, limit if a != b else 0, limit,
+        )
 
-    # The last errbacks of the transactions' Deferreds: a bug in handling an outcome
-    # is logged now (not when the Deferred is garbage collected, if ever), and every
-    # caller still waiting gets the failure instead of waiting forever.
-
-    def _batch_unexpected(self, failure: Failure, batch: list[Any],
-                          ack_waiters: list[defer.Deferred[None]]) -> None:
-        self.log.failure("handling the outcome of a log batch failed", failure)
-        for d in [d for _, d in batch] + ack_waiters:
-            if not d.called:
-                d.errback(failure)
-
-    def _checks_unexpected(self, failure: Failure, checks: list[Any]) -> None:
-        self.log.failure("handling the outcome of checked acks failed", failure)
-        self._checks_running = False
-        for check, d in checks:
-            if not d.called:
-                self._checked(check[0])
-                d.errback(failure)
-        self._next_checks()
-
-    def _done(self) -> None:
-        self._writing = False
-        self._writing_acks = {}
-        if self._messages or self._ack_waiters:
-            self._schedule()
-        elif not self._checking:
-            self._done_idle()
-
-    def _done_idle(self) -> None:
-        if self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for w in waiters:
-                self._clock.callLater(0, w.callback, None)
+    def history_group(self, gid: int, before: int, limit: int
+                      ) -> defer.Deferred[list[MessageRow]]:
+        return self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender"
+            " WHERE m.kind = 2 AND m.group_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
+            gid, before, limit,
+        )

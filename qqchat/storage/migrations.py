@@ -9,14 +9,13 @@ restarting the daemons, and it finishes however long that takes.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from qqchat.storage.pool import DatabaseConfig, check_driver
+from qqchat.storage.engines import ConnectError, NoSuchDatabaseError
+from qqchat.storage.pool import DatabaseConfig
 from qqchat.storage.schema import Migration, apply_schema, migrations, schema_version
 
 
@@ -53,35 +52,18 @@ class SchemaStatus:
 
 @contextmanager
 def _connection(config: DatabaseConfig, create: bool) -> Iterator[tuple[Any, Any]]:
-    """(connection, DB-API module), closed on the way out."""
-    if config.dialect == "sqlite":
-        if not create and not os.path.exists(config.path):
-            raise MigrationError(f"no database at sqlite:///{config.path} (qqchat-admin "
-                                 "migrate, or a daemon's first start, creates it)")
-        try:
-            if create:
-                os.makedirs(os.path.dirname(os.path.abspath(config.path)), exist_ok=True)
-            conn: Any = sqlite3.connect(config.path)
-            # a daemon starting meanwhile holds the write lock while it migrates
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-        except (OSError, sqlite3.Error) as e:
-            raise MigrationError(f"cannot open sqlite:///{config.path}: {e}") from None
-        dbapi: Any = sqlite3
-    else:
-        check_driver(config)
-        import MySQLdb
-
-        try:  # no read or write timeout: see the module's docstring
-            conn = MySQLdb.connect(host=config.host, port=config.port, user=config.user,
-                                   passwd=config.password, db=config.database,
-                                   charset="utf8mb4", connect_timeout=5)
-        except MySQLdb.Error as e:
-            raise MigrationError(f"database {config.describe()} unreachable: {e}") from None
-        dbapi = MySQLdb
+    """(connection, DB-API module), closed on the way out. A daemon starting meanwhile
+    may hold SQLite's write lock while it migrates: wait up to a minute for it."""
+    engine = config.engine
+    try:  # no read or write timeout: see the module's docstring
+        conn = engine.connect(config, create, lock_wait_ms=60000, timeouts=False)
+    except NoSuchDatabaseError as e:
+        raise MigrationError(f"{e} (qqchat-admin migrate, or a daemon's first start, "
+                             "creates it)") from None
+    except ConnectError as e:
+        raise MigrationError(str(e)) from None
     try:
-        yield conn, dbapi
+        yield conn, engine.driver()
     finally:
         conn.close()
 

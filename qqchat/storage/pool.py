@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -16,11 +14,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qqchat.errors import StartupError
+from qqchat.storage.engines import DatabaseURLError, Engine, engine_class
 from qqchat.storage.schema import apply_schema
 
-
-class DatabaseURLError(ValueError):
-    """The --db value cannot be used; the message says why and what to do."""
+__all__ = ["DatabaseConfig", "DatabaseService", "DatabaseURLError", "check_driver",
+           "make_pool", "parse_database_url"]
 
 
 @dataclass(frozen=True)
@@ -37,11 +35,13 @@ class DatabaseConfig:
     reconnect: bool = True
     options: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def engine(self) -> type[Engine]:
+        return engine_class(self.dialect)
+
     def describe(self) -> str:
         """A form safe to log: never the password."""
-        if self.dialect == "sqlite":
-            return f"sqlite:///{self.path}"
-        return f"mysql://{self.user}@{self.host}:{self.port}/{self.database}"
+        return self.engine.describe(self)
 
 
 def parse_database_url(url: str, pool_min: int = 2, pool_max: int = 10) -> DatabaseConfig:
@@ -79,72 +79,13 @@ def parse_database_url(url: str, pool_min: int = 2, pool_max: int = 10) -> Datab
 
 
 def check_driver(config: DatabaseConfig) -> None:
-    """Fail early, with the install hint, when the MySQL driver is missing."""
-    if config.dialect == "mysql":
-        try:
-            import MySQLdb  # noqa: F401
-        except ImportError:
-            raise DatabaseURLError(
-                "--db mysql:// needs the mysqlclient driver: pip install 'qqchat[mysql]' "
-                "(it builds against MariaDB's headers: apt-get install "
-                "default-libmysqlclient-dev pkg-config build-essential)"
-            ) from None
-
-
-def _sqlite_open(conn: sqlite3.Connection) -> None:
-    # WAL lets readers run beside the writer; FULL makes each commit survive power loss.
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-
-
-def _mysql_open(conn: Any) -> None:
-    cursor = conn.cursor()
-    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-    cursor.close()
+    """Fail early, with the install hint, when the engine's driver is missing."""
+    config.engine.check_driver()
 
 
 def make_pool(config: DatabaseConfig, reactor: Any) -> adbapi.ConnectionPool:
     """Build (not start) the pool; adbapi starts it when the reactor runs."""
-    if config.dialect == "sqlite":
-        directory = os.path.dirname(os.path.abspath(config.path))
-        os.makedirs(directory, exist_ok=True)
-        # one connection: SQLite has one writer anyway, and it keeps commits ordered
-        return adbapi.ConnectionPool(
-            "sqlite3",
-            config.path,
-            check_same_thread=False,
-            cp_min=1,
-            cp_max=1,
-            cp_openfun=_sqlite_open,
-            cp_reactor=reactor,
-            cp_noisy=False,
-        )
-    check_driver(config)
-    from MySQLdb.constants import CLIENT
-
-    return adbapi.ConnectionPool(
-        "MySQLdb",
-        host=config.host,
-        port=config.port,
-        user=config.user,
-        passwd=config.password,
-        db=config.database,
-        charset="utf8mb4",
-        # the message log writes a batch as one multi-statement (store.write_batch);
-        # every value in it is escaped by the driver, never formatted into the SQL
-        client_flag=CLIENT.MULTI_STATEMENTS,
-        connect_timeout=5,
-        # a server that stops answering must give `unavailable`, not a hung request
-        read_timeout=10,
-        write_timeout=10,
-        cp_min=config.pool_min,
-        cp_max=config.pool_max,
-        cp_reconnect=config.reconnect,
-        cp_openfun=_mysql_open,
-        cp_reactor=reactor,
-        cp_noisy=False,
-    )
+    return config.engine.make_pool(config, reactor)
 
 
 class DatabaseUnreachableError(StartupError):
@@ -169,7 +110,7 @@ class DatabaseService(Service):
         self.config = config
         self.pool = pool
         self.clock = clock
-        self.wait = wait if config.dialect == "mysql" else 0.0
+        self.wait = wait if config.engine.waits_for_server else 0.0
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._retry: IDelayedCall | None = None
         self._deadline = 0.0

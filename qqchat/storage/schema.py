@@ -21,8 +21,7 @@ a run cut short resumes where its recorded version says. On SQLite a run is one
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -32,31 +31,42 @@ from twisted.logger import Logger
 from qqchat.db import migration_files, schema_statements
 from qqchat.errors import StartupError
 from qqchat.names import fold
+from qqchat.storage.engines import Engine, create_engine
+from qqchat.storage.engines.base import conversation_statements
+from qqchat.storage.engines.mysql import LOCK_NAME, LOCK_WAIT, SchemaLockError
+
+__all__ = ["LOCK_NAME", "LOCK_WAIT", "SchemaLockError", "SchemaTooNewError", "apply_schema",
+           "latest", "migrations", "schema_version"]
 
 _log = Logger()
-_LOG_COLUMNS = "id, kind, sender, recipient, group_id, body, ts, cid"
 
-#: (table, column, SQLite type, MySQL type) added after the first schema
+#: (table, column, its definition per engine) added after the first schema
 _ADDED_COLUMNS = [
-    ("users", "name_key", "TEXT NOT NULL DEFAULT ''", "VARBINARY(512) NOT NULL DEFAULT ''"),
-    ("users", "is_admin", "INTEGER NOT NULL DEFAULT 0", "TINYINT NOT NULL DEFAULT 0"),
-    ("users", "disabled", "INTEGER NOT NULL DEFAULT 0", "TINYINT NOT NULL DEFAULT 0"),
-    ("users", "disabled_at", "INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
-    ("users", "last_login", "INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
-    ("chat_groups", "name_key", "TEXT NOT NULL DEFAULT ''",
-     "VARBINARY(1024) NOT NULL DEFAULT ''"),
-    ("chat_groups", "last_id", "INTEGER NOT NULL DEFAULT 0", "BIGINT NOT NULL DEFAULT 0"),
+    ("users", "name_key", {"sqlite": "TEXT NOT NULL DEFAULT ''",
+                           "mysql": "VARBINARY(512) NOT NULL DEFAULT ''"}),
+    ("users", "is_admin", {"sqlite": "INTEGER NOT NULL DEFAULT 0",
+                           "mysql": "TINYINT NOT NULL DEFAULT 0"}),
+    ("users", "disabled", {"sqlite": "INTEGER NOT NULL DEFAULT 0",
+                           "mysql": "TINYINT NOT NULL DEFAULT 0"}),
+    ("users", "disabled_at", {"sqlite": "INTEGER NOT NULL DEFAULT 0",
+                              "mysql": "BIGINT NOT NULL DEFAULT 0"}),
+    ("users", "last_login", {"sqlite": "INTEGER NOT NULL DEFAULT 0",
+                             "mysql": "BIGINT NOT NULL DEFAULT 0"}),
+    ("chat_groups", "name_key", {"sqlite": "TEXT NOT NULL DEFAULT ''",
+                                 "mysql": "VARBINARY(1024) NOT NULL DEFAULT ''"}),
+    ("chat_groups", "last_id", {"sqlite": "INTEGER NOT NULL DEFAULT 0",
+                                "mysql": "BIGINT NOT NULL DEFAULT 0"}),
 ]
 
-#: MySQL columns whose type changed after the first schema: (table, column, the
+#: columns whose type changed after the first schema, per engine: (table, column, the
 #: DATA_TYPE and length it must have, its definition)
-_CONVERTED_COLUMNS_MYSQL = [
+_CONVERTED_COLUMNS: dict[str, list[tuple[str, str, str, int, str]]] = {
     # 217674d: binary, so client ids compare byte for byte. The first schema's
     # VARCHAR(64) under utf8mb4_bin (a PAD SPACE collation) made "x" and "x " one
     # key: a send differing from a stored cid by trailing spaces failed its whole
     # commit batch with a duplicate-key error.
-    ("messages", "cid", "varbinary", 256, "VARBINARY(256) NULL"),
-]
+    "mysql": [("messages", "cid", "varbinary", 256, "VARBINARY(256) NULL")],
+}
 
 #: (table, index) of earlier schemas that the baseline replaced: d6151a6's
 #: users_by_key (name_key, id) by the unique users_name_key (182bb0c)
@@ -69,13 +79,7 @@ _VERSION_TABLE = {
              " name VARCHAR(200) NOT NULL, applied_at BIGINT NOT NULL) ENGINE=InnoDB",
 }
 
-#: the SQL of the lock's name: one per database on the server (names are at most 64
-#: characters, so the database name is hashed); operators see it in SHOW PROCESSLIST
-LOCK_NAME = "CONCAT('qqchat_schema_', MD5(DATABASE()))"
-#: seconds per GET_LOCK: under the daemon's 10 s read timeout, so a wait is polled
-_LOCK_POLL = 5
-#: seconds to wait for another process's run before giving up
-LOCK_WAIT = 600.0
+
 
 
 class SchemaTooNewError(StartupError):
@@ -89,10 +93,6 @@ class SchemaTooNewError(StartupError):
             "the database (a schema is never downgraded)")
         self.found = found
         self.known = known.version
-
-
-class SchemaLockError(StartupError):
-    """Another process kept the schema lock too long."""
 
 
 Step = Callable[[Any, str, list[str]], None]
@@ -135,10 +135,15 @@ def latest(dialect: str) -> Migration:
     return migrations(dialect)[-1]
 
 
+@cache
+def _engine(dialect: str) -> Engine:
+    """The engine whose schema work (on a cursor handed in) a migration does."""
+    return create_engine(dialect, None)
+
+
 def schema_version(t: Any, dialect: str) -> tuple[int, str]:
     """The version recorded in the database and its name; (0, "") before any."""
-    exists = _table_exists_mysql if dialect == "mysql" else _table_exists_sqlite
-    if not exists(t, "schema_version"):
+    if not _engine(dialect).table_exists(t, "schema_version"):
         return 0, ""
     t.execute("SELECT version, name FROM schema_version ORDER BY version DESC LIMIT 1")
     row = t.fetchone()
@@ -147,93 +152,55 @@ def schema_version(t: Any, dialect: str) -> tuple[int, str]:
 
 def apply_schema(t: Any, dialect: str) -> list[Migration]:
     """Apply what the database lacks, in order; return what was applied. Run inside
-    one interaction at start (and by ``qqchat-admin``); refuses a newer database."""
-    mysql = dialect == "mysql"
+    one interaction at start (and by ``qqchat-admin``); refuses a newer database.
+    One run at a time per database (``Engine.schema_lock``)."""
+    engine = _engine(dialect)
     known = migrations(dialect)
     applied: list[Migration] = []
-    with _exclusive(t, mysql):
+    with engine.schema_lock(t):
         t.execute(_VERSION_TABLE[dialect])
         found, found_name = schema_version(t, dialect)
         if found > known[-1].version:
             raise SchemaTooNewError(found, found_name, known[-1])
-        p = "%s" if mysql else "?"
+        q_record = engine.sql("INSERT INTO schema_version (version, name, applied_at)"
+                              " VALUES (?, ?, ?)")
         for m in known[found:]:
             _log.info("schema: applying migration {label}", label=m.label)
             m.run(t, dialect)
-            t.execute(f"INSERT INTO schema_version (version, name, applied_at)"
-                      f" VALUES ({p}, {p}, {p})", (m.version, m.name, int(time.time() * 1000)))
+            t.execute(q_record, (m.version, m.name, int(time.time() * 1000)))
             applied.append(m)
-        if not mysql:
-            move_staged(t)  # what a stop left staged, before anything reads the log
-        elif applied:
-            t.execute("COMMIT")  # before the lock goes, so the next holder sees the rows
+        engine.after_migrations(t, len(applied))
     return applied
-
-
-@contextmanager
-def _exclusive(t: Any, mysql: bool) -> Iterator[None]:
-    """One run at a time per database: a named lock on MariaDB (DDL cannot be held in a
-    transaction there), a write transaction taken at once on SQLite."""
-    if not mysql:
-        conn = getattr(t, "connection", None)
-        if conn is not None and not conn.in_transaction:
-            t.execute("BEGIN IMMEDIATE")
-        yield
-        return
-    deadline = time.monotonic() + LOCK_WAIT
-    waited = False
-    while True:
-        t.execute(f"SELECT GET_LOCK({LOCK_NAME}, {_LOCK_POLL})")
-        row = t.fetchone()
-        if row is not None and row[0] == 1:
-            break
-        if time.monotonic() >= deadline:
-            raise SchemaLockError(
-                f"another process has held this database's schema lock for {LOCK_WAIT:g} s "
-                "(a migration still running, or stuck: see SHOW PROCESSLIST)")
-        if not waited:
-            _log.info("schema: another process is migrating this database; waiting")
-            waited = True
-    try:
-        yield
-    finally:
-        with suppress(Exception):  # gone with the connection, which releases it anyway
-            t.execute(f"SELECT RELEASE_LOCK({LOCK_NAME})")
-            t.fetchall()
 
 
 def _baseline(t: Any, dialect: str, statements: list[str]) -> None:
     """Migration 1: any earlier database (or none) to the baseline schema. Each step
     looks at what is there, so a run cut short can run again."""
-    mysql = dialect == "mysql"
-    exists = _table_exists_mysql if mysql else _table_exists_sqlite
+    engine = _engine(dialect)
+    exists = engine.table_exists
     had_log = exists(t, "messages")
     had_conversations = exists(t, "conversations")
-    if mysql:
-        _convert_columns(t)
+    _convert_columns(t, engine)
     added: set[tuple[str, str]] = set()
-    for table, column, sqlite_type, mysql_type in _ADDED_COLUMNS:
-        if exists(t, table) and not _has_column(t, mysql, table, column):
-            t.execute(f"ALTER TABLE {table} ADD COLUMN "
-                      + (f"IF NOT EXISTS {column} {mysql_type}" if mysql
-                         else f"{column} {sqlite_type}"))
+    for table, column, definitions in _ADDED_COLUMNS:
+        if exists(t, table) and not engine.has_column(t, table, column):
+            t.execute(engine.add_column(table, column, definitions[engine.name]))
             added.add((table, column))
     # before the file's indexes on them: the unique one needs every key filled (a run
     # cut short after adding the column left keys empty: fill those too)
     for table, unique in (("users", True), ("chat_groups", False)):
         if (table, "name_key") in added or (exists(t, table) and _empty_key(t, table)):
-            _fill_keys(t, mysql, table, unique=unique)
+            _fill_keys(t, engine, table, unique=unique)
     for stmt in statements:
         t.execute(stmt)
     for table, index in _STALE_INDEXES:
-        t.execute(f"DROP INDEX IF EXISTS {index}" + (f" ON {table}" if mysql else ""))
-    if not mysql:
-        move_staged(t)  # what a stop left staged, before the log is read below
+        t.execute(engine.drop_index(table, index))
+    engine.unstage(t)  # what a stop left staged, before the log is read below
     if ("chat_groups", "last_id") in added:
         t.execute("UPDATE chat_groups SET last_id = COALESCE((SELECT MAX(m.id) FROM messages m"
                   " WHERE m.kind = 2 AND m.group_id = chat_groups.id), 0)")
     if had_log and not had_conversations:
-        _fill_conversations(t, mysql)
+        _fill_conversations(t, engine)
 
 
 #: Python steps of later migrations, by number: each runs in place of its file's
@@ -245,15 +212,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes | bytearray) else str(value)
 
 
-def _convert_columns(t: Any) -> None:
-    for table, column, data_type, length, definition in _CONVERTED_COLUMNS_MYSQL:
-        t.execute("SELECT DATA_TYPE, CHARACTER_MAXIMUM_LENGTH FROM information_schema.columns"
-                  " WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s",
-                  (table, column))
-        row = t.fetchone()
-        if row is None:
+def _convert_columns(t: Any, engine: Engine) -> None:
+    for table, column, data_type, length, definition in _CONVERTED_COLUMNS.get(engine.name, []):
+        found = engine.column_type(t, table, column)
+        if found is None:
             continue  # no such table yet: the schema file creates it as it should be
-        found = (_text(row[0]).lower(), int(row[1] or 0))
         if found != (data_type, length):
             _log.info("schema: converting {table}.{column} from {old} to {new} (rewrites the "
                       "table)", table=table, column=column, old=f"{found[0]}({found[1]})",
@@ -266,27 +229,7 @@ def _empty_key(t: Any, table: str) -> bool:
     return t.fetchone() is not None
 
 
-def _table_exists_sqlite(t: Any, table: str) -> bool:
-    t.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-    return t.fetchone() is not None
-
-
-def _table_exists_mysql(t: Any, table: str) -> bool:
-    t.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE()"
-              " AND table_name = %s", (table,))
-    return t.fetchone() is not None
-
-
-def _has_column(t: Any, mysql: bool, table: str, column: str) -> bool:
-    if mysql:
-        t.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE()"
-                  " AND table_name = %s AND column_name = %s", (table, column))
-        return t.fetchone() is not None
-    t.execute(f"PRAGMA table_info({table})")
-    return any(row[1] == column for row in t.fetchall())
-
-
-def _fill_keys(t: Any, mysql: bool, table: str, unique: bool = False,
+def _fill_keys(t: Any, engine: Engine, table: str, unique: bool = False,
                chunk: int = 5000) -> None:
     """Fold every existing name (in Python: SQL has no NFKC).
 
@@ -296,7 +239,6 @@ def _fill_keys(t: Any, mysql: bool, table: str, unique: bool = False,
     the unique index holds and nobody can register a third look-alike. Each such
     account is logged once, for the operator to sort out.
     """
-    p = "%s" if mysql else "?"
     t.execute(f"SELECT id, name FROM {table} ORDER BY id")
     rows: list[tuple[str, int]] = []
     holders: dict[str, tuple[int, str]] = {}
@@ -311,47 +253,12 @@ def _fill_keys(t: Any, mysql: bool, table: str, unique: bool = False,
         else:
             holders[key] = (int(rid), name)
         rows.append((key, int(rid)))
+    q = engine.sql(f"UPDATE {table} SET name_key = ? WHERE id = ?")
     for i in range(0, len(rows), chunk):
-        t.executemany(f"UPDATE {table} SET name_key = {p} WHERE id = {p}", rows[i : i + chunk])
+        t.executemany(q, rows[i : i + chunk])
 
 
-#: one-to-one conversations of a set of messages, both sides; {src} is the table read
-_CONVERSATIONS_SQLITE = (
-    "INSERT INTO conversations (user_id, peer_id, last_id)"
-    " SELECT {a}, {b}, MAX(id) FROM {src} WHERE kind = 1 GROUP BY {a}, {b}"
-    " ON CONFLICT (user_id, peer_id) DO UPDATE SET last_id = max(last_id, excluded.last_id)")
-_CONVERSATIONS_MYSQL = (
-    "INSERT INTO conversations (user_id, peer_id, last_id)"
-    " SELECT {a}, {b}, MAX(id) FROM {src} WHERE kind = 1 GROUP BY {a}, {b}"
-    " ON DUPLICATE KEY UPDATE last_id = GREATEST(conversations.last_id, VALUES(last_id))")
-
-
-def _conversation_statements(mysql: bool, src: str) -> list[str]:
-    sql = _CONVERSATIONS_MYSQL if mysql else _CONVERSATIONS_SQLITE
-    return [sql.format(a="sender", b="recipient", src=src),
-            sql.format(a="recipient", b="sender", src=src)]
-
-
-def _fill_conversations(t: Any, mysql: bool) -> None:
+def _fill_conversations(t: Any, engine: Engine) -> None:
     """A log written before the conversation list existed: derive it once."""
-    for stmt in _conversation_statements(mysql, "messages"):
+    for stmt in conversation_statements(engine, "messages"):
         t.execute(stmt)
-
-
-_MOVE_STAGED: list[str] = [
-    *_conversation_statements(False, "messages_recent"),
-    "UPDATE chat_groups SET last_id = (SELECT MAX(r.id) FROM messages_recent r"
-    " WHERE r.kind = 2 AND r.group_id = chat_groups.id)"
-    " WHERE id IN (SELECT group_id FROM messages_recent WHERE kind = 2)",
-    f"INSERT INTO messages ({_LOG_COLUMNS}) SELECT {_LOG_COLUMNS} FROM messages_recent",
-    "DELETE FROM messages_recent",
-]
-
-
-def move_staged(t: Any) -> None:
-    """SQLite: move staged messages into the indexed log, and update what is derived
-    from it (the conversation list) in the same bulk step."""
-    for stmt in _MOVE_STAGED:
-        t.execute(stmt)
-
-

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet import defer
 
 from qqchat.storage.access import Access
-from qqchat.storage.store import USER_COLUMNS, UserRow, user_row
+from qqchat.storage.accounts import USER_COLUMNS, UserRow, user_row
 
 
 def new_token() -> str:
