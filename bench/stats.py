@@ -140,7 +140,7 @@ def ratios(workload: str, daemon: dict[str, Any], ceiling: dict[str, Any]
     for key, _, _ in COMPARED[workload]:
         d, c = daemon.get(key), ceiling.get(key)
         ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (d, c))
-        out[key] = round(d / c, 3) if ok and c else None
+        out[key] = float(f"{d / c:.3g}") if ok and c else None
     return out
 
 
