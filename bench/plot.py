@@ -61,52 +61,56 @@ def plot(source: Path, out: Path) -> Path:
     """Draw the curve of ``source`` into the PNG ``out``; returns ``out``."""
     if plt is None:
         raise ImportError("bench.plot needs matplotlib: pip install '.[bench]'")
+    from matplotlib.lines import Line2D
+
     data = load(source)
+    settings = data.get("curve", {})
+    open_pairs = settings.get("open_pairs")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
     for server, style, marker in SERVERS:
         closed = sorted(points(data, server, "closed"), key=lambda p: p["pairs"])
-        opened = points(data, server, "open")
-        if not closed and not opened:
-            continue
-        for key, name, color in PERCENTILES:
-            xs = [p["pairs"] for p in closed if p.get(key) is not None]
-            ys = [p[key] for p in closed if p.get(key) is not None]
-            left.plot(xs, ys, style, marker=marker, color=color, label=f"{server} {name}")
-            ranked = sorted((p for p in closed if p.get(key) is not None and p.get("rate")),
-                            key=lambda p: p["rate"])
-            right.plot([p["rate"] for p in ranked], [p[key] for p in ranked], style,
-                       marker=marker, color=color, label=f"{server} {name}, closed loop")
-            pts = [p for p in opened if p.get(key) is not None]
-            right.plot([p["rate"] for p in pts], [p[key] for p in pts], linestyle="none",
-                       marker="s" if server == "daemon" else "D", markerfacecolor="none",
-                       markersize=9, color=color, label=f"{server} {name}, open loop")
-        for p in closed:
-            if p.get("rate") and p.get("p50_ms") and server == "daemon":
-                right.annotate(f"{p['pairs']} pairs", (p["rate"], p["p50_ms"]),
-                               textcoords="offset points", xytext=(4, -12), fontsize=8)
-        for p in opened:
-            if p.get("rate") and p.get("p999_ms") and server == "daemon":
-                right.annotate(f"open {p['fraction']:.0%}", (p["rate"], p["p999_ms"]),
-                               textcoords="offset points", xytext=(4, 6), fontsize=8)
-    settings = data.get("curve", {})
-    machine = data.get("machine", {})
-    left.set(xscale="log", yscale="log", xlabel="pairs (closed loop)", ylabel="latency, ms",
-             title="Closed loop: send → delivery")
-    right.set(yscale="log", xlabel="messages/s (achieved; open loop: offered)",
+        # the open-loop points, then the closed-loop one they are shares of
+        ramp = sorted(points(data, server, "open"), key=lambda p: p["rate"] or 0)
+        ramp += [p for p in closed if p["pairs"] == open_pairs and p.get("rate")]
+        for key, _, color in PERCENTILES:
+            pts = [p for p in closed if p.get(key) is not None]
+            left.plot([p["pairs"] for p in pts], [p[key] for p in pts], style, marker=marker,
+                      color=color)
+            pts = [p for p in ramp if p.get(key) is not None and p.get("rate")]
+            right.plot([p["rate"] for p in pts], [p[key] for p in pts], style, marker=marker,
+                       color=color)
+        if server == "daemon":
+            for p in closed:
+                if p.get("p50_ms") and p.get("rate"):
+                    left.annotate(f"{fmt_rate(p['rate'])}/s", (p["pairs"], p["p50_ms"]),
+                                  textcoords="offset points", xytext=(4, -12), fontsize=8)
+            for p in ramp:
+                if p.get("p50_ms") and p.get("rate"):
+                    name = "closed" if p["fraction"] is None else f"{p['fraction']:.0%}"
+                    right.annotate(name, (p["rate"], p["p50_ms"]),
+                                   textcoords="offset points", xytext=(4, -12), fontsize=8)
+    left.set(xscale="log", yscale="log", xlabel="pairs, closed loop (daemon's msgs/s beside)",
+             ylabel="latency, ms", title="Closed loop: send → delivery")
+    right.set(yscale="log", xlabel="messages/s offered (closed loop: achieved)",
               ylabel="latency, ms",
-              title=f"Against the rate; open loop at {settings.get('open_pairs')} pairs, "
-                    "from each message's due time")
+              title=f"Open loop, {open_pairs} pairs: due time → delivery")
     for ax in (left, right):
         ax.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8)
-    right.legend(fontsize=7, ncol=2)
+    handles = [Line2D([], [], color=color, label=name) for _, name, color in PERCENTILES]
+    handles += [Line2D([], [], color="grey", linestyle=style, marker=marker, label=server)
+                for server, style, marker in SERVERS]
+    left.legend(handles=handles, fontsize=8)
     runs = max((len(c.get("runs", [])) for c in data.get("cases", [])), default=0)
-    fig.suptitle(f"qqchat chat latency under load, {data.get('db')}; medians of {runs} "
-                 f"run(s); {machine.get('cpu_model', '')}", fontsize=10)
+    fig.suptitle(f"qqchat chat latency under load ({data.get('db')}), medians of {runs} "
+                 f"run(s)", fontsize=11)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def fmt_rate(rate: float) -> str:
+    return f"{rate / 1000:.1f}k" if rate >= 1000 else f"{rate:.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
