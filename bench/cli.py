@@ -42,7 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Drive a qqchat daemon on loopback with verified traffic and report "
                     "throughput, latency and the daemon's CPU time and memory. "
-                    "See docs/benchmarks.md.")
+                    "See docs/benchmarks.md.",
+        epilog="python -m bench all [--ceiling] [--runs N] runs every workload of the "
+               "tables and the curve in one sitting (python -m bench all --help); "
+               "python -m bench.plot DIR draws the curve.")
     p.add_argument("workload", choices=WORKLOAD_NAMES)
     g = p.add_argument_group("daemon and database")
     g.add_argument("--db", choices=("sqlite", "mysql"),
