@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 WORKLOAD_NAMES = ("login", "chat", "group", "idle", "backlog", "soak", "directory",
-                  "loginflood", "writers")
+                  "loginflood", "writers", "curve")
 DEFAULT_COST = 14  # the daemon's default password-hash cost
 CHEAPEST_COST = 4  # the cheapest it accepts
 SETUP_COST = 4  # for workloads that only need users to exist
@@ -33,6 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "directory": {"messages": 0, "warmup": 20, "clients": 1},
     "loginflood": {"messages": 0, "warmup": 0},
     "writers": {"messages": 0, "warmup": 0},
+    "curve": {"messages": 0, "warmup": 5},
 }
 
 
@@ -41,7 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="Drive a qqchat daemon on loopback with verified traffic and report "
                     "throughput, latency and the daemon's CPU time and memory. "
-                    "See docs/benchmarks.md.")
+                    "See docs/benchmarks.md.",
+        epilog="python -m bench all [--ceiling] [--runs N] runs every workload of the "
+               "tables and the curve in one sitting (python -m bench all --help); "
+               "python -m bench.plot DIR draws the curve.")
     p.add_argument("workload", choices=WORKLOAD_NAMES)
     g = p.add_argument_group("daemon and database")
     g.add_argument("--db", choices=("sqlite", "mysql"),
@@ -112,12 +116,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     w.add_argument("--cross", action="store_true",
                    help="chat: two cluster nodes on one MariaDB and a throwaway Redis; "
                         "senders on one node, receivers on the other")
-    from bench import writers
+    from bench import curve, writers
     from bench.loginflood import add_options, check_options
 
     add_options(w)
     writers.add_options(w)
+    curve.add_options(w)
     args = p.parse_args(argv)
+    if args.workload == "curve" and (problem := curve.check_options(args)):
+        p.error(problem)
     if args.cross:
         if args.workload != "chat":
             p.error("--cross goes with chat")
@@ -226,6 +233,11 @@ def case_label(args: argparse.Namespace, case: dict[str, Any], server: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["all"]:  # every workload of the tables, one subprocess each
+        from bench import all as all_workloads
+
+        return all_workloads.main(argv[1:])
     args = parse_args(argv)
     from bench import daemon as dmod
 
@@ -263,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ceiling:
         from bench.ceiling import unsupported
 
-        if (why := unsupported(args)) is not None:
+        # the curve is chat at several loads: the ceiling serves it as it serves chat
+        asked = argparse.Namespace(**{**vars(args), "workload": "chat"}) \
+            if args.workload == "curve" else args
+        if (why := unsupported(asked)) is not None:
             print(f"bench: --ceiling: {why}; the daemon runs alone", file=sys.stderr,
                   flush=True)
             out["ceiling"] = {"supported": False, "reason": why}
@@ -324,6 +339,10 @@ async def _run_cases(reactor: Any, args: argparse.Namespace, host: str, port: in
             from bench.writers import run_writers
 
             return await run_writers(reactor, args, plan, out, dbs)
+        if args.workload == "curve":  # chat at several loads, closed and open loop
+            from bench.curve import run_curve
+
+            return await run_curve(reactor, args, plan, out, dbs, ceiling_exe)
         cases = case_list(args)
         for case in cases:
             label = case_label(args, case)

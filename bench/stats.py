@@ -86,6 +86,11 @@ HEADLINES: dict[str, list[tuple[str, str, str]]] = {
     "idle": [("held", "held", " clients"), ("errors", "errors", ""),
              ("rss_kib_per_client", "rss", " KiB/client"),
              ("logins_per_s", "login rate", "/s")],
+    "chat_open": [("delivered", "delivered", ""), ("errors", "errors", ""),
+                  ("offered_per_s", "offered", " msg/s"), ("msgs_per_s", "rate", " msg/s"),
+                  ("p50_ms", "p50", " ms"), ("p99_ms", "p99", " ms"),
+                  ("p999_ms", "p999", " ms"), ("send_lag_p99_ms", "send lag p99", " ms"),
+                  ("daemon_cpu_us_per_msg", "cpu", " us/msg")],
     "backlog": [("delivered", "delivered", ""), ("errors", "errors", ""),
                 ("seconds", "login->last", " s"), ("msgs_per_s", "rate", " msg/s"),
                 ("daemon_cpu_us_per_msg", "cpu", " us/msg")],
@@ -122,6 +127,9 @@ def median_line(workload: str, label: str, agg: dict[str, dict[str, float]], n: 
 COMPARED: dict[str, list[tuple[str, str, str]]] = {
     "chat": [("msgs_per_s", "rate", "msg/s"), ("p50_ms", "p50", "ms"), ("p99_ms", "p99", "ms"),
              ("p999_ms", "p999", "ms"), ("daemon_cpu_us_per_msg", "cpu", "us/msg")],
+    "chat_open": [("msgs_per_s", "rate", "msg/s"), ("p50_ms", "p50", "ms"),
+                  ("p99_ms", "p99", "ms"), ("p999_ms", "p999", "ms"),
+                  ("daemon_cpu_us_per_msg", "cpu", "us/msg")],
     "group": [("deliveries_per_s", "rate", "deliveries/s"), ("p50_ms", "p50", "ms"),
               ("p99_ms", "p99", "ms"), ("daemon_cpu_us_per_delivery", "cpu", "us/delivery")],
     "login": [("logins_per_s", "rate", "logins/s"), ("p50_ms", "p50", "ms"),
@@ -178,3 +186,15 @@ def ceiling_table(workload: str, label: str, daemon: dict[str, dict[str, float]]
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths,
                                                                           strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, columns padded so it also reads as plain text."""
+    cells = [list(headers), *(list(r) for r in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
