@@ -222,7 +222,9 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     accounts = AccountService(stores.accounts, stores.social, hasher, relay, presence, users,
                               reactor, limits, stores.tokens, settings.token_ttl,
                               kick_on_duplicate=settings.kick_on_duplicate, throttle=throttle,
-                              hash_threads=HASH_THREADS)
+                              # two queued per thread: a thread never idles while
+                              # the reactor hands it the next
+                              hashes_at_once=2 * HASH_THREADS)
     messages = MessageService(stores.message_log, stores.groups, writer, relay, users, limits,
                               reactor, metrics=metrics, broadcast_anyone=settings.broadcast_anyone)
     DisabledAccounts(stores.accounts, hub, presence, reactor).setServiceParent(daemon)

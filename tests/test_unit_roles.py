@@ -82,7 +82,7 @@ def test_a_disabled_users_live_session_is_ended(services: Services,
     assert result_of(defer.Deferred.fromCoroutine(services.moderation.sweep())) == 1
     clock.advance(0)
     frames = alice.conn.take()
-    assert {"type": "kicked", "reason": "account disabled"} in frames
+    assert {"type": "kicked", "code": "account_disabled", "reason": "account disabled"} in frames
     assert alice.conn.closed
     assert bob.conn.closed is False
     assert [u["name"] for u in bob.ok({"type": "who"})["users"]] == ["bob"]

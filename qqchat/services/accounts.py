@@ -34,10 +34,10 @@ class AccountService:
                  presence: PresenceService, users: UserDirectory, clock: IReactorTime,
                  limits: Limits, tokens: TokenStore, token_ttl: float = 30 * 24 * 3600,
                  kick_on_duplicate: bool = True, throttle: LoginThrottle | None = None,
-                 hash_threads: int = 2) -> None:
+                 hashes_at_once: int = 2) -> None:
         self._store = store
         self._social = social
-        self._turns = HashTurns(hash_threads, clock)
+        self._turns = HashTurns(hashes_at_once)
         self._throttle = throttle or LoginThrottle(
             LocalCounters(clock), limits.login_failures_account,
             limits.login_failures_address, limits.login_window)

@@ -142,22 +142,28 @@ class LoginThrottle:
 class HashTurns:
     """Turns at the password-hashing threads, shared fairly between client addresses.
 
-    At most ``width`` (the threads) hashes run; the rest wait here, one line per
-    address, and a freed thread goes to the first address in line that has no hash
-    running (else to the first in line). A burst of guesses from one address then
-    delays a login from another by one hash at most, while one address alone (a
-    NAT, say) still gets every thread. Taking a budget's reservation once a turn is
-    given, not before, keeps one address's reservations in flight to ``width``.
+    At most ``width`` hashes are handed to the threads at once (a few more than
+    there are threads, so that a thread never waits for the reactor between two);
+    the rest wait here, one line per address, and each freed turn goes to the first
+    address in line that has no hash running (else to the first in line). A burst
+    of guesses from one address then delays a login from another by about one
+    hash per thread, while one address alone (a NAT, say) still gets every thread.
+    Taking a budget's reservation once a turn is given, not before, keeps one
+    address's reservations in flight to ``width``.
     """
 
-    def __init__(self, width: int, clock: IReactorTime) -> None:
+    def __init__(self, width: int) -> None:
         self._width = width
-        self._clock = clock
         self._running: dict[str, int] = {}  # address -> its hashes running
         self._lines: dict[str, deque[defer.Deferred[None]]] = {}  # in arrival order
+        #: turns given and not yet passed to their waiters, and whether a loop is
+        #: passing them: a waiter refused at once hands its turn straight on, and a
+        #: line of hundreds of those must not nest that many calls deep
+        self._given: deque[defer.Deferred[None]] = deque()
+        self._giving = False
 
     async def turn(self, address: str) -> None:
-        """Wait for a thread; pair with ``done(address)``."""
+        """Wait for a turn; pair with ``done(address)``."""
         if sum(self._running.values()) < self._width and not self._lines:
             self._running[address] = self._running.get(address, 0) + 1
             return
@@ -177,11 +183,15 @@ class HashTurns:
         if nxt is None:
             nxt = next(iter(self._lines))
         line = self._lines.pop(nxt)
-        waiting = line.popleft()
+        self._given.append(line.popleft())
         if line:
             self._lines[nxt] = line  # to the back of the line
         self._running[nxt] = self._running.get(nxt, 0) + 1
-        # the thread passes to it on the next reactor turn, not in this call stack: a
-        # waiter refused at once hands it on in turn, and a line of hundreds of those
-        # would otherwise nest that many calls deep
-        self._clock.callLater(0, waiting.callback, None)
+        if self._giving:
+            return  # the loop below, further up this call stack, passes it on
+        self._giving = True
+        try:
+            while self._given:
+                self._given.popleft().callback(None)
+        finally:
+            self._giving = False
