@@ -17,6 +17,12 @@ the lock, and each transaction lasts about K intervals (it waits for the K-1
 others), so "txn / interval" near K says the lock is the limit; with
 transactions that overlap it stays near 1 while the commit rate grows.
 
+``--log-order positions`` runs the writers as ``--log-order positions`` nodes: ids
+from the sequence, up to three batches in flight per writer, each writer's position
+kept (and written to ``log_writers`` in each batch) but published nowhere: the
+writers have no Redis and nothing here acks, so no safe position is needed; what
+is measured is the commit rate.
+
 Each K runs on a fresh database; with ``--runs R`` the Ks alternate run by run
 (K=1, 2, 4, 8, then again) so they share the sitting's conditions. MariaDB only.
 
@@ -46,6 +52,9 @@ def add_options(group: argparse._ArgumentGroup) -> None:
                        help="writers: appends each writer keeps outstanding (200)")
     group.add_argument("--seconds", type=float, default=10.0,
                        help="writers: measured window, seconds, after a 2 s warm-up (10)")
+    group.add_argument("--log-order", default="lock", choices=("lock", "positions"),
+                       help="writers: how batches take their ids, as the daemon's "
+                            "--log-order (lock)")
 
 
 def parse_writers(text: str) -> list[int]:
@@ -103,7 +112,7 @@ def start_writers(url: str, k: int, args: argparse.Namespace,
     for node in range(k):
         cmd = [sys.executable, "-m", "bench.writers", "--worker", url,
                "--node", str(node), "--inflight", str(args.inflight),
-               "--seconds", str(args.seconds)]
+               "--seconds", str(args.seconds), "--log-order", args.log_order]
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 text=True, cwd=os.path.dirname(os.path.dirname(
                                     os.path.abspath(__file__))))
@@ -167,7 +176,8 @@ async def run_writers(reactor: Any, args: argparse.Namespace,
                                                      args.deadline)
             runs[k].append(result)
             all_ok = all_ok and result["ok"]
-            print(f"writers K={k} run {i}/{args.runs}: {result['msgs_per_s']:.0f} msgs/s, "
+            print(f"writers {args.log_order} K={k} run {i}/{args.runs}: "
+                  f"{result['msgs_per_s']:.0f} msgs/s, "
                   f"{result['commits_per_s']:.0f} commits/s, batch {result['batch_mean']:.1f}, "
                   f"commit p50 {result['commit_p50_ms']:.1f} ms p99 "
                   f"{result['commit_p99_ms']:.1f} ms, txn {result['txn_mean_ms']:.2f} ms, "
@@ -183,7 +193,8 @@ async def run_writers(reactor: Any, args: argparse.Namespace,
                 for key in ("msgs_per_s", "commits_per_s", "batch_mean", "commit_p99_ms",
                             "txn_mean_ms", "commit_interval_ms", "txn_per_interval")),
                   file=log, flush=True)
-        out["cases"].append({"label": f"mysql writers={k} inflight={args.inflight}",
+        out["cases"].append({"label": f"mysql writers={k} inflight={args.inflight} "
+                                      f"log-order={args.log_order}",
                              "writers": k, "runs": runs[k], **agg})
     return all_ok
 
@@ -200,6 +211,7 @@ async def _writer(reactor: Any, opts: argparse.Namespace) -> dict[str, Any]:
     from qqchat.storage.engines import create_engine
     from qqchat.storage.log import KIND_DIRECT, LogStore, NewMessage
     from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
+    from qqchat.storage.positions import LogPositions
     from qqchat.storage.writer import LogWriter
 
     config = parse_database_url(opts.url)
@@ -216,14 +228,18 @@ async def _writer(reactor: Any, opts: argparse.Namespace) -> dict[str, Any]:
             txns.append((start, time.monotonic() - start))
 
     pool._runInteraction = timed  # adbapi looks it up per call
-    db = DatabaseService(config, pool, reactor, wait=10)
+    db = DatabaseService(config, pool, reactor, wait=10, log_order=opts.log_order)
     db.startService()
     await db.ready
     if opts.init:
         db.stopService()
         return {}
-    store = LogStore(pool, create_engine(config.dialect, pool.dbapi))
-    mlog = LogWriter(store, reactor)
+    engine = create_engine(config.dialect, pool.dbapi)
+    engine.log_order = opts.log_order
+    store = LogStore(pool, engine)
+    positions = (LogPositions(f"writer{opts.node}", reactor)
+                 if opts.log_order == "positions" else None)
+    mlog = LogWriter(store, reactor, positions=positions)
     batches: list[tuple[float, float, int]] = []  # (start, seconds, messages)
     write_batch = store.write_batch
 
@@ -290,6 +306,7 @@ def worker_main(argv: list[str]) -> int:
     p.add_argument("--node", type=int, default=0)
     p.add_argument("--inflight", type=int, default=200)
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--log-order", default="lock", choices=("lock", "positions"))
     opts = p.parse_args(argv)
     from twisted.internet import epollreactor
 

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from qqchat.dispatch import Dispatcher
+from qqchat.errors import StartupError
 from qqchat.metrics import Registry, watch_process
 from qqchat.net.listener import ChatListenerService, Edge
 from qqchat.net.metrics_http import MetricsService
@@ -49,6 +50,7 @@ from qqchat.services.users import UserDirectory
 from qqchat.session import Session
 from qqchat.storage.engines import create_engine
 from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
+from qqchat.storage.positions import ClusterView, Fence, LogPositions, PositionsService
 from qqchat.storage.stores import Stores
 from qqchat.storage.writer import LogWriter
 
@@ -100,6 +102,8 @@ class Settings:
     db_wait: float = 30.0
     #: milliseconds between the starts of two message-log transactions at the least
     commit_interval_ms: float = 0.0
+    #: "lock" or "positions" (``Engine.log_order``; positions needs ``redis``)
+    log_order: str = "lock"
     hash_cost: int = DEFAULT_COST
     #: seconds a session token stays valid after its last use
     token_ttl: float = 30 * 24 * 3600.0
@@ -189,14 +193,20 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
         daemon.metrics.setServiceParent(daemon)  # first: serves through startup and stop
     db_config = parse_database_url(settings.db, settings.db_pool_min, settings.db_pool_max)
     pool = make_pool(db_config, reactor)
-    database = DatabaseService(db_config, pool, reactor, settings.db_wait)
+    engine = create_engine(db_config.dialect, pool.dbapi)
+    positioned = settings.log_order == "positions"
+    if positioned and not (settings.redis and engine.has_log_positions):
+        raise StartupError("--log-order positions needs --redis and a MariaDB --db")
+    engine.log_order = settings.log_order
+    database = DatabaseService(db_config, pool, reactor, settings.db_wait,
+                               log_order=settings.log_order)
     database.setServiceParent(daemon)
 
-    stores = Stores.open(pool, create_engine(db_config.dialect, pool.dbapi))
-    writer = LogWriter(stores.message_log, reactor, metrics=metrics,
-                       min_interval=settings.commit_interval_ms / 1000)
+    stores = Stores.open(pool, engine)
     hub = SessionHub(metrics=metrics)
     relay: Relay
+    positions: LogPositions | None = None
+    view: ClusterView | None = None
     if settings.redis:
         from qqchat.relay.counters import RedisCounters
         from qqchat.relay.redis import RedisRelay, parse_redis_url
@@ -205,8 +215,24 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
                              metrics=metrics, cluster_name=settings.cluster_name)
         cluster.setServiceParent(daemon)  # stopped after the listener: logouts reach Redis
         relay = cluster
+        if positioned:
+            # the log's positions (storage/positions.py): published on Redis, the live
+            # writers are the live nodes, and a batch commits only while this node's
+            # key is surely alive
+            positions = LogPositions(cluster.node, reactor)
+            positions.fence = fence = Fence()
+            cluster.on_refreshed = fence.refreshed
+            view = ClusterView(positions, cluster.live_nodes, reactor)
+            cluster.listen_positions(view.heard)
+            PositionsService(view, stores.message_log.sequence_head, cluster.publish_position,
+                             reactor, after=database.ready).setServiceParent(daemon)
     else:
         relay = LocalRelay(hub)
+    writer = LogWriter(
+        stores.message_log, reactor, metrics=metrics,
+        min_interval=settings.commit_interval_ms / 1000, positions=positions,
+        safe=(lambda upto: defer.Deferred.fromCoroutine(view.safe(upto)))
+        if view is not None else None)
     limits = settings.limits
     users = UserDirectory(stores.accounts)
     presence = PresenceService(stores.social, relay)

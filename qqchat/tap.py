@@ -51,6 +51,12 @@ class Options(usage.Options):
         ["commit-interval-ms", None, "0",
          "Milliseconds between the starts of two message-log commits at the least: "
          "under load, fewer and larger commits for a little latency."],
+        ["log-order", None, "lock",
+         "How message-log batches take their ids: 'lock' (the log_seq row lock, held to "
+         "commit: one batch of the whole cluster at a time, ids commit in id order) or "
+         "'positions' (a MariaDB sequence, no lock: batches of every node overlap, and "
+         "cumulative acks stop at the cluster's safe position; needs --redis). Every "
+         "node of a cluster uses the same."],
         ["db-wait", None, "30",
          "Seconds to keep retrying a MySQL server that is unreachable at start, "
          "before exiting with status 1."],
@@ -220,6 +226,11 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
             if self["db"].startswith("sqlite"):
                 raise usage.UsageError("--redis (cluster mode) needs a shared --db mysql://...")
+        if self["log-order"] not in ("lock", "positions"):
+            raise usage.UsageError("--log-order is 'lock' or 'positions'")
+        if self["log-order"] == "positions" and not self["redis"]:
+            raise usage.UsageError("--log-order positions needs --redis (a cluster on "
+                                   "MariaDB): nodes publish their log positions there")
         if self["cluster-name"]:
             from qqchat.relay.redis import CLUSTER_NAME
 
@@ -252,6 +263,7 @@ class Options(usage.Options):
             db_pool_max=pool_max,
             db_wait=self._number("db-wait", float, 0),
             commit_interval_ms=self._number("commit-interval-ms", float, 0),
+            log_order=self["log-order"],
             hash_cost=cost,
             token_ttl=self._number("token-ttl", float, 60),
             idle_timeout=self._number("idle-timeout", float, 1),

@@ -62,12 +62,15 @@ class Cluster:
         await defer.maybeDeferred(self.daemons[node].stopService).addTimeout(20, reactor)
 
 
-@pytest_twisted.async_yield_fixture
-async def cluster(mariadb: MariaDB, redis: RedisServer) -> AsyncIterator[Cluster]:
+@pytest_twisted.async_yield_fixture(params=["lock", "positions"])
+async def cluster(request: pytest.FixtureRequest, mariadb: MariaDB, redis: RedisServer
+                  ) -> AsyncIterator[Cluster]:
+    """Three nodes, in each --log-order: every test holds for both."""
     name = f"qq_cluster_{next(_names)}"
     mariadb.create_database(name)
     settings = Settings(listen="tcp:0:interface=127.0.0.1", db=mariadb.url(name),
-                        hash_cost=4, redis=redis.url, broadcast_anyone=True)
+                        hash_cost=4, redis=redis.url, broadcast_anyone=True,
+                        log_order=request.param)
     daemons, ports = [], []
     for n in range(3):
         daemon, port = await start_daemon(Settings(**{**settings.__dict__,

@@ -30,7 +30,9 @@ database number already keeps the keys of two clusters apart):
   set of online user ids (the cluster-wide ``who``); ``names``: their names.
 
 Channels: ``qq:<ns>:u:<uid>`` per online user, subscribed by the node that holds
-the session; ``qq:<ns>:all`` for broadcasts. Channels, unlike keys, are global in
+the session; ``qq:<ns>:all`` for broadcasts; with ``--log-order positions``,
+``qq:<ns>:pos``, where each node publishes its log position as ``P1 <node>
+<position>`` (storage/positions.py). Channels, unlike keys, are global in
 Redis, whatever the database: the namespace ``<ns>`` is ``db<N>`` for database N,
 or the ``--cluster-name``, so that two clusters on one Redis never hear each other.
 
@@ -59,7 +61,7 @@ import random
 import re
 import secrets
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -99,7 +101,8 @@ _TS = re.compile(rb'"ts":(\d+)')  # a key: inside a JSON string a quote is escap
 
 #: the relay's payload format; see the module docstring before changing it
 FORMAT = 1
-_MESSAGE, _EVENT, _KICK, _BROADCAST = (b"%s%d" % (k, FORMAT) for k in (b"M", b"E", b"K", b"B"))
+_MESSAGE, _EVENT, _KICK, _BROADCAST, _POSITION = (
+    b"%s%d" % (k, FORMAT) for k in (b"M", b"E", b"K", b"B", b"P"))
 _KINDS = frozenset(b"MEKB")
 _MESSAGE_HEAD = b'{"type":"message","id":'
 _MESSAGE_HEAD_LEN = len(_MESSAGE_HEAD)
@@ -180,6 +183,17 @@ local had = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 return had
+"""
+
+# the nodes whose key is alive: those whose log positions count
+_LIVE = """
+local live = {}
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[1] .. 'node:' .. node) == 1 then
+    table.insert(live, node)
+  end
+end
+return live
 """
 
 # take a dead node's users offline, once: returns uid, name pairs. ARGV[3] == '1' reaps
@@ -365,6 +379,13 @@ class RedisRelay(Service):
         self._prefix = PREFIX + (f"{cluster_name}:" if cluster_name else "")
         self._user_channels = f"{PREFIX}{self.namespace}:u:%d".encode()
         self._all_channel = f"{PREFIX}{self.namespace}:all".encode()
+        self._positions_channel = f"{PREFIX}{self.namespace}:pos".encode()
+        #: with --log-order positions: told each position another node publishes
+        self._positions_listener: Callable[[str, int], None] | None = None
+        #: told of each refresh of the node key that succeeded: (sent at, the key was
+        #: still there, its lifetime in s); with --log-order positions, the log's
+        #: ``Fence`` (whether the peers surely count this node as live)
+        self.on_refreshed: Callable[[float, bool, float], None] | None = None
         self.hub = hub
         self._local = LocalRelay(hub)  # for the sessions on this node
         self.reactor = reactor
@@ -540,6 +561,8 @@ class RedisRelay(Service):
         self._subscribed = set()
         channels = {self._all_channel} | {self._user_channel(s.user_id)
                                           for s in self.hub if s.user_id is not None}
+        if self._positions_listener is not None:
+            channels.add(self._positions_channel)
         d = proto.subscribe(sorted(channels))
         d.addTimeout(COMMAND_TIMEOUT, self.clock)
 
@@ -623,6 +646,9 @@ class RedisRelay(Service):
         """One payload from Redis: checked (module docstring) before any of it reaches a
         session; what fails is logged and skipped, never raised (an exception here would
         drop the subscription, and every reconnect resyncs every local session)."""
+        if channel == self._positions_channel:
+            self._position_received(message)
+            return
         head, _, rest = message.partition(b" ")
         if head == _MESSAGE:
             mid, _, line = rest.partition(b" ")
@@ -663,6 +689,37 @@ class RedisRelay(Service):
                          "release?)")
         else:
             self._reject(channel, message, "an unknown kind")
+
+    # -- log positions (--log-order positions) ---------------------------------
+
+    def listen_positions(self, listener: Callable[[str, int], None]) -> None:
+        """Subscribe the positions channel (at the next subscription, before start)
+        and hand every position another node publishes to ``listener``."""
+        if self.running:
+            raise RuntimeError("the positions listener is set before the relay starts")
+        self._positions_listener = listener
+
+    def publish_position(self, position: int) -> None:
+        """This node's log position, to every node of the cluster (at most once, like
+        any publish: the next one follows within a tick)."""
+        self._publish(self._positions_channel, b"%s %s %d" % (_POSITION, self._node_bytes,
+                                                              position))
+
+    def live_nodes(self) -> defer.Deferred[list[str]]:
+        """The nodes whose presence key is alive (``unavailable`` without Redis)."""
+        d = self._eval(_LIVE, [self._k("nodes")], [self._prefix])
+        d.addCallback(lambda nodes: [n.decode() if isinstance(n, bytes) else str(n)
+                                     for n in nodes])
+        return d
+
+    def _position_received(self, message: bytes) -> None:
+        parts = message.split(b" ")
+        if (len(parts) != 3 or parts[0] != _POSITION or not parts[1]
+                or not parts[2].isdigit() or len(parts[2]) > 19):
+            self._reject(self._positions_channel, message, "a malformed position")
+            return
+        if self._positions_listener is not None and parts[1] != self._node_bytes:
+            self._positions_listener(parts[1].decode(errors="replace"), int(parts[2]))
 
     def _reject(self, channel: bytes, message: bytes, why: str) -> None:
         self._rejected.inc()
@@ -738,12 +795,15 @@ class RedisRelay(Service):
         self._refresh().addErrback(lambda _: None)
 
     def _refresh(self) -> defer.Deferred[Any]:
+        sent = self.clock.seconds()
         d = self._eval(_REFRESH, [self._k(f"node:{self.node}"), self._k("nodes")],
                        [NODE_TTL_MS, self.node])
-        d.addCallbacks(self._refreshed, self._refresh_failed)
+        d.addCallbacks(self._refreshed, self._refresh_failed, callbackArgs=(sent,))
         return d
 
-    def _refreshed(self, had: Any) -> None:
+    def _refreshed(self, had: Any, sent: float) -> None:
+        if self.on_refreshed is not None:
+            self.on_refreshed(sent, bool(int(had)), NODE_TTL_MS / 1000)
         if self._healthy_since is None:
             self._healthy_since = self.clock.seconds()
         if not int(had) and self._reasserting is None and len(self.hub):

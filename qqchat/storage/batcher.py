@@ -1,7 +1,9 @@
-"""One transaction for many requests: a queue, and one batch in flight at a time."""
+"""One transaction for many requests: a queue, and one batch in flight at a time (or a
+few, where their transactions may overlap)."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -15,6 +17,18 @@ R = TypeVar("R")
 
 #: (queued item, the Deferred its caller holds)
 Entry = tuple[T, "defer.Deferred[Any]"]
+
+
+class _Flight(Generic[T]):
+    """A batch handed to ``run``, and its outcome once known."""
+
+    __slots__ = ("batch", "done", "failure", "results")
+
+    def __init__(self, batch: list[Entry[T]]) -> None:
+        self.batch = batch
+        self.done = False
+        self.results: list[Any] | None = None
+        self.failure: Failure | None = None
 
 
 class Batcher(Generic[T, R]):
@@ -31,6 +45,10 @@ class Batcher(Generic[T, R]):
     with ``chain`` they fire first and the next batch (with whatever they queued)
     starts at once, in the same turn. A failure in handling a batch's outcome is
     logged at once and fails every caller still waiting, so none waits for ever.
+
+    With ``max_in_flight`` above 1 (not with ``chain``), the next batch may start
+    while earlier ones run; callers still hear in queue order: a batch that is done
+    before an earlier one waits for it.
     """
 
     _logger = Logger()
@@ -41,7 +59,9 @@ class Batcher(Generic[T, R]):
                  take: Callable[[list[Entry[T]]], tuple[list[Entry[T]], list[Entry[T]]]]
                  | None = None,
                  chain: bool = False, on_done: Callable[[], None] | None = None,
-                 on_idle: Callable[[], None] | None = None) -> None:
+                 on_idle: Callable[[], None] | None = None, max_in_flight: int = 1) -> None:
+        if max_in_flight < 1 or (chain and max_in_flight != 1):
+            raise ValueError("max_in_flight: at least 1, and 1 with chain")
         self._clock = clock
         self._run = run
         #: logged when handling a batch's outcome fails
@@ -55,6 +75,12 @@ class Batcher(Generic[T, R]):
         self._on_idle = on_idle
         self._queue: list[Entry[T]] = []
         self._scheduled: IDelayedCall | None = None
+        self._max_in_flight = max_in_flight
+        #: batches handed to ``run`` whose callers have not heard yet, oldest first,
+        #: and how many of them ``run`` has not answered
+        self._flights: deque[_Flight[T]] = deque()
+        self._active = 0
+        #: a batch is in flight (or done, its callers not yet told)
         self.running = False
         self.last_start = float("-inf")
 
@@ -73,7 +99,8 @@ class Batcher(Generic[T, R]):
         return queue[: self._max_batch], queue[self._max_batch :]
 
     def _schedule(self) -> None:
-        if self._scheduled is None and not self.running:
+        if self._scheduled is None and self._active < self._max_in_flight and not (
+                self._chain and self.running):
             delay = self.last_start + self._min_interval - self._clock.seconds()
             self._scheduled = self._clock.callLater(max(delay, 0.0), self._flush)
 
@@ -82,42 +109,67 @@ class Batcher(Generic[T, R]):
         if not self._queue:
             return
         batch, self._queue = self._take(self._queue)
+        flight: _Flight[T] = _Flight(batch)
+        self._flights.append(flight)
+        self._active += 1
         self.running = True
         started = self.last_start = self._clock.seconds()
         d = self._run([item for item, _ in batch], started)
-        d.addCallbacks(self._ran, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
-        d.addErrback(self._unexpected, batch)
+        d.addCallbacks(self._ran, self._failed, callbackArgs=(flight,), errbackArgs=(flight,))
+        d.addErrback(self._unexpected, flight)
+        if self._queue:
+            self._schedule()
 
-    def _ran(self, results: list[R], batch: list[Entry[T]]) -> None:
-        if not self._chain:
-            self._done()
-        for (_, d), result in zip(batch, results, strict=True):
-            d.callback(result)
-        if self._chain:
-            self._done()
+    def _ran(self, results: list[R], flight: _Flight[T]) -> None:
+        flight.results = results
+        self._finish(flight)
 
-    def _failed(self, failure: Failure, batch: list[Entry[T]]) -> None:
-        if not self._chain:
-            self._done()
-        for _, d in batch:
-            d.errback(failure)
-        if self._chain:
-            self._done()
+    def _failed(self, failure: Failure, flight: _Flight[T]) -> None:
+        flight.failure = failure
+        self._finish(flight)
 
-    def _unexpected(self, failure: Failure, batch: list[Entry[T]]) -> None:
+    def _unexpected(self, failure: Failure, flight: _Flight[T]) -> None:
         """The last errback: a bug in handling an outcome is logged now (not when the
         Deferred is garbage collected, if ever)."""
         self._logger.failure(self._failure_message, failure)
-        if self._chain:
-            self.running = False
-        for _, d in batch:
+        if not flight.done:
+            flight.results, flight.failure = None, failure
+            self._finish(flight)
+            return
+        for _, d in flight.batch:
             if not d.called:
                 d.errback(failure)
-        if self._chain:
-            self._done()
+
+    def _finish(self, flight: _Flight[T]) -> None:
+        """``flight`` has its outcome: tell the callers of every batch that is done and
+        has none still running before it."""
+        flight.done = True
+        self._active -= 1
+        flights = self._flights
+        while flights and flights[0].done:
+            done = flights.popleft()
+            if not self._chain:
+                self._done()
+            self._tell(done)
+            if self._chain:
+                self._done()
+
+    def _tell(self, flight: _Flight[T]) -> None:
+        failure = flight.failure
+        if failure is None:
+            try:
+                for (_, d), result in zip(flight.batch, flight.results or (), strict=True):
+                    d.callback(result)
+                return
+            except Exception:
+                failure = Failure()
+                self._logger.failure(self._failure_message, failure)
+        for _, d in flight.batch:
+            if not d.called:
+                d.errback(failure)
 
     def _done(self) -> None:
-        self.running = False
+        self.running = bool(self._flights)
         if self._on_done is not None:
             self._on_done()
         if self._queue:
@@ -125,5 +177,5 @@ class Batcher(Generic[T, R]):
                 self._flush()
             else:
                 self._schedule()
-        elif self._on_idle is not None:
+        elif not self.running and self._on_idle is not None:
             self._on_idle()

@@ -2,7 +2,9 @@
 writer, ``writer.LogWriter``, makes the batches), the checked acks of a cluster, a
 login's start, and every read of the log.
 
-Ids come from the ``log_seq`` row (``Engine.reserve_ids``). Where the engine
+Ids come from the ``log_seq`` row (``Engine.reserve_ids``), or with ``--log-order
+positions`` from a sequence that holds no lock (``Engine.next_ids``; positions.py
+says what keeps acks safe then). Where the engine
 stages new messages (SQLite), rows are inserted into ``Engine.log_table`` and
 every read here first calls ``Engine.before_log_read``: ``reads_log`` makes the
 plain ``_all``/``_one`` reads of this store do so, and each ``txn`` that reads
@@ -20,6 +22,7 @@ from twisted.internet import defer
 from qqchat.storage.access import Access
 from qqchat.storage.engines import Engine
 from qqchat.storage.engines.base import LOG_COLUMNS
+from qqchat.storage.positions import InFlight, LeaseExpiredError, LogPositions
 
 KIND_DIRECT = 1
 KIND_GROUP = 2
@@ -29,7 +32,19 @@ KIND_BROADCAST = 3
 def locked_head(engine: Engine, t: Any) -> int:
     """The log head, read so that a message batch in flight is waited for (share
     lock): a new member's ``since_id``, or a new account's start, is then exactly
-    the last message not meant for them."""
+    the last message not meant for them.
+
+    With ``--log-order positions`` nothing holds ``log_seq`` any more: the head is
+    the sequence's (``Engine.sequence_head``), every id taken before this read at
+    or below it, every id taken after above it. A message is then meant for the
+    new member or account when its id was taken after the join: the same split,
+    made by when the id was taken rather than when it committed. (A batch that
+    took its ids after the head was read but read the group's members before the
+    join committed does not push the message to the new member; the backlog has
+    it, and the member's checked acks stop below it until a resync or login sends
+    it: late, never lost.)"""
+    if engine.log_order == "positions":
+        return engine.sequence_head(t)
     t.execute("SELECT last_id FROM log_seq WHERE id = 1" + engine.share_lock)
     return int(t.fetchone()[0])
 
@@ -114,18 +129,23 @@ class LogStore(Access):
         self._one_trip_pair = f"({p}, {p}, {head} - {p})"
 
     def write_batch(self, messages: Sequence[NewMessage], acks: Iterable[tuple[int, int]],
-                    now: int) -> defer.Deferred[list[Stored]]:
+                    now: int, flight: InFlight | None = None,
+                    positions: LogPositions | None = None) -> defer.Deferred[list[Stored]]:
         """Append ``messages`` and apply ``acks`` (user id, message id) in one transaction.
 
         Ids come from the log_seq row, whose lock is held to commit: transactions
         that write messages commit one after another in id order, on any number of
         daemons, so a cumulative ack can never pass a message that commits late.
+        With ``flight`` (``--log-order positions``) they come from the sequence
+        instead, nothing is held, and ``positions`` keeps acks safe (positions.py).
         """
         engine = self._engine
-        q_ins = self._q_insert
-        q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
         # users rows in id order, as every transaction that locks several takes them
         ack_rows = [(mid, uid, mid) for uid, mid in sorted(acks)]
+        if flight is not None:
+            assert positions is not None
+            return self._run(self._write_positioned, messages, ack_rows, now, flight,
+                             positions)
 
         def txn(t: Any) -> list[Stored]:
             if engine.multi_statements and messages and self._one_trip(messages):
@@ -133,43 +153,85 @@ class LogStore(Access):
             results: list[Stored] = []
             if messages:
                 head = engine.reserve_ids(t, len(messages))
-                next_id = head - len(messages) + 1
-                rows = []
-                by_cid = self._stored_cids(
-                    t, {(m.sender, m.cid) for m in messages if m.cid is not None})
                 # read under the log_seq lock: a join either committed before (and
                 # the joiner gets the message) or gets a since_id past it
-                members: dict[int, list[int]] = {}
-                for m in messages:
-                    if m.group_id is not None and m.group_id not in members:
-                        t.execute(q_members, (m.group_id,))
-                        members[m.group_id] = [int(r[0]) for r in t.fetchall()]
-                    group = members.get(m.group_id) if m.group_id is not None else None
-                    if group is not None and m.sender not in group:
-                        results.append(Stored(0, now, False, not_member=True))
-                        continue
-                    if m.cid is not None:
-                        seen = by_cid.get((m.sender, m.cid))
-                        if seen is not None:
-                            results.append(Stored(seen.id, seen.ts, True))
-                            continue
-                    stored = Stored(next_id, now, False, members=group)
-                    if m.cid is not None:
-                        by_cid[(m.sender, m.cid)] = stored
-                    rows.append((next_id, m.kind, m.sender, m.recipient, m.group_id, m.body,
-                                 now, m.cid))
-                    results.append(stored)
-                    next_id += 1
+                results, rows = self._prepare(
+                    t, messages, range(head - len(messages) + 1, head + 1), now)
                 if rows:
-                    t.executemany(q_ins, rows)
+                    t.executemany(self._q_insert, rows)
                     if not engine.stages_log:  # else derived when the staged rows move
                         self._write_derived(t, rows)
-                    engine.after_log_insert(t, next_id)
+                    engine.after_log_insert(t, rows[-1][0] + 1)
             if ack_rows:
                 self._write_acks(t, ack_rows)
             return results
 
         return self._run(txn)
+
+    def _prepare(self, t: Any, messages: Sequence[NewMessage], ids: Iterable[int], now: int
+                 ) -> tuple[list[Stored], list[tuple[Any, ...]]]:
+        """Each message's outcome, and the rows to insert, taking ``ids`` in order:
+        members checked (and read, for the push) in the transaction, client ids
+        already stored answered as duplicates."""
+        q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
+        results: list[Stored] = []
+        rows: list[tuple[Any, ...]] = []
+        next_ids = iter(ids)
+        by_cid = self._stored_cids(t, {(m.sender, m.cid) for m in messages if m.cid is not None})
+        members: dict[int, list[int]] = {}
+        for m in messages:
+            if m.group_id is not None and m.group_id not in members:
+                t.execute(q_members, (m.group_id,))
+                members[m.group_id] = [int(r[0]) for r in t.fetchall()]
+            group = members.get(m.group_id) if m.group_id is not None else None
+            if group is not None and m.sender not in group:
+                results.append(Stored(0, now, False, not_member=True))
+                continue
+            if m.cid is not None:
+                seen = by_cid.get((m.sender, m.cid))
+                if seen is not None:
+                    results.append(Stored(seen.id, seen.ts, True))
+                    continue
+            mid = next(next_ids)
+            stored = Stored(mid, now, False, members=group)
+            if m.cid is not None:
+                by_cid[(m.sender, m.cid)] = stored
+            rows.append((mid, m.kind, m.sender, m.recipient, m.group_id, m.body, now, m.cid))
+            results.append(stored)
+        return results, rows
+
+    def _write_positioned(self, t: Any, messages: Sequence[NewMessage],
+                          ack_rows: list[tuple[int, int, int]], now: int, flight: InFlight,
+                          positions: LogPositions) -> list[Stored]:
+        """``--log-order positions``: ids from the sequence, taken before the group
+        members are read (so a join that committed before they were taken is seen),
+        then every write in one multi-statement, this node's ``log_writers`` row
+        last, and the lease checked as the very last thing before the commit."""
+        engine = self._engine
+        results: list[Stored] = []
+        rows: list[tuple[Any, ...]] = []
+        if messages:
+            results, rows = self._prepare(t, messages, engine.next_ids(t, len(messages)), now)
+        parts: list[str] = []
+        params: list[Any] = []
+        if rows:
+            parts.append(self._q(f"INSERT INTO messages ({LOG_COLUMNS}) VALUES "
+                                 + ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows))))
+            for row in rows:
+                params += row
+            self._derived_statements(rows, parts, params)
+        for row in sorted(ack_rows, key=_by_user):
+            parts.append(self._q(self._ACK))
+            params += row
+        parts.append(self._q("INSERT INTO log_writers (node, slot, position, updated_at)"
+                             " VALUES (?, ?, ?, ?)") + engine.keep_greatest(
+                                 "node, slot", "position", "log_writers"))
+        params += (positions.node, flight.slot, flight.floor, now)
+        engine.run_script(t, parts, params)
+        if not positions.may_commit(flight):
+            raise LeaseExpiredError()
+        flight.committing = True
+        return results
 
     #: the most message text sent as one multi-statement (its packet stays small)
     _ONE_TRIP_BYTES = 256 * 1024
@@ -240,6 +302,33 @@ class LogStore(Access):
                        for v in (user, peer, mid)])
         for gid, mid in sorted(groups.items()):
             t.execute(self._q_group_head, (mid, gid))
+
+    def _derived_statements(self, rows: Sequence[tuple[Any, ...]], parts: list[str],
+                            params: list[Any]) -> None:
+        """``_write_derived`` as statements for one multi-statement."""
+        p = self._engine.param
+        newest: dict[tuple[int, int], int] = {}
+        groups: dict[int, int] = {}
+        for mid, kind, sender, recipient, gid, *_ in rows:
+            if kind == KIND_DIRECT:
+                newest[(sender, recipient)] = newest[(recipient, sender)] = mid
+            elif kind == KIND_GROUP:
+                groups[gid] = mid
+        if newest:
+            parts.append("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
+                         + ",".join([f"({p}, {p}, {p})"] * len(newest))
+                         + self._conversation_upsert)
+            for (user, peer), mid in sorted(newest.items()):
+                params += (user, peer, mid)
+        for gid, mid in sorted(groups.items()):
+            parts.append(self._q_group_head)
+            params += (mid, gid)
+
+    def sequence_head(self) -> defer.Deferred[int]:
+        """``Engine.sequence_head`` in a transaction of its own: an idle node's
+        position (positions.py)."""
+        engine = self._engine
+        return self._run(engine.sequence_head)
 
     _ACK = "UPDATE users SET acked = ? WHERE id = ? AND acked < ?"
 

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qqchat.errors import StartupError
-from qqchat.storage.engines import DatabaseURLError, Engine, engine_class
+from qqchat.storage.engines import DatabaseURLError, Engine, create_engine, engine_class
 from qqchat.storage.schema import apply_schema
 
 __all__ = ["DatabaseConfig", "DatabaseService", "DatabaseURLError", "check_driver",
@@ -88,6 +88,15 @@ def make_pool(config: DatabaseConfig, reactor: Any) -> adbapi.ConnectionPool:
     return config.engine.make_pool(config, reactor)
 
 
+def _start_schema(t: Any, dialect: str, log_order: str) -> None:
+    """The migrations, then the log's id source of this node's order moved past every
+    stored id (the cluster may have run in the other order before)."""
+    apply_schema(t, dialect)
+    engine = create_engine(dialect, None)
+    engine.log_order = log_order
+    engine.sync_log_heads(t)
+
+
 class DatabaseUnreachableError(StartupError):
     """The database did not answer within --db-wait at start."""
 
@@ -106,8 +115,11 @@ class DatabaseService(Service):
     retry_every = 2.0
 
     def __init__(self, config: DatabaseConfig, pool: adbapi.ConnectionPool,
-                 clock: IReactorTime, wait: float = 30.0) -> None:
+                 clock: IReactorTime, wait: float = 30.0, log_order: str = "lock") -> None:
         self.config = config
+        #: the log's id source this node uses (``Engine.log_order``), moved past every
+        #: stored id at start (``Engine.sync_log_heads``)
+        self.log_order = log_order
         self.pool = pool
         self.clock = clock
         self.wait = wait if config.engine.waits_for_server else 0.0
@@ -122,7 +134,7 @@ class DatabaseService(Service):
 
     def _try(self) -> None:
         self._retry = None
-        d = self.pool.runInteraction(apply_schema, self.config.dialect)
+        d = self.pool.runInteraction(_start_schema, self.config.dialect, self.log_order)
         d.addCallbacks(self._ready, self._failed)
         d.addErrback(lambda f: self.log.failure("database start failed", f))
 

@@ -203,9 +203,20 @@ def _baseline(t: Any, dialect: str, statements: list[str]) -> None:
         _fill_conversations(t, engine)
 
 
+def _log_positions(t: Any, dialect: str, statements: list[str]) -> None:
+    """Migration 3 (MariaDB): the sequence and ``log_writers``, then the sequence moved
+    past every id handed out so far (``SETVAL`` takes no expression)."""
+    for stmt in statements:
+        t.execute(stmt)
+    if dialect == "mysql":
+        engine = create_engine(dialect, None)
+        engine.log_order = "positions"
+        engine.sync_log_heads(t)
+
+
 #: Python steps of later migrations, by number: each runs in place of its file's
-#: statements, which it is given (none yet; migration 1 is ``_baseline``)
-_STEPS: dict[int, Step] = {}
+#: statements, which it is given (migration 1 is ``_baseline``)
+_STEPS: dict[int, Step] = {3: _log_positions}
 
 
 def _text(value: Any) -> str:

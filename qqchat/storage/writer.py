@@ -4,6 +4,7 @@ batches, one for the checked acks of a cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -13,6 +14,10 @@ from twisted.python.failure import Failure
 from qqchat.metrics import LATENCY_BUCKETS, Registry
 from qqchat.storage.batcher import Batcher, Entry
 from qqchat.storage.log import CheckedAck, LogStore, NewMessage, Stored
+from qqchat.storage.positions import InFlight, LogPositions
+
+#: batches one node keeps in flight at once with ``--log-order positions``
+POSITIONED_IN_FLIGHT = 3
 
 #: entries (messages plus users' ack positions) one transaction carries
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
@@ -35,17 +40,31 @@ class LogWriter:
     so under load each transaction carries many messages while a lone message
     still commits at once. Callers' Deferreds fire in log order after commit,
     which is what makes live pushes leave in id order.
+
+    With ``positions`` (``--log-order positions``) up to ``POSITIONED_IN_FLIGHT``
+    batches run at once, each registered with the node's ``LogPositions`` from its
+    start to its outcome, and ``safe`` (``ClusterView.safe``) caps the checked
+    acks. Callers still hear batch by batch in the order the batches began; ids no
+    longer follow that order (another batch of this node may have taken its ids
+    first), so one node's pushes may leave out of id order, as pushes from two
+    nodes always could: cluster acks are checked against what each session was
+    sent, which is why this order needs a cluster (``--redis``).
     """
 
     def __init__(self, store: LogStore, clock: IReactorTime, max_batch: int = 1000,
-                 metrics: Registry | None = None, min_interval: float = 0.0) -> None:
+                 metrics: Registry | None = None, min_interval: float = 0.0,
+                 positions: LogPositions | None = None,
+                 safe: Callable[[int], defer.Deferred[int]] | None = None,
+                 max_in_flight: int = POSITIONED_IN_FLIGHT) -> None:
         self._store = store
+        self._positions = positions
+        self._safe = safe
         self._clock = clock
         self._max_batch = max_batch
-        #: ack positions waiting for the next batch, per user, and those of the batch
+        #: ack positions waiting for the next batch, per user, and those of each batch
         #: being written
         self._acks: dict[int, int] = {}
-        self._writing_acks: dict[int, int] = {}
+        self._writing_acks: list[dict[int, int]] = []
         #: ack waiters in the queue, and in the batch being taken
         self._queued_waiters = 0
         self._batch_waiters = 0
@@ -55,7 +74,8 @@ class LogWriter:
         #: at once
         self._batches: Batcher[_Item, Stored | None] = Batcher(
             clock, self._write, what="a log batch", min_interval=min_interval,
-            take=self._take, on_done=self._batch_done, on_idle=self._maybe_idle)
+            take=self._take, on_idle=self._maybe_idle,
+            max_in_flight=max_in_flight if positions is not None else 1)
         self._checks: Batcher[CheckedAck, int] = Batcher(
             clock, self._check, what="checked acks", chain=True, on_idle=self._maybe_idle)
         #: checked acks queued or in flight, per user, and who waits for them to finish
@@ -103,27 +123,42 @@ class LogWriter:
         messages: list[NewMessage] = (
             items[: len(items) - waiters] if waiters else items)  # type: ignore[assignment]
         acks, self._acks = self._acks, {}
-        self._writing_acks = acks
+        self._writing_acks.append(acks)
         self._batch_size.observe(len(messages) + len(acks))
-        d = self._store.write_batch(messages, acks.items(), int(started * 1000))
-        d.addCallbacks(self._written, self._failed, callbackArgs=(len(messages), waiters,
-                                                                  started))
+        flight = None
+        if self._positions is None:
+            d = self._store.write_batch(messages, acks.items(), int(started * 1000))
+        else:
+            flight = self._positions.begin()
+            d = self._store.write_batch(messages, acks.items(), int(started * 1000), flight,
+                                        self._positions)
+        d.addCallbacks(self._written, self._failed,
+                       callbackArgs=(len(messages), waiters, started, acks, flight),
+                       errbackArgs=(acks, flight))
         return d
 
     def _written(self, stored: list[Stored], messages: int, waiters: int,
-                 started: float) -> list[Stored | None]:
+                 started: float, acks: dict[int, int], flight: InFlight | None
+                 ) -> list[Stored | None]:
         self.batches += 1
+        self._writing_acks.remove(acks)
+        if flight is not None:
+            assert self._positions is not None
+            self._positions.end(flight, max((s.id for s in stored if not s.duplicate),
+                                            default=0))
         self._commit_seconds.observe(self._clock.seconds() - started)
         # the ack waiters' results, only when every message has its own: a short
         # answer is a bug, which the batcher reports
         return stored + [None] * waiters if len(stored) == messages else list(stored)
 
-    def _failed(self, failure: Failure) -> Failure:
+    def _failed(self, failure: Failure, acks: dict[int, int], flight: InFlight | None
+                ) -> Failure:
         self._batches_failed.inc()
+        self._writing_acks.remove(acks)
+        if flight is not None:
+            assert self._positions is not None
+            self._positions.end(flight, certain=not flight.committing)
         return failure
-
-    def _batch_done(self) -> None:
-        self._writing_acks = {}
 
     # -- checked acks -----------------------------------------------------
 
@@ -139,7 +174,18 @@ class LogWriter:
         return d.addBoth(self._checked, user_id)
 
     def _check(self, checks: list[CheckedAck], started: float) -> defer.Deferred[list[int]]:
-        return self._store.checked_acks(checks)
+        if self._safe is None:
+            return self._store.checked_acks(checks)
+        # --log-order positions: no further than the safe position, below which
+        # nothing can still commit (waited for, a little, when it is behind)
+        d = self._safe(max(c[2] for c in checks))
+        d.addCallback(self._check_capped, checks)
+        return d
+
+    def _check_capped(self, safe: int, checks: list[CheckedAck]) -> defer.Deferred[list[int]]:
+        return self._store.checked_acks(
+            [(user, after, max(after, min(upto, safe)), seen, login)
+             for user, after, upto, seen, login in checks])
 
     def _checked(self, result: Any, user_id: int) -> Any:
         left = self._checking.pop(user_id) - 1
@@ -163,8 +209,9 @@ class LogWriter:
             d: defer.Deferred[None] = defer.Deferred()
             self._check_waiters.setdefault(user_id, []).append(d)
             return d.addCallback(lambda _: self.acks_written(user_id))
-        if user_id in self._acks or user_id in self._writing_acks:
-            return self.ack(user_id, 0)  # the next batch commits after the one in flight
+        if user_id in self._acks or any(user_id in a for a in self._writing_acks):
+            # the next batch's callers hear after those of the batches in flight
+            return self.ack(user_id, 0)
         return defer.succeed(None)
 
     def pending(self) -> int:

@@ -82,6 +82,9 @@ class Engine:
     #: error codes of a transaction rolled back only for the order in which
     #: transactions took locks: running it again usually gets through
     lock_conflicts: ClassVar[frozenset[int]] = frozenset()
+    #: the engine can take log ids without a lock held to commit (``next_ids``), so
+    #: ``--log-order positions`` can run on it
+    has_log_positions: ClassVar[bool] = False
 
     def __init__(self, dbapi: Any = None) -> None:
         """``dbapi``: the DB-API module of the pool or connection, whose errors the
@@ -94,6 +97,10 @@ class Engine:
             (dbapi.OperationalError, dbapi.InterfaceError, adbapi.ConnectionLost)
             if dbapi is not None else ())
         self._sql_cache: dict[str, str] = {}
+        #: how batches take log ids: "lock" (``reserve_ids``, the ``log_seq`` row lock
+        #: held to commit: ids commit in id order) or "positions" (``next_ids``, no
+        #: lock: storage/positions.py says what keeps acks safe); set by ``app.build``
+        self.log_order = "lock"
 
     # -- statements -------------------------------------------------------
 
@@ -117,6 +124,22 @@ class Engine:
         """Move the log head (``log_seq``) ``n`` ids on, holding its row lock to
         commit; the new head."""
         raise NotImplementedError
+
+    def next_ids(self, t: Any, n: int) -> list[int]:
+        """``n`` new log ids, increasing, from a source that holds no lock to commit
+        (``--log-order positions``); ids taken and not used are gaps, never reused.
+        Only where ``has_log_positions``."""
+        raise NotImplementedError(f"{self.name} has no lock-free log ids")
+
+    def sequence_head(self, t: Any) -> int:
+        """A value every id handed out so far is at most, and every id handed out
+        later is greater than (where ``has_log_positions``)."""
+        raise NotImplementedError(f"{self.name} has no lock-free log ids")
+
+    def sync_log_heads(self, t: Any) -> None:
+        """At start, after the migrations: move the id source of ``log_order`` past
+        every stored id (the other order may have written last), so that a cluster
+        switched between orders never hands out an id twice."""
 
     def execute_each(self, t: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement once per row of parameters, in as few round trips as
