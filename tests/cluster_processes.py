@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -320,6 +320,8 @@ class Daemon:
     web_port: int = field(default_factory=free_port)
     node: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    #: more daemon options (e.g. --log-order positions)
+    extra: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.node = f"n{self.index}-{secrets.token_hex(3)}"
@@ -333,7 +335,7 @@ class Daemon:
                "--web-port", str(self.web_port), "--web-interface", HOST,
                # the tests stream and register as fast as they can, all from 127.0.0.1
                "--rate-limit", "0", "--user-rate-limit", "0", "--register-rate", "0",
-               "--max-conns-per-address", "0", "--broadcast", "anyone"]
+               "--max-conns-per-address", "0", "--broadcast", "anyone", *self.extra]
         env = {k: v for k, v in os.environ.items() if not k.startswith("QQCHAT_")}
         with self.log.open("ab") as out:
             # a file, not a pipe nobody reads: the daemon can never block on its output
@@ -431,11 +433,13 @@ class ProcessCluster:
     """N daemons sharing one MariaDB database and one Redis, nginx in front."""
 
     def __init__(self, workdir: Path, mariadb: MariaDB, dbname: str,
-                 redis: RedisServer | RedisLike, nodes: int = 3) -> None:
+                 redis: RedisServer | RedisLike, nodes: int = 3,
+                 daemon_args: Sequence[str] = ()) -> None:
         self.workdir = workdir
         self.mariadb = mariadb
         self.redis = redis
-        self.daemons = [Daemon(i, workdir, mariadb.url(dbname), redis.url)
+        self.daemons = [Daemon(i, workdir, mariadb.url(dbname), redis.url,
+                               extra=list(daemon_args))
                         for i in range(nodes)]
         self.nginx: Nginx | None = None
         self.clients: list[LineClient] = []

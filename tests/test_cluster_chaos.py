@@ -579,11 +579,14 @@ def redis() -> Iterator[RedisServer]:
     server.close()
 
 
-@pytest.fixture
-def chaos(db_server: FaultyMariaDB, redis: RedisServer, tmp_path: Path) -> Iterator[Chaos]:
+@pytest.fixture(params=["lock", "positions"])
+def chaos(db_server: FaultyMariaDB, redis: RedisServer, tmp_path: Path,
+          request: pytest.FixtureRequest) -> Iterator[Chaos]:
+    """The cluster, in each order of the message log (``--log-order``)."""
     name = f"qq_chaos_{next(_db_names)}"
     db_server.create_database(name)
-    cluster = ProcessCluster(tmp_path, db_server, name, redis, nodes=NODES)
+    cluster = ProcessCluster(tmp_path, db_server, name, redis, nodes=NODES,
+                             daemon_args=["--log-order", request.param])
     try:
         cluster.start()
         yield Chaos(cluster)
