@@ -286,26 +286,20 @@ class LogStore(Access):
         """Keep the conversation list (each pair's and each group's newest message) in
         step with the rows just inserted, in the same transaction. (An engine that
         stages rows does this in bulk when they move: ``SqliteEngine.unstage``.)"""
-        p = self._engine.param
-        newest: dict[tuple[int, int], int] = {}
-        groups: dict[int, int] = {}
-        for mid, kind, sender, recipient, gid, *_ in rows:
-            if kind == KIND_DIRECT:
-                newest[(sender, recipient)] = newest[(recipient, sender)] = mid
-            elif kind == KIND_GROUP:
-                groups[gid] = mid
-        if newest:
-            t.execute("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
-                      + ",".join([f"({p}, {p}, {p})"] * len(newest))
-                      + self._conversation_upsert,
-                      [v for (user, peer), mid in sorted(newest.items())
-                       for v in (user, peer, mid)])
-        for gid, mid in sorted(groups.items()):
-            t.execute(self._q_group_head, (mid, gid))
+        for sql, params in self._derived(rows):
+            t.execute(sql, params)
 
     def _derived_statements(self, rows: Sequence[tuple[Any, ...]], parts: list[str],
                             params: list[Any]) -> None:
         """``_write_derived`` as statements for one multi-statement."""
+        for sql, values in self._derived(rows):
+            parts.append(sql)
+            params += values
+
+    def _derived(self, rows: Sequence[tuple[Any, ...]]
+                 ) -> list[tuple[str, Sequence[Any]]]:
+        """The statements of ``_write_derived``: one upsert for every pair's newest
+        message, one update per group."""
         p = self._engine.param
         newest: dict[tuple[int, int], int] = {}
         groups: dict[int, int] = {}
@@ -314,15 +308,15 @@ class LogStore(Access):
                 newest[(sender, recipient)] = newest[(recipient, sender)] = mid
             elif kind == KIND_GROUP:
                 groups[gid] = mid
+        out: list[tuple[str, Sequence[Any]]] = []
         if newest:
-            parts.append("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
-                         + ",".join([f"({p}, {p}, {p})"] * len(newest))
-                         + self._conversation_upsert)
-            for (user, peer), mid in sorted(newest.items()):
-                params += (user, peer, mid)
-        for gid, mid in sorted(groups.items()):
-            parts.append(self._q_group_head)
-            params += (mid, gid)
+            out.append(("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
+                        + ",".join([f"({p}, {p}, {p})"] * len(newest))
+                        + self._conversation_upsert,
+                        [v for (user, peer), mid in sorted(newest.items())
+                         for v in (user, peer, mid)]))
+        out += [(self._q_group_head, (mid, gid)) for gid, mid in sorted(groups.items())]
+        return out
 
     def sequence_head(self) -> defer.Deferred[int]:
         """``Engine.sequence_head`` in a transaction of its own: an idle node's
