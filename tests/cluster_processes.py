@@ -194,6 +194,15 @@ class LineClient:
     def who(self) -> set[int]:
         return {u["id"] for u in self.ok("who", limit=500)["users"]}
 
+    def who_or_none(self) -> set[int]:
+        """``who``, or nobody while this client's node is reconnecting to Redis."""
+        try:
+            return self.who()
+        except ReplyError as e:
+            if e.code != "unavailable":
+                raise
+            return set()
+
     def close(self) -> None:
         self.closed = True
         with contextlib.suppress(OSError):

@@ -135,14 +135,6 @@ def until_available(action: Callable[[], T], errors: Counter[str], timeout: floa
             time.sleep(0.1)
 
 
-def who_or_none(client: LineClient) -> set[int]:
-    """``who``, or nobody while the client's node is still reconnecting to Redis."""
-    try:
-        return client.who()
-    except ReplyError as e:
-        if e.code != "unavailable":
-            raise
-        return set()
 
 
 class Inbox:
@@ -555,7 +547,7 @@ def test_redis_stopped_and_restarted_during_traffic(cluster: ProcessCluster,
     got = {f["id"]: f["text"] for f in inbox.messages}
     assert got == {mid: f"m{seq}" for seq, mid in sent.items()}
     # presence is re-asserted into the empty Redis by the nodes that hold the users
-    wait_until(lambda: who_or_none(watcher) >= {rid, sender.user_id, watcher.user_id}, 20,
+    wait_until(lambda: watcher.who_or_none() >= {rid, sender.user_id, watcher.user_id}, 20,
                "presence to come back")
     print(f"redis: {len(sent)} sent, retries {dict(errors)}, "
           f"{len(inbox.messages) - len(got)} pushed twice")
