@@ -124,9 +124,9 @@ class LogStore(Access):
         self._conversation_upsert = engine.keep_greatest("user_id, peer_id", "last_id",
                                                          "conversations")
         head = engine.reserved_head
-        #: a message row and a conversation row of ``_write_in_one_trip``
-        self._one_trip_row = f"({head} - {p}, {p}, {p}, {p}, NULL, {p}, {p}, NULL)"
-        self._one_trip_pair = f"({p}, {p}, {head} - {p})"
+        #: ``_write_in_one_trip``: the head, and a message row's text parameter
+        self._one_trip_head = head
+        self._one_trip_body = p
 
     def write_batch(self, messages: Sequence[NewMessage], acks: Iterable[tuple[int, int]],
                     now: int, flight: InFlight | None = None,
@@ -255,13 +255,19 @@ class LogStore(Access):
         ``reserved_head`` (LAST_INSERT_ID), which the reservation sets."""
         engine = self._engine
         n = len(messages)
+        # integers go into the text as literals (formatted with int(), so nothing
+        # else can): the driver then escapes one parameter per message, the body
+        head, body = self._one_trip_head, self._one_trip_body
+        values = []
+        for k, m in enumerate(messages):
+            to = "NULL" if m.recipient is None else f"{int(m.recipient):d}"
+            values.append(f"({head} - {n - 1 - k:d}, {int(m.kind):d}, {int(m.sender):d},"
+                          f" {to}, NULL, {body}, {int(now):d}, NULL)")
         parts = [engine.reserve_sql,
-                 f"INSERT INTO messages ({LOG_COLUMNS}) VALUES "
-                 + ",".join([self._one_trip_row] * n),
+                 f"INSERT INTO messages ({LOG_COLUMNS}) VALUES " + ",".join(values),
                  f"SELECT {engine.reserved_head}"]
         params: list[Any] = [n]
-        for k, m in enumerate(messages):
-            params += (n - 1 - k, m.kind, m.sender, m.recipient, m.body, now)
+        params += [m.body for m in messages]
         # the conversation list: each pair's newest message, by its offset from the head
         newest: dict[tuple[int, int], int] = {}
         for k, m in enumerate(messages):
@@ -269,10 +275,9 @@ class LogStore(Access):
                 newest[(m.sender, m.recipient)] = newest[(m.recipient, m.sender)] = n - 1 - k
         if newest:
             parts.append("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
-                         + ",".join([self._one_trip_pair] * len(newest))
+                         + ",".join(f"({int(user):d}, {int(peer):d}, {head} - {offset:d})"
+                                    for (user, peer), offset in sorted(newest.items()))
                          + self._conversation_upsert)
-            for (user, peer), offset in sorted(newest.items()):
-                params += (user, peer, offset)
         for row in ack_rows:
             parts.append(self._q(self._ACK))
             params += row
