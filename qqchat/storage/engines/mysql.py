@@ -241,7 +241,8 @@ class MySQLEngine(Engine):
             db=config.database,
             charset="utf8mb4",
             # the message log writes a batch as one multi-statement (LogStore.write_batch);
-            # every value in it is escaped by the driver, never formatted into the SQL
+            # every text value in it is escaped by the driver; the integers are
+            # written as literals, formatted with int() (LogStore._write_in_one_trip)
             client_flag=CLIENT.MULTI_STATEMENTS,
             connect_timeout=5,
             # a server that stops answering must give `unavailable`, not a hung request
