@@ -133,6 +133,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.db == "sqlite":
             p.error("--cross needs MariaDB (--db mysql or --db-url): cluster nodes share "
                     "one MySQL database")
+    if args.log_order != "lock" and not (args.cross or args.workload == "writers"):
+        p.error("--log-order goes with writers, or chat --cross")
     if args.workload == "directory":
         from bench.directory import check_sizes
 
@@ -220,6 +222,8 @@ def case_label(args: argparse.Namespace, case: dict[str, Any], server: str | Non
     if w == "chat":
         cross = " cross" if args.cross else ""
         edge = " ws" if args.ws else ""
+        if args.cross and args.log_order != "lock":
+            cross += f" log-order={args.log_order}"
         return f"{db}{cross}{edge} pairs={args.pairs} msgs={args.messages}"
     if w == "group":
         return f"{db} members={args.members} msgs={args.messages}"
@@ -440,7 +444,8 @@ async def cross_run(reactor: Any, args: argparse.Namespace, case: dict[str, Any]
             for node in nodes:
                 daemons.append(dmod.start_daemon(url, case["cost"], wd, plan[0],
                                                  redis_url=redis.url, node_id=node,
-                                                 name=f"daemon-{node}"))
+                                                 name=f"daemon-{node}",
+                                                 extra=["--log-order", args.log_order]))
             dmod.wait_nodes_ready(daemons, redis.port, nodes)
             assert redis.proc is not None
             return await one_run(reactor, daemons[0], args, case, peer=daemons[1],

@@ -54,7 +54,7 @@ def add_options(group: argparse._ArgumentGroup) -> None:
                        help="writers: measured window, seconds, after a 2 s warm-up (10)")
     group.add_argument("--log-order", default="lock", choices=("lock", "positions"),
                        help="writers: how batches take their ids, as the daemon's "
-                            "--log-order (lock)")
+                            "--log-order; chat --cross: the nodes' --log-order (lock)")
 
 
 def parse_writers(text: str) -> list[int]:

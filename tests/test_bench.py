@@ -112,11 +112,15 @@ def test_backlog() -> None:
     assert run["msgs_per_s"] > 0
 
 
-def test_chat_cross() -> None:
+@pytest.mark.parametrize("order", ["lock", "positions"])
+def test_chat_cross(order: str) -> None:
     """Two cluster nodes on a throwaway MariaDB and Redis: senders on one, receivers
-    on the other; every message crosses through Redis and is checked."""
-    run = only_run(run_bench("chat", "--cross", "--pairs", "2", "--messages", "20",
-                             "--warmup", "2"))
+    on the other; every message crosses through Redis and is checked. In each
+    order of the message log (the nodes' --log-order)."""
+    out = run_bench("chat", "--cross", "--pairs", "2", "--messages", "20", "--warmup", "2",
+                    "--log-order", order)
+    assert ("log-order=positions" in out["cases"][0]["label"]) == (order == "positions")
+    run = only_run(out)
     assert run["nodes"] == 2
     assert run["expected"] == run["delivered"] == 40
     assert run["msgs_per_s"] > 0
