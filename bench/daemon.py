@@ -120,9 +120,9 @@ def rss_kib(pid: int) -> int:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """tests/ports.py's: a port bind(0) hands out may be taken by an outgoing
+    connection (the generator's, MariaDB's) before the daemon binds it."""
+    return int(_load_ports_helper().free_port(host))
 
 
 def _die_with_parent() -> None:

@@ -105,8 +105,12 @@ class LoginThrottle:
         self.pause = pause
 
     @staticmethod
-    def _keys(account: str, address: str) -> list[str]:
-        return [f"login-fail:account:{account}", f"login-fail:address:{address}"]
+    def _address_key(address: str) -> str:
+        return f"login-fail:address:{address}"
+
+    @classmethod
+    def _keys(cls, account: str, address: str) -> list[str]:
+        return [f"login-fail:account:{account}", cls._address_key(address)]
 
     @staticmethod
     def _refused(wait: float) -> ChatError:
@@ -118,7 +122,7 @@ class LoginThrottle:
         budget = self._budgets[1]
         if not budget:
             return
-        [(count, left)] = await self._counters.peek(self._keys("", address)[1:])
+        [(count, left)] = await self._counters.peek([self._address_key(address)])
         if count >= budget and left > 0:
             raise self._refused(left)
 
