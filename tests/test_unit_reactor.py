@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -82,3 +85,25 @@ def test_other_reactors_are_left_alone() -> None:
     before = reactor.doIteration
     assert not streamline(reactor)
     assert reactor.doIteration == before
+
+
+def test_a_thread_still_wakes_the_streamlined_reactor() -> None:
+    reactor = epollreactor.EPollReactor()
+    try:
+        assert streamline(reactor)
+        woke: list[str] = []
+        worker = threading.Thread(target=reactor.callFromThread, args=(woke.append, "woke"))
+        worker.start()
+        worker.join()
+        # the waker's byte makes the poll return at once, well before its timeout
+        started = time.monotonic()
+        reactor.doIteration(30.0)
+        reactor.runUntilCurrent()
+        assert woke == ["woke"] and time.monotonic() - started < 10
+        # a full pipe is not an error: the reactor wakes all the same
+        os.set_blocking(reactor.waker.o, False)
+        for _ in range(100_000):
+            reactor.waker.wakeUp()
+    finally:
+        reactor.removeAll()
+        reactor._poller.close()
