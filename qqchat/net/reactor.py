@@ -18,6 +18,7 @@ of the daemon's Python time under chat load went there.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import types
@@ -55,10 +56,8 @@ def _wake_up(self: Any) -> None:
     """``_UnixWaker.wakeUp`` without the proxy: one byte into the pipe, unless it is
     full already (then the reactor wakes anyway). ``os.write`` retries EINTR."""
     if self.o is not None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.write(self.o, b"x")
-        except BlockingIOError:
-            pass
 
 
 def streamline(reactor: Any) -> bool:
