@@ -40,6 +40,7 @@ from qqchat.services.accounts import AccountService
 from qqchat.services.conversations import ConversationService
 from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
+from qqchat.services.hotpath import HotPath
 from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
 from qqchat.services.moderation import DisabledAccounts
@@ -252,11 +253,13 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
                               # the reactor hands it the next
                               hashes_at_once=2 * HASH_THREADS)
     messages = MessageService(stores.message_log, stores.groups, writer, relay, users, limits,
-                              reactor, metrics=metrics, broadcast_anyone=settings.broadcast_anyone)
+                              reactor)
+    hot = HotPath(stores.message_log, stores.groups, writer, relay, users, limits, reactor,
+                  metrics=metrics, broadcast_anyone=settings.broadcast_anyone)
     DisabledAccounts(stores.accounts, hub, presence, reactor).setServiceParent(daemon)
     friends = FriendService(stores.social, relay, users, reactor, limits)
     groups = GroupService(stores.groups, relay, reactor, limits)
-    dispatcher = Dispatcher(accounts, presence, messages, friends, groups,
+    dispatcher = Dispatcher(accounts, presence, messages, hot, friends, groups,
                             SearchService(stores.directory, relay, reactor, limits),
                             ConversationService(stores.directory), limits, metrics=metrics)
     if settings.redis:

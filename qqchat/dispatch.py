@@ -16,27 +16,32 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from qqchat.errors import ChatError
+from qqchat.frames import MISSING as _MISSING
+from qqchat.frames import Frame, error_frame, failure_frame, reply_frame
 from qqchat.metrics import Registry
 from qqchat.services.accounts import AccountService
 from qqchat.services.conversations import ConversationService
 from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
+from qqchat.services.hotpath import HotPath
 from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
 from qqchat.services.presence import PresenceService
 from qqchat.services.search import SearchService
 from qqchat.session import Session
 
-Frame = dict[str, Any]
-#: a handler returns its reply body (None: it wrote its own reply), or a Deferred or
-#: coroutine of one; the per-message handlers return Deferreds, the rest are coroutines
-Handler = Callable[[Session, Frame], Any]
+__all__ = ["Dispatcher", "Frame", "error_frame", "reply_frame"]
 
-_MISSING = object()
+#: a handler returns its reply body (None: it wrote its own reply), or a Deferred or
+#: coroutine of one; the hot path's handlers (``_FRAMED``) take the request's ``req``
+#: and return the whole reply frame, or a Deferred of it
+Handler = Callable[..., Any]
+
 _MAX_ID = 2**53  # ids stay exact in every JSON client
 #: the only requests served before login
 _ANONYMOUS = frozenset({"register", "login", "ping"})
-_REPLY_TYPES = {"ping": "pong"}
+#: the hot path's requests: their handlers build the reply frame themselves
+_FRAMED = frozenset({"chat", "group_chat", "broadcast", "ack"})
 
 
 def _get(msg: Frame, key: str, required: bool) -> Any:
@@ -77,20 +82,22 @@ class Dispatcher:
     log = Logger()
 
     def __init__(self, accounts: AccountService, presence: PresenceService,
-                 messages: MessageService, friends: FriendService, groups: GroupService,
-                 search: SearchService, conversations: ConversationService,
-                 limits: Limits, metrics: Registry | None = None) -> None:
+                 messages: MessageService, hot: HotPath, friends: FriendService,
+                 groups: GroupService, search: SearchService,
+                 conversations: ConversationService, limits: Limits,
+                 metrics: Registry | None = None) -> None:
         self.accounts = accounts
         self.presence = presence
         self.messages = messages
+        self.hot = hot
         self.friends = friends
         self.groups = groups
         self.search = search
         self.conversations = conversations
         self.limits = limits
         self._cleanups: set[defer.Deferred[None]] = set()
-        #: request type -> (handler, its request counter), filled as types are first seen
-        self._routes: dict[str, tuple[Handler, Any]] = {}
+        #: request type -> (handler, its request counter, framed), filled as types are first seen
+        self._routes: dict[str, tuple[Handler, Any, bool]] = {}
         m = metrics if metrics is not None else Registry()
         self._requests = m.counter("qqchat_requests_total", "Requests by type ('unknown': a "
                                    "type the server does not have).", ["type"])
@@ -99,52 +106,50 @@ class Dispatcher:
 
     # -- the boundary -----------------------------------------------------
 
-    def dispatch(self, session: Session, msg: Any) -> defer.Deferred[Frame | None]:
-        """Handle one decoded request; the Deferred fires with the reply frame, or None
-        when the handler wrote its own reply."""
+    def dispatch(self, session: Session, msg: Any) -> Frame | defer.Deferred[Frame | None] | None:
+        """Handle one decoded request: the reply frame, None when the handler wrote its
+        own reply, or a Deferred that fires with one of those (and never fails)."""
         if not isinstance(msg, dict):
-            return defer.succeed(error_frame("bad_request", "a request is a JSON object"))
+            return error_frame("bad_request", "a request is a JSON object")
         req = msg.get("req", _MISSING)
         if req is not _MISSING and isinstance(req, (dict, list)):
-            return defer.succeed(error_frame("bad_field", "field 'req' must be a JSON scalar",
-                                             field="req"))
+            return error_frame("bad_field", "field 'req' must be a JSON scalar", field="req")
         if isinstance(req, int | float) and not isinstance(req, bool) and abs(req) > _MAX_ID:
             # past 2^53 a number is not echoed exactly (the decoder reads integers past
             # 64 bits as floats, and many clients cannot hold them either)
-            return defer.succeed(error_frame("bad_field", "field 'req' must be a number "
-                                             "within 2^53 of zero, or a string",
-                                             field="req"))
+            return error_frame("bad_field", "field 'req' must be a number within 2^53 of "
+                               "zero, or a string", field="req")
         typ = msg.get("type")
         if not isinstance(typ, str):
             code = "missing_field" if typ is None else "bad_field"
-            return defer.succeed(error_frame(code, "field 'type' must be a string",
-                                             req=req, field="type"))
+            return error_frame(code, "field 'type' must be a string", req=req, field="type")
         route = self._routes.get(typ)
         if route is None:
             handler: Handler | None = getattr(self, "handle_" + typ, None)
             if handler is None:
                 self._requests.labels("unknown").inc()
-                return defer.succeed(error_frame("unknown_type",
-                                                 f"unknown request type {typ!r}", req=req))
+                return error_frame("unknown_type", f"unknown request type {typ!r}", req=req)
             # only real types are kept, so a client cannot grow the table
-            route = self._routes[typ] = (handler, self._requests.labels(typ))
-        handler, count = route
-        count.inc()
+            route = self._routes[typ] = (handler, self._requests.labels(typ), typ in _FRAMED)
+        handler, count, framed = route
+        count.value += 1
         if session.user_id is None and typ not in _ANONYMOUS:
-            return defer.succeed(error_frame("not_logged_in", "log in first", req=req))
+            return error_frame("not_logged_in", "log in first", req=req)
         try:
+            if framed:
+                return handler(session, msg, req)  # type: ignore[no-any-return]
             body = handler(session, msg)
         except ChatError as e:  # refused before any wait: the common error costs no Deferred
-            return defer.succeed(error_frame(e.code, e.message, req=req, **e.extra))
+            return error_frame(e.code, e.message, req=req, **e.extra)
         except Exception:
-            return defer.fail().addErrback(self._error, typ, req)
+            return failure_frame(Failure(), typ, req)
         if isinstance(body, defer.Deferred):
             d = body
         elif body is None or isinstance(body, dict):
-            return defer.succeed(self._reply(body, typ, req))
+            return None if body is None else reply_frame(typ, req, body)
         else:
             d = defer.Deferred.fromCoroutine(body)
-        d.addCallbacks(self._reply, self._error, callbackArgs=(typ, req),
+        d.addCallbacks(self._reply, failure_frame, callbackArgs=(typ, req),
                        errbackArgs=(typ, req))
         return d
 
@@ -153,13 +158,6 @@ class Dispatcher:
         if body is None:
             return None
         return reply_frame(typ, req, body)
-
-    def _error(self, failure: Failure, typ: str, req: Any) -> Frame:
-        if failure.check(ChatError):
-            e: ChatError = failure.value
-            return error_frame(e.code, e.message, req=req, **e.extra)
-        self.log.failure("handler for {type} failed", failure, type=typ)
-        return error_frame("internal", "internal server error", req=req)
 
     def connection_lost(self, session: Session) -> defer.Deferred[None]:
         d = defer.Deferred.fromCoroutine(self.accounts.disconnected(session))
@@ -267,23 +265,27 @@ class Dispatcher:
                             field="cid")
         return cid
 
-    def handle_chat(self, session: Session, msg: Frame) -> defer.Deferred[Frame]:
+    def handle_chat(self, session: Session, msg: Frame, req: Any
+                    ) -> Frame | defer.Deferred[Frame]:
         to, text, cid = _id(msg, "to"), _str(msg, "text"), self._cid(msg)
         assert text is not None
-        return self.messages.chat(session, to, text, cid)
+        return self.hot.chat(session, req, to, text, cid)
 
-    def handle_broadcast(self, session: Session, msg: Frame) -> defer.Deferred[Frame]:
+    def handle_broadcast(self, session: Session, msg: Frame, req: Any
+                         ) -> defer.Deferred[Frame]:
         text, cid = _str(msg, "text"), self._cid(msg)
         assert text is not None
-        return self.messages.broadcast(session, text, cid)
+        return self.hot.broadcast(session, req, text, cid)
 
-    def handle_group_chat(self, session: Session, msg: Frame) -> defer.Deferred[Frame]:
+    def handle_group_chat(self, session: Session, msg: Frame, req: Any
+                          ) -> defer.Deferred[Frame]:
         gid, text, cid = _id(msg, "group"), _str(msg, "text"), self._cid(msg)
         assert text is not None
-        return self.messages.group_chat(session, gid, text, cid)
+        return self.hot.group_chat(session, req, gid, text, cid)
 
-    def handle_ack(self, session: Session, msg: Frame) -> Frame | defer.Deferred[Frame]:
-        return self.messages.ack(session, _id(msg, "id"))
+    def handle_ack(self, session: Session, msg: Frame, req: Any
+                   ) -> Frame | defer.Deferred[Frame]:
+        return self.hot.ack(session, req, _id(msg, "id"))
 
     async def handle_history(self, session: Session, msg: Frame) -> Frame:
         lim = self.limits
@@ -341,20 +343,3 @@ class Dispatcher:
         return await self.groups.mine(session, self._after(msg),
                                       self._page(msg, lim.groups_page, lim.groups_page_max))
 
-
-def reply_frame(typ: str, req: Any, body: Frame) -> Frame:
-    frame: Frame = {"type": _REPLY_TYPES.get(typ, typ)}
-    if req is not _MISSING:
-        frame["req"] = req
-    frame.update(body)
-    return frame
-
-
-def error_frame(code: str, message: str, req: Any = _MISSING, **extra: Any) -> Frame:
-    frame: Frame = {"type": "error"}
-    if req is not _MISSING:
-        frame["req"] = req
-    frame["code"] = code
-    frame["message"] = message
-    frame.update(extra)
-    return frame

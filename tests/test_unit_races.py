@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer, task
-from unit_support import Client, Services, result_of
+from unit_support import Client, Services, dispatched, result_of
 
 from qqchat.errors import UnavailableError
 
@@ -21,11 +21,11 @@ def test_member_who_joins_while_a_group_message_is_queued_receives_it(
     commits first cannot be missed (the message is his: its id is past his since_id)."""
     alice, bob = user(services, "alice"), user(services, "bob")
     gid = alice.ok({"type": "group_create", "name": "g"})["group"]["id"]
-    pending = services.dispatcher.dispatch(alice.session, {"type": "group_chat",
+    pending = dispatched(services, alice.session, {"type": "group_chat",
                                                            "group": gid, "text": "hi"})
     assert not pending.called
     # bob's join commits before the queued message does (inline pool: at once)
-    joined = services.dispatcher.dispatch(bob.session, {"type": "group_join", "group": gid})
+    joined = dispatched(services, bob.session, {"type": "group_join", "group": gid})
     clock.advance(0)
     sent = result_of(pending)
     assert result_of(joined)["type"] == "group_join"
@@ -63,10 +63,10 @@ def test_ack_confirmed_to_the_old_session_holds_for_the_new_one(
     before the new session's backlog is read: acked messages never come back."""
     alice, bob = user(services, "alice"), user(services, "bob")
     ids = [alice.ok({"type": "chat", "to": bob.id, "text": f"m{n}"})["id"] for n in range(3)]
-    acking = services.dispatcher.dispatch(bob.session, {"type": "ack", "id": ids[-1]})
+    acking = dispatched(services, bob.session, {"type": "ack", "id": ids[-1]})
     assert not acking.called
     other = Client(services)
-    logging_in = services.dispatcher.dispatch(
+    logging_in = dispatched(services,
         other.session, {"type": "login", "name": "bob", "password": "secret-pw"})
     clock.advance(0)
     clock.advance(0)

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer, task
-from unit_support import Client, FakeConnection, Services, build_services, result_of, run
+from unit_support import (
+    Client,
+    FakeConnection,
+    Services,
+    build_services,
+    dispatched,
+    result_of,
+    run,
+)
 
 from qqchat.errors import ChatError
 from qqchat.services.limits import Limits
@@ -227,7 +235,7 @@ def test_chat_reply_waits_for_the_commit_and_pushes_to_online_recipient(
     reply carries id and ts and the recipient gets the same id."""
     alice, bob = user(services, "alice"), user(services, "bob")
     clock.advance(12.5)
-    d = services.dispatcher.dispatch(alice.session, {"type": "chat", "to": bob.id,
+    d = dispatched(services, alice.session, {"type": "chat", "to": bob.id,
                                                      "text": "hi bob", "req": 1})
     assert not d.called
     assert bob.conn.lines == []
@@ -314,8 +322,8 @@ def test_cid_retry_within_one_batch(services: Services, clock: task.Clock) -> No
     alice, bob = user(services, "alice"), user(services, "bob")
     msg = {"type": "chat", "to": bob.id, "text": "once", "cid": 77}
     before = services.writer.batches
-    d1 = services.dispatcher.dispatch(alice.session, msg)
-    d2 = services.dispatcher.dispatch(alice.session, msg)
+    d1 = dispatched(services, alice.session, msg)
+    d2 = dispatched(services, alice.session, msg)
     clock.advance(0)
     r1, r2 = result_of(d1), result_of(d2)
     assert r1 is not None and r2 is not None
@@ -558,7 +566,7 @@ def test_appends_in_one_tick_share_one_transaction(services: Services, clock: ta
     alice, bob = user(services, "alice"), user(services, "bob")
     monkeypatch.setattr(services.stores.message_log, "write_batch", counting)
     before = services.writer.batches
-    ds = [services.dispatcher.dispatch(alice.session, {"type": "chat", "to": bob.id,
+    ds = [dispatched(services, alice.session, {"type": "chat", "to": bob.id,
                                                        "text": f"m{n}"}) for n in range(5)]
     assert calls == [] and not any(d.called for d in ds)
     clock.advance(0)
@@ -710,11 +718,12 @@ def test_failed_batch_fails_every_caller_and_the_log_recovers(clock: task.Clock)
 def test_services_can_be_driven_directly(services: Services) -> None:
     """The services enforce their rules without the dispatcher in front of them."""
     alice = user(services, "alice")
-    reply = run(services.clock, services.messages.chat(alice.session, alice.id or 0, "self",
-                                                       None))
+    reply = run(services.clock, services.hot.chat(alice.session, "r1", alice.id or 0, "self",
+                                                  None))
+    assert reply["type"] == "chat" and reply["req"] == "r1"
     assert reply["id"] >= 1 and "duplicate" not in reply
     with pytest.raises(ChatError) as refused:
-        run(services.clock, services.messages.ack(alice.session, reply["id"] + 1))
+        run(services.clock, services.hot.ack(alice.session, "r2", reply["id"] + 1))
     assert refused.value.code == "bad_ack"
 
 
@@ -737,7 +746,7 @@ def test_connection_dropped_during_login_leaves_friends_seeing_offline(
 
     monkeypatch.setattr(services.stores.social, "login_view", slow)
     again = Client(services)
-    d = services.dispatcher.dispatch(again.session, {"type": "login", "name": "bob",
+    d = dispatched(services, again.session, {"type": "login", "name": "bob",
                                                      "password": "secret-pw"})
     assert len(held) == 1 and not d.called  # claimed, now loading the summary
     again.session.closed = True  # what ChatProtocol.connectionLost does

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
-from unit_support import Client, Services, build_services, result_of
+from unit_support import Client, Services, build_services, dispatched, result_of
 
 from qqchat.services.limits import Limits
 
@@ -53,7 +53,7 @@ def attempt(services: Services, name: str, password: str,
             address: str = "203.0.113.5") -> dict[str, Any]:
     """One login on a new connection (reconnecting must not reset anything)."""
     client = Client(services, peer=f"{address}:5000")
-    d = services.dispatcher.dispatch(client.session, {"type": "login", "name": name,
+    d = dispatched(services, client.session, {"type": "login", "name": name,
                                                       "password": password, "req": 1})
     services.clock.advance(0)
     if not d.called:  # a refusal, answered after the throttle's pause
@@ -101,7 +101,7 @@ def test_account_budget_covers_name_forms_and_ids(throttled: Any) -> None:
     for name in ["alice", "ALICE", "Alice", "\uff41lice", "alice"]:
         assert error(attempt(services, name, "wrong-pw"))["code"] == "bad_credentials"
     client = Client(services, peer="203.0.113.5:1")
-    d = services.dispatcher.dispatch(client.session, {"type": "login", "id": uid,
+    d = dispatched(services, client.session, {"type": "login", "id": uid,
                                                       "password": "secret-pw", "req": 1})
     services.clock.advance(1)
     assert error(result_of(d))["code"] == "rate_limited"
@@ -154,7 +154,7 @@ def test_concurrent_guesses_cannot_outrun_the_budget(clock: task.Clock) -> None:
         replies = []
         for k in range(50):
             client = Client(services, peer=f"203.0.113.{k}:6000")
-            d = services.dispatcher.dispatch(
+            d = dispatched(services,
                 client.session, {"type": "login", "name": "alice", "password": f"wrong-{k}",
                                  "req": k})
             d.addCallback(replies.append)
@@ -203,7 +203,7 @@ def test_refusals_are_answered_after_a_pause_and_others_are_not(throttled: Any,
     for k in range(30):
         error(attempt(services, f"guess{k}", "wrong-pw"))
     flood = Client(services, peer="203.0.113.5:7000")
-    d = services.dispatcher.dispatch(flood.session, {"type": "login", "name": "guess1",
+    d = dispatched(services, flood.session, {"type": "login", "name": "guess1",
                                                      "password": "x" * 8, "req": 1})
     clock.advance(0)
     assert not d.called
@@ -223,11 +223,11 @@ def test_a_burst_from_one_address_delays_others_by_one_hash_at_most(
     replies: list[dict[str, Any]] = []
     for k in range(6):
         flood = Client(services, peer=f"203.0.113.5:{7000 + k}")
-        services.dispatcher.dispatch(flood.session, {
+        dispatched(services, flood.session, {
             "type": "login", "name": f"guess{k}", "password": "wrong-pw", "req": k,
         }).addCallback(replies.append)
     genuine = Client(services, peer="198.51.100.7:5000")
-    login = services.dispatcher.dispatch(genuine.session, {
+    login = dispatched(services, genuine.session, {
         "type": "login", "name": "alice", "password": "secret-pw", "req": "me"})
     clock.advance(0)
     assert len(hashes.pending) == 2  # two guesses hold both threads; alice waits
@@ -250,7 +250,7 @@ def test_many_logins_from_one_address_at_once_are_all_let_in(throttled: Any,
     logins = []
     for k in range(40):  # past the address budget of 30
         client = Client(services, peer=f"192.0.2.1:{5000 + k}")
-        logins.append((client, services.dispatcher.dispatch(client.session, {
+        logins.append((client, dispatched(services, client.session, {
             "type": "login", "name": f"user{k}", "password": "secret-pw", "req": k})))
     clock.advance(0)
     hashes.finish_all()
@@ -269,7 +269,7 @@ def test_a_long_line_of_refused_guesses_leaves_the_threads_free(throttled: Any,
     replies: list[dict[str, Any]] = []
     for k in range(400):
         flood = Client(services, peer=f"203.0.113.5:{10000 + k}")
-        services.dispatcher.dispatch(flood.session, {
+        dispatched(services, flood.session, {
             "type": "login", "name": f"guess{k}", "password": "wrong-pw", "req": k,
         }).addCallback(replies.append)
     clock.advance(0)
@@ -278,7 +278,7 @@ def test_a_long_line_of_refused_guesses_leaves_the_threads_free(throttled: Any,
     assert len(replies) == 400
     assert sorted({r["code"] for r in replies}) == ["bad_credentials", "rate_limited"]
     genuine = Client(services, peer="198.51.100.7:5000")
-    login = services.dispatcher.dispatch(genuine.session, {
+    login = dispatched(services, genuine.session, {
         "type": "login", "name": "alice", "password": "secret-pw", "req": "me"})
     clock.advance(0)
     assert len(hashes.pending) == 1  # a thread is free for alice

@@ -25,6 +25,7 @@ from qqchat.services.accounts import AccountService
 from qqchat.services.conversations import ConversationService
 from qqchat.services.friends import FriendService
 from qqchat.services.groups import GroupService
+from qqchat.services.hotpath import HotPath
 from qqchat.services.limits import Limits
 from qqchat.services.messages import MessageService
 from qqchat.services.moderation import DisabledAccounts
@@ -46,11 +47,20 @@ __all__ = [
     "InlineThreadPool",
     "Services",
     "build_services",
+    "dispatched",
     "frames",
     "make_stores",
     "result_of",
     "run",
 ]
+
+
+def dispatched(services: Services, session: Session, msg: Any
+               ) -> defer.Deferred[dict[str, Any] | None]:
+    """The dispatcher's answer to ``msg`` as a Deferred, whether it answered at once (a
+    frame, or None) or later."""
+    answer = services.dispatcher.dispatch(session, msg)
+    return answer if isinstance(answer, defer.Deferred) else defer.succeed(answer)
 
 
 def result_of(d: defer.Deferred[T]) -> T:
@@ -146,6 +156,7 @@ class Services:
     presence: PresenceService
     accounts: AccountService
     messages: MessageService
+    hot: HotPath
     friends: FriendService
     groups: GroupService
     dispatcher: Dispatcher
@@ -177,15 +188,17 @@ def build_services(clock: task.Clock, limits: Limits | None = None,
                               clock, limits, stores.tokens, token_ttl,
                               kick_on_duplicate=kick_on_duplicate)
     messages = MessageService(stores.message_log, stores.groups, writer, relay, users, limits,
-                              clock, broadcast_anyone=broadcast_anyone)
+                              clock)
+    hot = HotPath(stores.message_log, stores.groups, writer, relay, users, limits, clock,
+                  broadcast_anyone=broadcast_anyone)
     moderation = DisabledAccounts(stores.accounts, hub, presence, clock)
     friends = FriendService(stores.social, relay, users, clock, limits)
     groups = GroupService(stores.groups, relay, clock, limits)
-    dispatcher = Dispatcher(accounts, presence, messages, friends, groups,
+    dispatcher = Dispatcher(accounts, presence, messages, hot, friends, groups,
                             SearchService(stores.directory, relay, clock, limits),
                             ConversationService(stores.directory), limits)
     return Services(clock, pool, stores, writer, hub, relay, users, presence, accounts, messages,
-                    friends, groups, dispatcher, moderation, limits)
+                    hot, friends, groups, dispatcher, moderation, limits)
 
 
 class FakeConnection:
@@ -250,7 +263,7 @@ class Client:
         self.id: int | None = None
 
     def request(self, msg: Any) -> dict[str, Any] | None:
-        d = self.services.dispatcher.dispatch(self.session, msg)
+        d = dispatched(self.services, self.session, msg)
         self.services.clock.advance(0)
         return result_of(d)
 

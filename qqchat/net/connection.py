@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from qqchat.codec import DecodeError, decode, encode
-from qqchat.dispatch import Dispatcher, error_frame
+from qqchat.dispatch import Dispatcher
+from qqchat.frames import error_frame
 from qqchat.metrics import Count, Registry
 from qqchat.ratelimit import TokenBucket
 from qqchat.session import Session
@@ -346,10 +347,14 @@ class ChatConnection(TimeoutMixin):
         if msg is _UNDECODABLE:
             self.send_frame(error_frame("bad_json", f"each {self.unit} must be one JSON object"))
             return
-        d = self._inflight = self.factory.dispatcher.dispatch(self.session, msg)
-        d.addBoth(self._answered)
-        if self._inflight is not None:  # waiting on storage: read no further meanwhile
-            self._pause("request")
+        result = self.factory.dispatcher.dispatch(self.session, msg)
+        if isinstance(result, defer.Deferred):
+            self._inflight = result
+            result.addBoth(self._answered)
+            if self._inflight is not None:  # waiting on storage: read no further meanwhile
+                self._pause("request")
+        elif result is not None:
+            self.send_frame(result)
 
     def _refuse(self, msg: Any, wait: float) -> None:
         """Too many requests: say so and when to retry; the request is not run."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -15,8 +15,22 @@ from twisted.python.failure import Failure
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: (queued item, the Deferred its caller holds)
-Entry = tuple[T, "defer.Deferred[Any]"]
+
+
+class Waiter(Protocol):
+    """Who hears an item's result: a Deferred, or any object that answers the same
+    three (the hot path's requests, which need no Deferred of their own)."""
+
+    @property
+    def called(self) -> bool: ...
+
+    def callback(self, result: Any) -> Any: ...
+
+    def errback(self, fail: Failure) -> Any: ...
+
+
+#: (queued item, who hears its result)
+Entry = tuple[T, Waiter]
 
 
 class _Flight(Generic[T]):
@@ -86,9 +100,14 @@ class Batcher(Generic[T, R]):
 
     def add(self, item: T) -> defer.Deferred[R]:
         d: defer.Deferred[R] = defer.Deferred()
-        self._queue.append((item, d))
-        self._schedule()
+        self.add_waiter(item, d)
         return d
+
+    def add_waiter(self, item: T, waiter: Waiter) -> None:
+        """Queue ``item``; ``waiter`` hears its result as a Deferred would."""
+        self._queue.append((item, waiter))
+        if self._scheduled is None:
+            self._schedule()
 
     def queued(self) -> int:
         return len(self._queue)

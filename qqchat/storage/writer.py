@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from qqchat.metrics import LATENCY_BUCKETS, Registry
-from qqchat.storage.batcher import Batcher, Entry
+from qqchat.storage.batcher import Batcher, Entry, Waiter
 from qqchat.storage.log import CheckedAck, LogStore, NewMessage, Stored
 from qqchat.storage.positions import InFlight, LogPositions
 
@@ -94,15 +94,26 @@ class LogWriter:
             "qqchat_log_batches_failed_total",
             "Log batches whose transaction failed (their senders got an error).")
 
-    def append(self, message: NewMessage) -> defer.Deferred[Stored]:
-        return self._batches.add(message)  # type: ignore[return-value]
+    def append(self, message: NewMessage, waiter: Waiter | None = None
+               ) -> defer.Deferred[Stored] | None:
+        """Queue ``message``; its ``Stored`` fires the returned Deferred once committed,
+        or, given ``waiter``, is handed to that (and None is returned)."""
+        if waiter is None:
+            return self._batches.add(message)  # type: ignore[return-value]
+        self._batches.add_waiter(message, waiter)
+        return None
 
-    def ack(self, user_id: int, message_id: int) -> defer.Deferred[None]:
-        """Record that ``user_id`` has everything up to ``message_id``; fires once durable."""
+    def ack(self, user_id: int, message_id: int, waiter: Waiter | None = None
+            ) -> defer.Deferred[None] | None:
+        """Record that ``user_id`` has everything up to ``message_id``; fires (or calls
+        ``waiter`` back) once durable."""
         if message_id > self._acks.get(user_id, 0):
             self._acks[user_id] = message_id
         self._queued_waiters += 1
-        return self._batches.add(_ACK_WAITER)  # type: ignore[return-value]
+        if waiter is None:
+            return self._batches.add(_ACK_WAITER)  # type: ignore[return-value]
+        self._batches.add_waiter(_ACK_WAITER, waiter)
+        return None
 
     # -- the log's batches ------------------------------------------------
 
