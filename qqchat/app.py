@@ -49,6 +49,7 @@ from qqchat.services.search import SearchService
 from qqchat.services.throttle import Counters, LocalCounters, LoginThrottle
 from qqchat.services.users import UserDirectory
 from qqchat.session import Session
+from qqchat.storage.derived import DerivedService
 from qqchat.storage.engines import create_engine
 from qqchat.storage.pool import DatabaseService, make_pool, parse_database_url
 from qqchat.storage.positions import ClusterView, Fence, LogPositions, PositionsService
@@ -204,6 +205,10 @@ def build(settings: Settings, reactor: Any, on_fatal: Callable[[], Any] | None =
     database.setServiceParent(daemon)
 
     stores = Stores.open(pool, engine)
+    if engine.derives_later:
+        # stopped before the database: a catch-up in hand finishes first
+        DerivedService(stores.message_log.derive_conversations, reactor,
+                       after=database.ready).setServiceParent(daemon)
     hub = SessionHub(metrics=metrics)
     relay: Relay
     positions: LogPositions | None = None

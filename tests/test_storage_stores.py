@@ -6,9 +6,17 @@ what the stores promise is checked on each: the statements are written once."""
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 
-from qqchat.storage.log import KIND_BROADCAST, KIND_DIRECT, KIND_GROUP, NewMessage, Stored
+from qqchat.storage.log import (
+    KIND_BROADCAST,
+    KIND_DIRECT,
+    KIND_GROUP,
+    LogStore,
+    NewMessage,
+    Stored,
+)
 from qqchat.storage.stores import Stores
 
 
@@ -137,3 +145,37 @@ async def test_acks_checked_acks_and_login_stamps(stores: Stores) -> None:
     assert await log.checked_acks([(b, ids[0], broadcast.id, seen, old.login)]) == [ids[0]]
     assert await log.checked_acks([(b, ids[0], broadcast.id, seen, new.login)]) == [broadcast.id]
     assert await acked(stores, b) == broadcast.id
+
+
+async def conversation_rows(stores: Stores) -> list[tuple[int, int, int]]:
+    """The conversation list as stored (read by a store that moves no staged rows)."""
+    rows = await stores.accounts._all(
+        "SELECT user_id, peer_id, last_id FROM conversations ORDER BY user_id, peer_id")
+    return [(int(u), int(p), int(last)) for u, p, last in rows]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_conversation_list_is_caught_up_in_bulk_and_before_each_read(
+        stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch does not write the conversation list itself (MariaDB derives it later;
+    SQLite when staged rows move): a catch-up does, a chunk of messages per
+    transaction, and a read of the list waits for one, so it is never stale."""
+    monkeypatch.setattr(LogStore, "DERIVE_CHUNK", 2)
+    a, b, c = await users(stores, "a", "b", "c")
+    first = await send(stores, [NewMessage(KIND_DIRECT, a, "1", recipient=b),
+                                NewMessage(KIND_DIRECT, b, "2", recipient=a),
+                                NewMessage(KIND_DIRECT, c, "3", recipient=a)])
+    (last,) = await send(stores, [NewMessage(KIND_DIRECT, a, "4", recipient=b)])
+    assert await conversation_rows(stores) == []
+    page = await stores.directory.conversations(a, 0, 2**62, 10)
+    assert [(conv.id, conv.last_id) for conv in page] == [(b, last.id), (c, first[2].id)]
+    expected = sorted([(a, b, last.id), (b, a, last.id), (a, c, first[2].id),
+                       (c, a, first[2].id)])
+    assert await conversation_rows(stores) == expected
+    # more than a chunk behind: the periodic catch-up takes them in turns, to the end
+    more = await send(stores, [NewMessage(KIND_DIRECT, b, t, recipient=c) for t in "xyz"])
+    await stores.message_log.derive_conversations()
+    assert await conversation_rows(stores) == sorted(
+        [*expected, (b, c, more[-1].id), (c, b, more[-1].id)])
+    await stores.message_log.derive_conversations()  # nothing left: a no-op
+    assert (await stores.directory.conversations(c, 0, 2**62, 10))[0].last_id == more[-1].id

@@ -9,6 +9,7 @@ scans the log; unread counts are index ranges stopped at ``UNREAD_MAX``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,15 @@ def _text(value: Any) -> str:
 
 
 class DirectoryStore(Access):
+    """Searches and the conversation list. ``derived`` (``LogStore.derive_conversations``)
+    fires once the conversation list has every committed message: where the engine
+    derives it later, a read of the list waits for it."""
+
+    def __init__(self, *args: Any, derived: Callable[[], defer.Deferred[None]] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived = derived
+
     def _prefix_page(self, t: Any, table: str, columns: str, key: str, after: int | None,
                      limit: int) -> list[tuple[Any, ...]]:
         """Rows of ``table`` whose folded name starts with ``key``, by (name_key, id),
@@ -165,7 +175,11 @@ class DirectoryStore(Access):
                     last_id, int(row[1]), int(row[2]), row[3], row[4], count))
             return out
 
-        return self._run(txn)
+        if self._derived is None or not self._engine.derives_later:
+            return self._run(txn)  # the read's own before_log_read is enough
+        d = self._derived()
+        d.addCallback(lambda _: self._run(txn))
+        return d
 
     def _unread(self, t: Any, user_id: int, acked: int,
                 page: list[tuple[int, int, int, int, str]]) -> list[int]:

@@ -273,7 +273,7 @@ class LogStore(Access):
         for k, m in enumerate(messages):
             if m.kind == KIND_DIRECT and m.recipient is not None:
                 newest[(m.sender, m.recipient)] = newest[(m.recipient, m.sender)] = n - 1 - k
-        if newest:
+        if newest and not engine.derives_later:
             parts.append("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
                          + ",".join(f"({int(user):d}, {int(peer):d}, {head} - {offset:d})"
                                     for (user, peer), offset in sorted(newest.items()))
@@ -314,7 +314,7 @@ class LogStore(Access):
             elif kind == KIND_GROUP:
                 groups[gid] = mid
         out: list[tuple[str, Sequence[Any]]] = []
-        if newest:
+        if newest and not self._engine.derives_later:
             out.append(("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
                         + ",".join([f"({p}, {p}, {p})"] * len(newest))
                         + self._conversation_upsert,
@@ -322,6 +322,71 @@ class LogStore(Access):
                          for v in (user, peer, mid)]))
         out += [(self._q_group_head, (mid, gid)) for gid, mid in sorted(groups.items())]
         return out
+
+    # -- the conversation list, caught up in bulk ---------------------------
+
+    #: messages one catch-up transaction derives at most
+    DERIVE_CHUNK = 20_000
+    #: conversation rows one upsert statement writes at most
+    _DERIVE_ROWS = 1000
+
+    def derive_conversations(self) -> defer.Deferred[None]:
+        """Fires once the conversation list holds every message committed before the
+        call. Where the engine derives it later (``Engine.derives_later``) that is a
+        catch-up, a transaction per ``DERIVE_CHUNK`` messages; where it stages the log,
+        the move of staged rows (which every read of the log makes too); elsewhere the
+        batches have written it."""
+        engine = self._engine
+        if engine.derives_later:
+            return defer.Deferred.fromCoroutine(self._derive_all())
+        if engine.stages_log:
+            return self._run(engine.before_log_read)
+        return defer.succeed(None)
+
+    async def _derive_all(self) -> None:
+        while await self._run(self._derive_some):
+            pass
+
+    def _derive_some(self, t: Any) -> bool:
+        """One catch-up: the conversation rows of the committed messages after the
+        mark in ``log_derived``, at most ``DERIVE_CHUNK`` of them; whether more are left.
+
+        In lock order a batch holds the ``log_seq`` row from taking its ids to its
+        commit, so the committed head, read without a lock, has every id at or below
+        it committed: nothing can commit below the mark once it has moved. The first
+        read fixes the transaction's snapshot, so the messages read below are exactly
+        those up to that head."""
+        engine = self._engine
+        t.execute("SELECT d.conversations, s.last_id FROM log_derived d"
+                  " JOIN log_seq s ON s.id = 1 WHERE d.id = 1")
+        row = t.fetchone()
+        if row is None or int(row[0]) >= int(row[1]):
+            return False
+        head = int(row[1])
+        # one catch-up at a time, from the mark as it is now (another may have moved it)
+        t.execute("SELECT conversations FROM log_derived WHERE id = 1" + engine.for_update)
+        mark = int(t.fetchone()[0])
+        if mark >= head:
+            return False
+        top = min(head, mark + self.DERIVE_CHUNK)
+        t.execute(self._q("SELECT sender, recipient, MAX(id) FROM messages"
+                          " WHERE id > ? AND id <= ? AND kind = 1 GROUP BY sender, recipient"),
+                  (mark, top))
+        newest: dict[tuple[int, int], int] = {}
+        for sender, recipient, last in t.fetchall():
+            for key in ((int(sender), int(recipient)), (int(recipient), int(sender))):
+                if int(last) > newest.get(key, 0):
+                    newest[key] = int(last)
+        rows = sorted(newest.items())  # rows locked in key order, as by every upsert
+        p = engine.param
+        for i in range(0, len(rows), self._DERIVE_ROWS):
+            chunk = rows[i : i + self._DERIVE_ROWS]
+            t.execute("INSERT INTO conversations (user_id, peer_id, last_id) VALUES "
+                      + ",".join([f"({p}, {p}, {p})"] * len(chunk))
+                      + self._conversation_upsert,
+                      [v for (user, peer), last in chunk for v in (user, peer, last)])
+        t.execute(self._q("UPDATE log_derived SET conversations = ? WHERE id = 1"), (top,))
+        return top < head
 
     def sequence_head(self) -> defer.Deferred[int]:
         """``Engine.sequence_head`` in a transaction of its own: an idle node's

@@ -31,6 +31,7 @@ class Stores:
     @classmethod
     def open(cls, pool: adbapi.ConnectionPool, engine: Engine,
              clock: IReactorTime | None = None) -> Stores:
+        log = LogStore(pool, engine, clock)
         return cls(engine, AccountStore(pool, engine, clock), SocialStore(pool, engine, clock),
-                   GroupStore(pool, engine, clock), LogStore(pool, engine, clock),
-                   TokenStore(pool, engine, clock), DirectoryStore(pool, engine, clock))
+                   GroupStore(pool, engine, clock), log, TokenStore(pool, engine, clock),
+                   DirectoryStore(pool, engine, clock, derived=log.derive_conversations))

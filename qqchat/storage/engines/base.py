@@ -180,6 +180,13 @@ class Engine:
     def unstage(self, t: Any) -> None:
         """Move whatever is staged into ``messages`` (at start: what a stop left)."""
 
+    @property
+    def derives_later(self) -> bool:
+        """The conversation list is not written by each batch but caught up in bulk
+        (``LogStore.derive_conversations``), which its readers wait for first. False
+        here: the batches write it, or (``stages_log``) the move of staged rows does."""
+        return False
+
     # -- errors -----------------------------------------------------------
 
     def lock_conflict(self, failure: Failure) -> int | None:

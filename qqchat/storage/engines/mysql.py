@@ -94,6 +94,16 @@ class MySQLEngine(Engine):
         t.execute(self.reserve_sql, (n,))
         return int(t.lastrowid)
 
+    @property
+    def derives_later(self) -> bool:
+        """In lock order: a batch's own upsert of the conversation rows was the
+        costliest part of its transaction (two rows and their secondary index moved
+        per message pair, with the log_seq lock held), and the committed head says
+        what is complete, so the rows are caught up in bulk instead. In positions
+        order nothing says which ids below the head are still to commit, so each
+        batch writes them as before."""
+        return self.log_order == "lock"
+
     def next_ids(self, t: Any, n: int) -> list[int]:
         t.execute(self._NEXT_IDS, (n,))
         return sorted(int(r[0]) for r in t.fetchall())
