@@ -24,6 +24,7 @@ from twisted.internet import defer, task
 from qqchat.errors import UnavailableError
 from qqchat.storage.log import KIND_DIRECT, NewMessage
 from qqchat.storage.positions import (
+    RECORD_EVERY,
     ClusterView,
     LeaseExpiredError,
     LogPositions,
@@ -260,3 +261,20 @@ def _fence(now: float) -> object:
     fence = Fence()
     fence.refreshed(now, True, 15.0)
     return fence
+
+
+def test_a_slots_log_writers_row_is_written_once_a_second_not_by_every_batch() -> None:
+    """The row is for operators (the live positions go through Redis): a batch writes
+    it only when its slot's row is a second old."""
+    clock = task.Clock()
+    positions = LogPositions("n1", clock)
+    first = positions.begin()
+    other = positions.begin()  # a second slot of its own
+    assert first.record and other.record and first.slot != other.slot
+    positions.end(first, 10)
+    again = positions.begin()  # the first slot again, at once
+    assert again.slot == first.slot and not again.record
+    positions.end(again, 11)
+    clock.advance(RECORD_EVERY)
+    later = positions.begin()
+    assert later.slot == first.slot and later.record

@@ -4,7 +4,8 @@
 -- Python step (storage/schema.py), and again at each start (Engine.sync_log_heads):
 -- SETVAL takes a literal only. Values taken and not used are gaps, never reused.
 CREATE SEQUENCE IF NOT EXISTS log_ids START WITH 1 INCREMENT BY 1 CACHE 1000 NOCYCLE;
--- Each node's position, written in each of its batch transactions (one row per
+-- Each node's position, written with its batch transactions (at most once a second
+-- per row; one row per
 -- batch slot, so that a node's overlapping batches never wait for each other's row
 -- lock): no id at or below it can still commit from that node. The live positions
 -- travel through Redis; these rows say where each node stood, for operators.

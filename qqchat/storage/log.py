@@ -206,7 +206,8 @@ class LogStore(Access):
         """``--log-order positions``: ids from the sequence, taken before the group
         members are read (so a join that committed before they were taken is seen),
         then every write in one multi-statement, this node's ``log_writers`` row
-        last, and the lease checked as the very last thing before the commit."""
+        last (once a second per slot: ``InFlight.record``), and the lease checked as
+        the very last thing before the commit."""
         engine = self._engine
         results: list[Stored] = []
         rows: list[tuple[Any, ...]] = []
@@ -223,11 +224,13 @@ class LogStore(Access):
         for row in sorted(ack_rows, key=_by_user):
             parts.append(self._q(self._ACK))
             params += row
-        parts.append(self._q("INSERT INTO log_writers (node, slot, position, updated_at)"
-                             " VALUES (?, ?, ?, ?)") + engine.keep_greatest(
-                                 "node, slot", "position", "log_writers"))
-        params += (positions.node, flight.slot, flight.floor, now)
-        engine.run_script(t, parts, params)
+        if flight.record:
+            parts.append(self._q("INSERT INTO log_writers (node, slot, position, updated_at)"
+                                 " VALUES (?, ?, ?, ?)") + engine.keep_greatest(
+                                     "node, slot", "position", "log_writers"))
+            params += (positions.node, flight.slot, flight.floor, now)
+        if parts:
+            engine.run_script(t, parts, params)
         if not positions.may_commit(flight):
             raise LeaseExpiredError()
         flight.committing = True

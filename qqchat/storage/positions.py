@@ -50,6 +50,9 @@ LEASE_MARGIN = 5.0
 SAFE_WAIT = 0.2
 #: seconds between publications (and probes of the sequence, when idle and behind)
 TICK = 0.1
+#: seconds between writes of a batch slot's ``log_writers`` row (for operators: the
+#: live positions travel through Redis), so that not every batch pays for one
+RECORD_EVERY = 1.0
 
 
 class LeaseExpiredError(UnavailableError):
@@ -74,6 +77,8 @@ class InFlight:
     #: the transaction passed its lease check and went to commit: when it fails, the
     #: outcome is unknown (the COMMIT may have landed)
     committing: bool = False
+    #: the batch writes its slot's ``log_writers`` row (at most every ``RECORD_EVERY``)
+    record: bool = False
 
 
 class Fence:
@@ -113,6 +118,8 @@ class LogPositions:
         self._flights: list[InFlight] = []
         self._free: list[int] = []
         self._slots = 0
+        #: when each slot's ``log_writers`` row was last written
+        self._recorded: dict[int, float] = {}
         #: set in a cluster: batches commit only while the others surely count us
         self.fence: Fence | None = None
         self._watchers: list[Callable[[], None]] = []
@@ -134,7 +141,11 @@ class LogPositions:
             slot = self._free.pop()
         else:
             slot, self._slots = self._slots, self._slots + 1
-        flight = InFlight(self.high, self._clock.seconds(), slot)
+        now = self._clock.seconds()
+        flight = InFlight(self.high, now, slot)
+        if now - self._recorded.get(slot, float("-inf")) >= RECORD_EVERY:
+            flight.record = True
+            self._recorded[slot] = now
         self._flights.append(flight)
         return flight
 
