@@ -38,6 +38,7 @@ __all__ = ["Dispatcher", "Frame", "error_frame", "reply_frame"]
 Handler = Callable[..., Any]
 
 _MAX_ID = 2**53  # ids stay exact in every JSON client
+_NUMBER = (int, float)
 #: the only requests served before login
 _ANONYMOUS = frozenset({"register", "login", "ping"})
 #: the hot path's requests: their handlers build the reply frame themselves
@@ -114,7 +115,7 @@ class Dispatcher:
         req = msg.get("req", _MISSING)
         if req is not _MISSING and isinstance(req, (dict, list)):
             return error_frame("bad_field", "field 'req' must be a JSON scalar", field="req")
-        if isinstance(req, int | float) and not isinstance(req, bool) and abs(req) > _MAX_ID:
+        if isinstance(req, _NUMBER) and not isinstance(req, bool) and abs(req) > _MAX_ID:
             # past 2^53 a number is not echoed exactly (the decoder reads integers past
             # 64 bits as floats, and many clients cannot hold them either)
             return error_frame("bad_field", "field 'req' must be a number within 2^53 of "
@@ -265,10 +266,18 @@ class Dispatcher:
                             field="cid")
         return cid
 
+    # The hot path's handlers read well-formed fields directly and leave the helpers
+    # (``_id``, ``_str``, ``_cid``) to find and word what is wrong: same answers, a
+    # few function calls less per message.
+
     def handle_chat(self, session: Session, msg: Frame, req: Any
                     ) -> Frame | defer.Deferred[Frame]:
-        to, text, cid = _id(msg, "to"), _str(msg, "text"), self._cid(msg)
-        assert text is not None
+        to, text = msg.get("to"), msg.get("text")
+        if type(to) is not int or not 1 <= to <= _MAX_ID:
+            to = _id(msg, "to")
+        if type(text) is not str:
+            text = _str(msg, "text")
+        cid = self._cid(msg) if "cid" in msg else None
         return self.hot.chat(session, req, to, text, cid)
 
     def handle_broadcast(self, session: Session, msg: Frame, req: Any
@@ -279,13 +288,20 @@ class Dispatcher:
 
     def handle_group_chat(self, session: Session, msg: Frame, req: Any
                           ) -> defer.Deferred[Frame]:
-        gid, text, cid = _id(msg, "group"), _str(msg, "text"), self._cid(msg)
-        assert text is not None
+        gid, text = msg.get("group"), msg.get("text")
+        if type(gid) is not int or not 1 <= gid <= _MAX_ID:
+            gid = _id(msg, "group")
+        if type(text) is not str:
+            text = _str(msg, "text")
+        cid = self._cid(msg) if "cid" in msg else None
         return self.hot.group_chat(session, req, gid, text, cid)
 
     def handle_ack(self, session: Session, msg: Frame, req: Any
                    ) -> Frame | defer.Deferred[Frame]:
-        return self.hot.ack(session, req, _id(msg, "id"))
+        mid = msg.get("id")
+        if type(mid) is not int or not 1 <= mid <= _MAX_ID:
+            mid = _id(msg, "id")
+        return self.hot.ack(session, req, mid)
 
     async def handle_history(self, session: Session, msg: Frame) -> Frame:
         lim = self.limits

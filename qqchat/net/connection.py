@@ -333,9 +333,9 @@ class ChatConnection(TimeoutMixin):
         self.resetTimeout()
         if line.endswith(b"\r"):
             line = line[:-1]  # telnet sends CRLF
-        if not line.strip():
+        if not line or line.isspace():
             return  # blank lines are ignored, so a stray Enter in telnet is harmless
-        self._requests.inc()
+        self._requests.value += 1
         try:
             msg = decode(line)
         except DecodeError:

@@ -39,7 +39,8 @@ class ChatProtocol(ChatConnection, LineReceiver):
     edge = "tcp"
 
     def _resume_reading(self) -> None:
-        self.dataReceived(b"")  # the lines that arrived meanwhile
+        if self._buffer:
+            self.dataReceived(b"")  # the lines that arrived meanwhile
 
     def dataReceived(self, data: bytes) -> None:
         if not self._counted:
