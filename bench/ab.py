@@ -24,7 +24,7 @@ from typing import Any
 #: the figures compared, where a run reports them
 FIGURES = ("msgs_per_s", "deliveries_per_s", "logins_per_s", "p50_ms", "p99_ms", "p999_ms",
            "daemon_cpu_us_per_msg", "daemon_cpu_us_per_delivery", "daemon_cpu_us_per_login",
-           "mariadb_cpu_us_per_msg", "redis_cpu_us_per_msg")
+           "mariadb_cpu_us_per_msg", "redis_cpu_us_per_msg", "rss_kib_per_client")
 
 
 def run_once(tree: Path, bench_args: list[str], timeout: float) -> dict[str, Any]:
