@@ -58,7 +58,9 @@ class Session:
         self.syncing = False
         #: set by the network layer when the connection is gone
         self.closed = False
-        self._held: list[tuple[int | None, bytes]] = []
+        #: pushes held during the login backlog; the shared empty tuple while none are
+        #: (an idle client's session holds no list of its own)
+        self._held: list[tuple[int | None, bytes]] | tuple[()] = ()
         self._held_bytes = 0
         #: identifies this login cluster-wide (set by the relay when it claims the user)
         self.token = ""
@@ -116,7 +118,10 @@ class Session:
         that stops reading in its backlog is cut off, not buffered for (R8). What it
         loses that way is in the log for its next login."""
         if self.conn.hold(len(line)):
-            self._held.append((msg_id, line))
+            if self._held:
+                self._held.append((msg_id, line))  # type: ignore[union-attr]
+            else:
+                self._held = [(msg_id, line)]
             self._held_bytes += len(line)
 
     def begin_sync(self) -> None:
@@ -124,7 +129,7 @@ class Session:
         self._drop_held()
 
     def _drop_held(self) -> None:
-        self._held = []
+        self._held = ()
         if self._held_bytes:
             self.conn.unhold(self._held_bytes)
             self._held_bytes = 0

@@ -112,8 +112,12 @@ class ChatConnection(TimeoutMixin):
         self.peer = "?"
         self.address = "?"
         self._counted = False
-        self._on_close: list[defer.Deferred[None]] = []
-        self._pauses: set[str] = set()
+        # The three below start as the shared empty tuple (and the waiter lists become
+        # lists only when used): an idle connection holds none of its own. As a set
+        # and two lists they were some 330 bytes, 7 % of what an idle client costs.
+        self._on_close: list[defer.Deferred[None]] | tuple[()] = ()
+        #: why no further request is read now ("request", "write", "stop")
+        self._pauses: tuple[str, ...] = ()
         self._inflight: defer.Deferred[Any] | None = None
         self._blocked_bytes: int | None = None  # None while the client keeps up
         #: pushes the session holds for this connection during its login backlog
@@ -122,7 +126,7 @@ class ChatConnection(TimeoutMixin):
         self._pending = 0
         #: set once the server closes this connection: nothing more is queued for it
         self._closing = False
-        self._writable: list[defer.Deferred[None]] = []
+        self._writable: list[defer.Deferred[None]] | tuple[()] = ()
         self._abort_call: IDelayedCall | None = None
         self._lost = False
         self._socket_paused = False
@@ -231,15 +235,20 @@ class ChatConnection(TimeoutMixin):
         if self._blocked_bytes is None or self.session.closed:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        self._writable.append(d)
+        if self._writable:
+            self._writable.append(d)  # type: ignore[union-attr]
+        else:
+            self._writable = [d]
         return d
 
     def notifyOnClose(self, d: defer.Deferred[None]) -> None:
         """Fire ``d`` once the connection is gone (for graceful stop)."""
         if self._lost:
             d.callback(None)
+        elif self._on_close:
+            self._on_close.append(d)  # type: ignore[union-attr]
         else:
-            self._on_close.append(d)
+            self._on_close = [d]
 
     # -- flow control -----------------------------------------------------
 
@@ -249,14 +258,21 @@ class ChatConnection(TimeoutMixin):
     # request would cost two epoll_ctl calls a message.
 
     def _pause(self, reason: str) -> None:
-        self._pauses.add(reason)
+        pauses = self._pauses
+        if not pauses:
+            self._pauses = (reason,)
+        elif reason not in pauses:
+            self._pauses = (*pauses, reason)
         self.paused = True
         if reason != "request":
             self._pause_socket()
 
     def _unpause(self, reason: str) -> None:
-        self._pauses.discard(reason)
-        if self._pauses or self.session.closed or self.transport.disconnecting:
+        pauses = self._pauses
+        if reason in pauses:
+            self._pauses = pauses = (
+                () if len(pauses) == 1 else tuple(r for r in pauses if r != reason))
+        if pauses or self.session.closed or self.transport.disconnecting:
             return
         self.paused = False
         if self._socket_paused:
@@ -283,7 +299,7 @@ class ChatConnection(TimeoutMixin):
         if self._blocked_bytes:
             self._account(-self._blocked_bytes)
         self._blocked_bytes = None
-        waiting, self._writable = self._writable, []
+        waiting, self._writable = self._writable, ()
         for d in waiting:
             d.callback(None)
         self._unpause("write")
@@ -400,10 +416,10 @@ class ChatConnection(TimeoutMixin):
             self._account(-self._pending)
         self.log.info("connection closed from {peer}", peer=self.peer)
         self.factory.dispatcher.connection_lost(self.session)
-        waiting, self._writable = self._writable, []
+        waiting, self._writable = self._writable, ()
         for d in waiting:
             d.callback(None)  # the waiter sees session.closed and gives up
-        closed, self._on_close = self._on_close, []
+        closed, self._on_close = self._on_close, ()
         for d in closed:
             d.callback(None)
 
