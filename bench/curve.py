@@ -223,16 +223,9 @@ class OpenPair:
         if self.failed:
             return
         k = self.deliveries
-        r = self.receiver
-        if (k >= self.sent or msg.get("text") != self.text(k)
-                or msg.get("from") != self.sender.user_id or msg.get("to") != r.conn.user_id):
-            self.fail("unexpected_message", f"{msg} while expecting #{self.base + k}")
-            return
-        mid = r.accept(msg)
-        if mid is None:
-            self.fail("pair_stopped", "bad message id")
-            return
-        if not self._same_id(k, mid):
+        mid = self.receiver.accept_chat(msg, k < self.sent, self.sender.user_id, self.text(k),
+                                        self.base + k, self.fail)
+        if mid is None or not self._same_id(k, mid):
             return
         t = now()
         self.deliveries += 1

@@ -215,6 +215,20 @@ class Receiver:
             self.ack()
         return mid
 
+    def accept_chat(self, msg: Frame, expected: bool, sender: int | None, text: str,
+                    label: int, fail: Callable[[str, Any], None]) -> int | None:
+        """A one-to-one push that should be the one its loop waits for (``expected``,
+        from ``sender``, to this client, with ``text``; message #``label``): its id,
+        or None once ``fail`` was told what was wrong."""
+        if (not expected or msg.get("text") != text or msg.get("from") != sender
+                or msg.get("to") != self.conn.user_id):
+            fail("unexpected_message", f"{msg} while expecting #{label}")
+            return None
+        mid = self.accept(msg)
+        if mid is None:
+            fail("pair_stopped", "bad message id")
+        return mid
+
     def ack(self) -> None:
         if self.last_id <= self.acked:
             return
@@ -373,17 +387,11 @@ class PairLoop(Loop):
 
     def on_message(self, msg: Frame) -> None:
         r = self.receiver
-        if (not self.active or self.pending_deliveries != 1 or r.received != self.seq
-                or msg.get("text") != self.text(self.seq)
-                or msg.get("from") != self.sender.user_id
-                or msg.get("to") != r.conn.user_id):
-            self.fail("unexpected_message", f"{msg} while expecting #{self.seq}")
-            return
-        mid = r.accept(msg)
-        if mid is None:
-            self.fail("pair_stopped", "bad message id")
-            return
-        self.delivered(msg, mid)
+        expected = self.active and self.pending_deliveries == 1 and r.received == self.seq
+        mid = r.accept_chat(msg, expected, self.sender.user_id, self.text(self.seq), self.seq,
+                            self.fail)
+        if mid is not None:
+            self.delivered(msg, mid)
 
 
 class GroupLoop(Loop):

@@ -270,15 +270,20 @@ class Dispatcher:
     # (``_id``, ``_str``, ``_cid``) to find and word what is wrong: same answers, a
     # few function calls less per message.
 
-    def handle_chat(self, session: Session, msg: Frame, req: Any
-                    ) -> Frame | defer.Deferred[Frame]:
-        to, text = msg.get("to"), msg.get("text")
-        if type(to) is not int or not 1 <= to <= _MAX_ID:
-            to = _id(msg, "to")
+    def _send(self, send: Callable[..., Any], session: Session, msg: Frame, req: Any,
+              to: str) -> Any:
+        """``send`` (a ``HotPath`` method) with a new message's target (the id in
+        field ``to``), text and client id."""
+        target, text = msg.get(to), msg.get("text")
+        if type(target) is not int or not 1 <= target <= _MAX_ID:
+            target = _id(msg, to)
         if type(text) is not str:
             text = _str(msg, "text")
-        cid = self._cid(msg) if "cid" in msg else None
-        return self.hot.chat(session, req, to, text, cid)
+        return send(session, req, target, text, self._cid(msg) if "cid" in msg else None)
+
+    def handle_chat(self, session: Session, msg: Frame, req: Any
+                    ) -> Frame | defer.Deferred[Frame]:
+        return self._send(self.hot.chat, session, msg, req, "to")  # type: ignore[no-any-return]
 
     def handle_broadcast(self, session: Session, msg: Frame, req: Any
                          ) -> defer.Deferred[Frame]:
@@ -288,13 +293,8 @@ class Dispatcher:
 
     def handle_group_chat(self, session: Session, msg: Frame, req: Any
                           ) -> defer.Deferred[Frame]:
-        gid, text = msg.get("group"), msg.get("text")
-        if type(gid) is not int or not 1 <= gid <= _MAX_ID:
-            gid = _id(msg, "group")
-        if type(text) is not str:
-            text = _str(msg, "text")
-        cid = self._cid(msg) if "cid" in msg else None
-        return self.hot.group_chat(session, req, gid, text, cid)
+        return self._send(self.hot.group_chat, session, msg, req,  # type: ignore[no-any-return]
+                          "group")
 
     def handle_ack(self, session: Session, msg: Frame, req: Any
                    ) -> Frame | defer.Deferred[Frame]:

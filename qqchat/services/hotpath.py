@@ -51,27 +51,43 @@ from qqchat.storage.writer import LogWriter
 _TYPES = {KIND_DIRECT: "chat", KIND_GROUP: "group_chat", KIND_BROADCAST: "broadcast"}
 
 
-def _answer(frame: Frame | Failure, done: defer.Deferred[Frame], typ: str, req: Any) -> None:
-    done.callback(frame if not isinstance(frame, Failure) else failure_frame(frame, typ, req))
+class _Waiting:
+    """One request waiting for the batch that writes it, as the log writer's
+    ``Batcher`` hears it (its ``Waiter``): ``callback`` with the outcome, or
+    ``errback`` if the batch failed. Either fires ``done``, the Deferred the
+    connection waits on, with the finished reply frame."""
 
-
-class _Send:
-    """One chat, group chat or broadcast from its request until its reply: the log
-    writer calls ``callback`` with the message's ``Stored`` once its batch commits,
-    or ``errback`` if the batch failed."""
-
-    __slots__ = ("done", "hot", "message", "name", "req")
-
-    def __init__(self, hot: HotPath, message: NewMessage, name: str, req: Any) -> None:
-        self.hot = hot
-        self.message = message
-        self.name = name
-        self.req = req
-        self.done: defer.Deferred[Frame] = defer.Deferred()
+    __slots__ = ("done", "req", "typ")
+    # each subclass sets the three in its own __init__: one call less per message
+    done: defer.Deferred[Frame]
+    req: Any
+    typ: str
 
     @property
     def called(self) -> bool:
         return self.done.called
+
+    def answer(self, result: Frame | Failure) -> None:
+        """Fire ``done`` with the reply, or the error frame of a failure."""
+        self.done.callback(failure_frame(result, self.typ, self.req)
+                           if isinstance(result, Failure) else result)
+
+    def errback(self, failure: Failure) -> None:
+        self.answer(failure)
+
+
+class _Send(_Waiting):
+    """A chat, group chat or broadcast; its outcome is the message's ``Stored``."""
+
+    __slots__ = ("hot", "message", "name")
+
+    def __init__(self, hot: HotPath, message: NewMessage, name: str, req: Any) -> None:
+        self.typ = _TYPES[message.kind]
+        self.req = req
+        self.done = defer.Deferred()
+        self.hot = hot
+        self.message = message
+        self.name = name
 
     def callback(self, stored: Stored) -> None:
         try:
@@ -80,34 +96,25 @@ class _Send:
             self.errback(Failure())
             return
         if isinstance(frame, defer.Deferred):
-            frame.addBoth(_answer, self.done, _TYPES[self.message.kind], self.req)
+            frame.addBoth(self.answer)
         else:
             self.done.callback(frame)
 
-    def errback(self, failure: Failure) -> None:
-        self.done.callback(failure_frame(failure, _TYPES[self.message.kind], self.req))
 
+class _Ack(_Waiting):
+    """An ack; the batch that carries it answers nothing of its own."""
 
-class _Ack:
-    """One ack waiting for the batch that writes it."""
-
-    __slots__ = ("done", "message_id", "req", "session")
+    __slots__ = ("message_id", "session")
 
     def __init__(self, session: Session, message_id: int, req: Any) -> None:
+        self.typ = "ack"
+        self.req = req
+        self.done = defer.Deferred()
         self.session = session
         self.message_id = message_id
-        self.req = req
-        self.done: defer.Deferred[Frame] = defer.Deferred()
-
-    @property
-    def called(self) -> bool:
-        return self.done.called
 
     def callback(self, _: object) -> None:
         self.done.callback(_acked(self.session, self.req, self.message_id, self.message_id))
-
-    def errback(self, failure: Failure) -> None:
-        self.done.callback(failure_frame(failure, "ack", self.req))
 
 
 def _acked(session: Session, req: Any, message_id: int, upto: int) -> Frame:
@@ -241,18 +248,17 @@ class HotPath:
         commit in id order and call back in log order, so one node's pushes leave in
         id order."""
         m = send.message
-        typ = _TYPES[m.kind]
         if stored.not_member:
             return defer.Deferred.fromCoroutine(self._refused_in_group(m.group_id or 0))
         if stored.duplicate:
             if self._relay.ordered:
-                return _reply(typ, send.req, stored)  # one node: its push went with the first
+                return _reply(send.typ, send.req, stored)  # one node: its push went with the first
             return defer.Deferred.fromCoroutine(self._stored_again(send, stored))
         self._stored[m.kind].value += 1
         line = encode(message_frame((stored.id, m.kind, m.sender, send.name, m.recipient,
                                      m.group_id, m.body, stored.ts)))
         self._push(m, stored, line)
-        return _reply(typ, send.req, stored)
+        return _reply(send.typ, send.req, stored)
 
     def _push(self, m: NewMessage, stored: Stored, line: bytes) -> None:
         if m.kind == KIND_DIRECT:
@@ -274,7 +280,7 @@ class HotPath:
             if m.group_id is not None:
                 stored.members = await self._groups.group_member_ids(m.group_id)
             self._push(m, stored, encode(message_frame(original)))
-        return _reply(_TYPES[m.kind], send.req, stored)
+        return _reply(send.typ, send.req, stored)
 
     async def _refused_in_group(self, gid: int) -> Frame:
         if await self._groups.group(gid) is None:

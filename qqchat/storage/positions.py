@@ -32,12 +32,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from qqchat.errors import UnavailableError
+from qqchat.storage.timer import ReadyTimer
 
 #: seconds from a batch's start to its commit at most; at most the presence key's
 #: lifetime less one heartbeat (15 - 5 s), so that a node paused with a batch open
@@ -250,45 +250,24 @@ class ClusterView:
                 return safe
 
 
-class PositionsService(Service):
+class PositionsService(ReadyTimer):
     """Publishes this node's position after each change and every ``TICK``; while it
     has nothing in flight and a peer is ahead, first probes the sequence so that
-    its position follows (an idle node would otherwise hold every ack back)."""
+    its position follows (an idle node would otherwise hold every ack back). The
+    ticks begin once ``after`` fires (the schema, and so the sequence, in place)."""
 
     log = Logger()
 
     def __init__(self, view: ClusterView, probe: Callable[[], defer.Deferred[int]],
                  publish: Callable[[int], None], clock: IReactorTime,
                  every: float = TICK, after: defer.Deferred[None] | None = None) -> None:
+        super().__init__(every, self._tick, clock, after)
         self.view = view
         self._probe = probe
         self._publish = publish
-        self._clock = clock
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = clock
-        self._every = every
         self._probing = False
         self._last = -1
-        #: the loop starts once this fires (the schema, and so the sequence, in place)
-        self._after = after
         view.local.watch(self._changed)
-
-    def startService(self) -> None:
-        super().startService()
-        if self._after is None:
-            self._start()
-        else:
-            self._after.addCallback(self._start)
-
-    def _start(self, _: object = None) -> object:
-        if self.running and not self._loop.running:
-            self._loop.start(self._every, now=True)
-        return _
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
 
     def _changed(self) -> None:
         if self.running:
