@@ -146,8 +146,11 @@ class ChatConnection(TimeoutMixin):
             self._blocked_bytes += len(line)
             if not self._pend(len(line)):
                 return
-        if line.startswith(b'{"type":"message"'):
-            self.factory.count_push(line)
+        if line.startswith(b'{"type":"message",'):
+            # counted as written; the kind's key is the frame's last (``message_frame``)
+            counter = self.factory.pushed.get(line[line.rfind(b',"', -40) + 2])
+            if counter is not None:
+                counter.value += 1
         if self.frame_line is not None:
             line = self.frame_line(line)
         t = self._tcp
@@ -476,8 +479,12 @@ class ConnectionFactory(protocol.Factory):
         pushes = m.counter("qqchat_message_pushes_total",
                            "Message pushes written to clients (live and backlog), by kind.",
                            ["kind"])
-        self._pushed = (pushes.labels("direct"), pushes.labels("group"),
-                        pushes.labels("broadcast"))
+        #: ``message`` pushes by the first letter of the kind's key, the frame's last:
+        #: ``,"to":``, ``,"group":``, ``,"broadcast":`` (a key's ``,"`` cannot occur
+        #: inside a JSON string, where every quote is escaped)
+        self.pushed: dict[int, Count] = {ord("t"): pushes.labels("direct"),
+                                         ord("g"): pushes.labels("group"),
+                                         ord("b"): pushes.labels("broadcast")}
 
     def pending_changed(self, conn: ChatConnection, nbytes: int) -> None:
         self.pending_bytes += nbytes
@@ -496,16 +503,6 @@ class ConnectionFactory(protocol.Factory):
     def _open_by_edge(self) -> dict[tuple[str, ...], float]:
         open_now = Tally(c.edge for c in self.live)
         return {(edge,): open_now.get(edge, 0) for edge in EDGES}
-
-    def count_push(self, line: bytes) -> None:
-        """Count one ``message`` push by kind, read off its keys: a key cannot occur
-        inside a JSON string, where every quote is escaped."""
-        if b'"to":' in line:
-            self._pushed[0].inc()
-        elif b'"group":' in line:
-            self._pushed[1].inc()
-        else:
-            self._pushed[2].inc()
 
     def admit(self, address: str) -> bool:
         """Count a new connection from ``address``, unless it already has its share."""

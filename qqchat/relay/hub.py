@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from qqchat.metrics import Registry
 from qqchat.session import Session
@@ -13,6 +13,9 @@ class SessionHub:
 
     def __init__(self, metrics: Registry | None = None) -> None:
         self._by_user: dict[int, Session] = {}
+        #: the session of a user id, or None: the dict's own ``get``, as a delivery
+        #: looks up every recipient through it
+        self.get: Callable[[int], Session | None] = self._by_user.get
         if metrics is not None:
             metrics.gauge("qqchat_users_logged_in", "Users logged in on this node.",
                           self.__len__)
@@ -22,9 +25,6 @@ class SessionHub:
 
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._by_user.values()))
-
-    def get(self, user_id: int) -> Session | None:
-        return self._by_user.get(user_id)
 
     def attach(self, session: Session) -> None:
         assert session.user_id is not None
