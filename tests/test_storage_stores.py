@@ -108,6 +108,49 @@ async def test_groups_caps_members_and_messages(stores: Stores) -> None:
     assert await stores.groups.group_member_ids(gid) == [a]
 
 
+async def group_members_at_send(stores: Stores, sender: int, gid: int) -> list[int]:
+    (stored,) = await send(stores, [NewMessage(KIND_GROUP, sender, "m", group_id=gid)])
+    assert not stored.not_member
+    return sorted(stored.members or [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_message_has_the_members_of_its_moment(stores: Stores) -> None:
+    """The log keeps a group's members between messages and reads them again when the
+    group's members_version says they changed: a join or leave counts for the next
+    message at once."""
+    a, b, c = await users(stores, "a", "b", "c")
+    gid = await stores.groups.create_group("g", "d", a, 5)
+    assert isinstance(gid, int)
+    assert await group_members_at_send(stores, a, gid) == [a]
+    assert await stores.groups.join_group(gid, b, 6, max_members=10) == "joined"
+    assert await group_members_at_send(stores, a, gid) == [a, b]
+    assert await stores.groups.join_group(gid, c, 6, max_members=10) == "joined"
+    assert await stores.groups.leave_group(gid, b)
+    assert await group_members_at_send(stores, a, gid) == [a, c]
+    (refused,) = await send(stores, [NewMessage(KIND_GROUP, b, "gone", group_id=gid)])
+    assert refused.not_member
+    assert not await stores.groups.leave_group(gid, b)  # not a member: nothing changes
+    assert await group_members_at_send(stores, c, gid) == [a, c]
+
+
+@pytest_twisted.ensureDeferred
+async def test_kept_group_members_are_read_again_after_a_while(stores: Stores) -> None:
+    """A member added without the version moving (as a node from before migration 5
+    does in a rolling upgrade) is not seen while the members are kept, and is once
+    they have been kept for MEMBERS_KEPT_SECONDS."""
+    a, b = await users(stores, "a", "b")
+    gid = await stores.groups.create_group("g", "d", a, 5)
+    assert isinstance(gid, int)
+    assert await group_members_at_send(stores, a, gid) == [a]
+    q = stores.message_log._q("INSERT INTO group_members (group_id, user_id, role, since_id,"
+                              " joined_at) VALUES (?, ?, 'member', 0, 6)")
+    await stores.message_log._run(lambda t: t.execute(q, (gid, b)))
+    assert await group_members_at_send(stores, a, gid) == [a]
+    stores.message_log.MEMBERS_KEPT_SECONDS = 0.0
+    assert await group_members_at_send(stores, a, gid) == [a, b]
+
+
 @pytest_twisted.ensureDeferred
 async def test_friend_requests_accepts_and_the_cap(stores: Stores) -> None:
     a, b, c = await users(stores, "a", "b", "c")

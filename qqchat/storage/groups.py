@@ -17,6 +17,10 @@ from qqchat.storage.access import Access
 from qqchat.storage.engines import Engine
 from qqchat.storage.log import locked_head
 
+#: in every transaction that changes a group's members: what tells the log's
+#: transactions that the members they kept are stale (``LogStore._members_of``)
+_MEMBERS_CHANGED = "UPDATE chat_groups SET members_version = members_version + 1 WHERE id = ?"
+
 
 class GroupStore(Access):
     """Groups and their members; Deferreds fire in the reactor thread."""
@@ -72,6 +76,7 @@ class GroupStore(Access):
         q_ins = self._q(
             "INSERT INTO group_members (group_id, user_id, role, since_id, joined_at) "
             "VALUES (?, ?, ?, ?, ?)")
+        q_changed = self._q(_MEMBERS_CHANGED)
 
         def txn(t: Any) -> str:
             head = locked_head(self._engine, t)
@@ -93,14 +98,19 @@ class GroupStore(Access):
                 t.execute(q_ins, (gid, user_id, "member", head, now))
             except self._engine.integrity_error:
                 return "already"
+            t.execute(q_changed, (gid,))
             return "joined"
 
         return self._run(txn)
 
     def leave_group(self, gid: int, user_id: int) -> defer.Deferred[bool]:
         q = self._q("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+        q_changed = self._q(_MEMBERS_CHANGED)
 
         def txn(t: Any) -> bool:
+            # the group row first, as a join locks it: a leave and a join of one group
+            # take their locks in one order
+            t.execute(q_changed, (gid,))
             t.execute(q, (gid, user_id))
             return bool(t.rowcount)
 

@@ -13,6 +13,7 @@ the log calls it itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,7 @@ class Stored:
     duplicate: bool
     #: the sender is not a member of the group: nothing was stored
     not_member: bool = False
-    members: list[int] | None = None
+    members: Sequence[int] | None = None
 
 
 @dataclass(slots=True)
@@ -127,6 +128,12 @@ class LogStore(Access):
         #: ``_write_in_one_trip``: the head, and a message row's text parameter
         self._one_trip_head = head
         self._one_trip_body = p
+        self._q_members_version = self._q("SELECT members_version FROM chat_groups WHERE id = ?")
+        self._q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
+        #: group id -> (its members_version, its members then, when they were read): a
+        #: group message's transaction reads the version, not every member row
+        #: (``_members_of``)
+        self._members: dict[int, tuple[int, tuple[int, ...], float]] = {}
 
     def write_batch(self, messages: Sequence[NewMessage], acks: Iterable[tuple[int, int]],
                     now: int, flight: InFlight | None = None,
@@ -173,16 +180,14 @@ class LogStore(Access):
         """Each message's outcome, and the rows to insert, taking ``ids`` in order:
         members checked (and read, for the push) in the transaction, client ids
         already stored answered as duplicates."""
-        q_members = self._q("SELECT user_id FROM group_members WHERE group_id = ?")
         results: list[Stored] = []
         rows: list[tuple[Any, ...]] = []
         next_ids = iter(ids)
         by_cid = self._stored_cids(t, {(m.sender, m.cid) for m in messages if m.cid is not None})
-        members: dict[int, list[int]] = {}
+        members: dict[int, tuple[int, ...]] = {}
         for m in messages:
             if m.group_id is not None and m.group_id not in members:
-                t.execute(q_members, (m.group_id,))
-                members[m.group_id] = [int(r[0]) for r in t.fetchall()]
+                members[m.group_id] = self._members_of(t, m.group_id)
             group = members.get(m.group_id) if m.group_id is not None else None
             if group is not None and m.sender not in group:
                 results.append(Stored(0, now, False, not_member=True))
@@ -199,6 +204,36 @@ class LogStore(Access):
             rows.append((mid, m.kind, m.sender, m.recipient, m.group_id, m.body, now, m.cid))
             results.append(stored)
         return results, rows
+
+    #: groups whose members ``_members`` keeps at most (then it starts afresh)
+    MEMBER_CACHE_GROUPS = 4096
+    #: seconds a group's kept members are used for at most, whatever its version says
+    MEMBERS_KEPT_SECONDS = 10.0
+
+    def _members_of(self, t: Any, gid: int) -> tuple[int, ...]:
+        """The members of group ``gid`` as this transaction sees them (none: no such
+        group). Every change of a group's members bumps its ``members_version`` in the
+        same transaction (``GroupStore``), so the version read here says whether the
+        members kept from an earlier batch are still the ones this transaction would
+        read: one row instead of a row per member, for every group message. Kept
+        members are read again after ``MEMBERS_KEPT_SECONDS`` all the same: a node of
+        the version before migration 5, still running in a rolling upgrade, changes
+        members without bumping the version."""
+        t.execute(self._q_members_version, (gid,))
+        row = t.fetchone()
+        if row is None:
+            return ()
+        version = int(row[0])
+        now = time.monotonic()
+        kept = self._members.get(gid)
+        if kept is not None and kept[0] == version and now - kept[2] < self.MEMBERS_KEPT_SECONDS:
+            return kept[1]
+        t.execute(self._q_members, (gid,))
+        found = tuple(int(r[0]) for r in t.fetchall())
+        if len(self._members) >= self.MEMBER_CACHE_GROUPS:
+            self._members.clear()
+        self._members[gid] = (version, found, now)
+        return found
 
     def _write_positioned(self, t: Any, messages: Sequence[NewMessage],
                           ack_rows: list[tuple[int, int, int]], now: int, flight: InFlight,

@@ -214,9 +214,17 @@ def _log_positions(t: Any, dialect: str, statements: list[str]) -> None:
         engine.sync_log_heads(t)
 
 
+def _members_version(t: Any, dialect: str, statements: list[str]) -> None:
+    """Migration 5: the file's column, unless a run cut short added it already (SQLite
+    has no ``ADD COLUMN IF NOT EXISTS``)."""
+    if not create_engine(dialect, None).has_column(t, "chat_groups", "members_version"):
+        for stmt in statements:
+            t.execute(stmt)
+
+
 #: Python steps of later migrations, by number: each runs in place of its file's
 #: statements, which it is given (migration 1 is ``_baseline``)
-_STEPS: dict[int, Step] = {3: _log_positions}
+_STEPS: dict[int, Step] = {3: _log_positions, 5: _members_version}
 
 
 def _text(value: Any) -> str:
