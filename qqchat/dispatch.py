@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from qqchat.errors import ChatError
 from qqchat.frames import MISSING as _MISSING
-from qqchat.frames import Frame, error_frame, failure_frame, reply_frame
+from qqchat.frames import Frame, Reply, error_frame, failure_frame, reply_frame
 from qqchat.metrics import Registry
 from qqchat.services.accounts import AccountService
 from qqchat.services.conversations import ConversationService
@@ -107,9 +107,11 @@ class Dispatcher:
 
     # -- the boundary -----------------------------------------------------
 
-    def dispatch(self, session: Session, msg: Any) -> Frame | defer.Deferred[Frame | None] | None:
+    def dispatch(self, session: Session, msg: Any
+                 ) -> Frame | Reply | defer.Deferred[Frame | None] | None:
         """Handle one decoded request: the reply frame, None when the handler wrote its
-        own reply, or a Deferred that fires with one of those (and never fails)."""
+        own reply, a Deferred that fires with one of those (and never fails), or, for
+        the hot path's requests, a ``Reply`` (the frame later, without a Deferred)."""
         if not isinstance(msg, dict):
             return error_frame("bad_request", "a request is a JSON object")
         req = msg.get("req", _MISSING)
@@ -281,23 +283,20 @@ class Dispatcher:
             text = _str(msg, "text")
         return send(session, req, target, text, self._cid(msg) if "cid" in msg else None)
 
-    def handle_chat(self, session: Session, msg: Frame, req: Any
-                    ) -> Frame | defer.Deferred[Frame]:
+    def handle_chat(self, session: Session, msg: Frame, req: Any) -> Reply:
         return self._send(self.hot.chat, session, msg, req, "to")  # type: ignore[no-any-return]
 
-    def handle_broadcast(self, session: Session, msg: Frame, req: Any
-                         ) -> defer.Deferred[Frame]:
+    def handle_broadcast(self, session: Session, msg: Frame, req: Any) -> Reply:
         text, cid = _str(msg, "text"), self._cid(msg)
         assert text is not None
         return self.hot.broadcast(session, req, text, cid)
 
-    def handle_group_chat(self, session: Session, msg: Frame, req: Any
-                          ) -> defer.Deferred[Frame]:
+    def handle_group_chat(self, session: Session, msg: Frame, req: Any) -> Reply:
         return self._send(self.hot.group_chat, session, msg, req,  # type: ignore[no-any-return]
                           "group")
 
     def handle_ack(self, session: Session, msg: Frame, req: Any
-                   ) -> Frame | defer.Deferred[Frame]:
+                   ) -> Frame | Reply | defer.Deferred[Frame]:
         mid = msg.get("id")
         if type(mid) is not int or not 1 <= mid <= _MAX_ID:
             mid = _id(msg, "id")

@@ -3,7 +3,8 @@ connection and the hot path (which builds its replies itself)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -11,6 +12,15 @@ from twisted.python.failure import Failure
 from qqchat.errors import ChatError
 
 Frame = dict[str, Any]
+
+
+@runtime_checkable
+class Reply(Protocol):
+    """A reply known later, without a Deferred: what the hot path's requests return
+    (``services/hotpath.py``). It tells one listener its frame (an error frame if the
+    request failed), once; a listener named after that is told at once."""
+
+    def then(self, answered: Callable[[Frame], object]) -> None: ...
 
 #: a request without ``req``: its reply has none either
 MISSING: Any = object()

@@ -18,6 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from qqchat.dispatch import Dispatcher
+from qqchat.frames import Reply
 from qqchat.passwords import Hasher
 from qqchat.relay.hub import SessionHub
 from qqchat.relay.local import LocalRelay
@@ -60,7 +61,13 @@ def dispatched(services: Services, session: Session, msg: Any
     """The dispatcher's answer to ``msg`` as a Deferred, whether it answered at once (a
     frame, or None) or later."""
     answer = services.dispatcher.dispatch(session, msg)
-    return answer if isinstance(answer, defer.Deferred) else defer.succeed(answer)
+    if isinstance(answer, defer.Deferred):
+        return answer
+    if isinstance(answer, Reply):
+        d: defer.Deferred[dict[str, Any] | None] = defer.Deferred()
+        answer.then(d.callback)
+        return d
+    return defer.succeed(answer)
 
 
 def result_of(d: defer.Deferred[T]) -> T:
@@ -79,9 +86,10 @@ def result_of(d: defer.Deferred[T]) -> T:
     return value
 
 
-def run(clock: task.Clock, work: Coroutine[Any, Any, T] | defer.Deferred[T] | T) -> T:
-    """Drive a service call to completion: a coroutine, a Deferred (the per-message
-    calls), or a value already at hand.
+def run(clock: task.Clock, work: Coroutine[Any, Any, T] | defer.Deferred[T] | Reply | T
+        ) -> T:
+    """Drive a service call to completion: a coroutine, a Deferred, a hot-path
+    ``Reply`` (the per-message calls), or a value already at hand.
 
     ``clock.advance(0)`` lets the group-commit log flush (it schedules itself
     with ``callLater(0)``); the threadless store does the rest synchronously.
@@ -90,6 +98,9 @@ def run(clock: task.Clock, work: Coroutine[Any, Any, T] | defer.Deferred[T] | T)
         d = work
     elif isinstance(work, Coroutine):
         d = defer.Deferred.fromCoroutine(work)
+    elif isinstance(work, Reply):
+        d = defer.Deferred()
+        work.then(d.callback)
     else:
         return work
     clock.advance(0)

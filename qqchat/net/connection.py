@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from qqchat.codec import DecodeError, decode, encode
 from qqchat.dispatch import Dispatcher
-from qqchat.frames import error_frame
+from qqchat.frames import Reply, error_frame
 from qqchat.metrics import Count, Registry
 from qqchat.ratelimit import TokenBucket
 from qqchat.session import Session
@@ -103,6 +103,9 @@ class ChatConnection(TimeoutMixin):
     unit: ClassVar[str] = "line"
     #: set while no further request may be read (LineReceiver reads it too)
     paused = False
+    #: a graceful stop waiting for the request in hand (``stop_reading``); set on
+    #: the instance only then
+    _stopped: defer.Deferred[None] | None = None
 
     def __init__(self, factory: ConnectionFactory) -> None:
         self.factory = factory
@@ -118,7 +121,8 @@ class ChatConnection(TimeoutMixin):
         self._on_close: list[defer.Deferred[None]] | tuple[()] = ()
         #: why no further request is read now ("request", "write", "stop")
         self._pauses: tuple[str, ...] = ()
-        self._inflight: defer.Deferred[Any] | None = None
+        #: the request in hand, while its reply is not written yet
+        self._inflight: defer.Deferred[Any] | Reply | None = None
         self._blocked_bytes: int | None = None  # None while the client keeps up
         #: pushes the session holds for this connection during its login backlog
         self._held_bytes = 0
@@ -314,8 +318,10 @@ class ChatConnection(TimeoutMixin):
         done: defer.Deferred[None] = defer.Deferred()
         if self._inflight is None:
             done.callback(None)
+        elif self._stopped is None:
+            self._stopped = done  # fired by _answered, once the reply is written
         else:
-            self._inflight.addBoth(lambda r: (done.callback(None), r)[1])
+            self._stopped.addBoth(lambda r: (done.callback(None), r)[1])
         return done
 
     # -- the connection's life ----------------------------------------------
@@ -367,13 +373,18 @@ class ChatConnection(TimeoutMixin):
             self.send_frame(error_frame("bad_json", f"each {self.unit} must be one JSON object"))
             return
         result = self.factory.dispatcher.dispatch(self.session, msg)
-        if isinstance(result, defer.Deferred):
-            self._inflight = result
-            result.addBoth(self._answered)
-            if self._inflight is not None:  # waiting on storage: read no further meanwhile
-                self._pause("request")
-        elif result is not None:
+        if result is None:
+            return
+        if isinstance(result, dict):
             self.send_frame(result)
+            return
+        self._inflight = result
+        if isinstance(result, defer.Deferred):
+            result.addBoth(self._answered)
+        else:
+            result.then(self._answered)
+        if self._inflight is not None:  # waiting on storage: read no further meanwhile
+            self._pause("request")
 
     def _refuse(self, msg: Any, wait: float) -> None:
         """Too many requests: say so and when to retry; the request is not run."""
@@ -394,6 +405,9 @@ class ChatConnection(TimeoutMixin):
                 self.log.failure("reply to {peer} failed", peer=self.peer)
         if "request" in self._pauses:
             self._unpause("request")
+        if self._stopped is not None:
+            stopped, self._stopped = self._stopped, None
+            stopped.callback(None)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.send_frame(error_frame(

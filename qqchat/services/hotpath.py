@@ -9,8 +9,8 @@ the connection), the layers cost more Python than the work they wrap. So here:
 - a request becomes one ``_Send`` (or ``_Ack``) queued with the log writer, which
   calls it back, in log order, when its batch commits: no Deferred of its own;
 - for each committed message the push is encoded once and handed to the relay, and
-  the finished reply frame (``req`` included) answers the one Deferred the
-  connection waits on, so nothing between here and the socket adds a callback;
+  the finished reply frame (``req`` included) goes straight to the connection, which
+  named itself the request's one listener (``frames.Reply``): no Deferred at all;
 - a failed batch answers each of its senders with the error at once.
 
 Anything rare (a refusal that needs a lookup, a retry that finds its message stored by
@@ -21,6 +21,7 @@ client has not acked is sent again at its next login (``messages.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -29,7 +30,7 @@ from twisted.python.failure import Failure
 
 from qqchat.codec import encode
 from qqchat.errors import ChatError
-from qqchat.frames import MISSING, Frame, failure_frame
+from qqchat.frames import MISSING, Frame, Reply, failure_frame
 from qqchat.metrics import Registry
 from qqchat.ratelimit import KeyedBuckets
 from qqchat.relay.base import Relay
@@ -54,23 +55,36 @@ _TYPES = {KIND_DIRECT: "chat", KIND_GROUP: "group_chat", KIND_BROADCAST: "broadc
 class _Waiting:
     """One request waiting for the batch that writes it, as the log writer's
     ``Batcher`` hears it (its ``Waiter``): ``callback`` with the outcome, or
-    ``errback`` if the batch failed. Either fires ``done``, the Deferred the
-    connection waits on, with the finished reply frame."""
+    ``errback`` if the batch failed. Either way the connection's listener
+    (``then``, a ``frames.Reply``) gets the finished reply frame."""
 
-    __slots__ = ("done", "req", "typ")
-    # each subclass sets the three in its own __init__: one call less per message
-    done: defer.Deferred[Frame]
+    __slots__ = ("_answered", "_frame", "req", "typ")
+    # each subclass sets req and typ in its own __init__: one call less per message
     req: Any
     typ: str
+    #: the reply, once known, and whoever waits for it
+    _frame: Frame | None
+    _answered: Callable[[Frame], object] | None
 
     @property
     def called(self) -> bool:
-        return self.done.called
+        return self._frame is not None
+
+    def then(self, answered: Callable[[Frame], object]) -> None:
+        if self._frame is None:
+            self._answered = answered
+        else:
+            answered(self._frame)
+
+    def _reply(self, frame: Frame) -> None:
+        self._frame = frame
+        if self._answered is not None:
+            self._answered(frame)
 
     def answer(self, result: Frame | Failure) -> None:
-        """Fire ``done`` with the reply, or the error frame of a failure."""
-        self.done.callback(failure_frame(result, self.typ, self.req)
-                           if isinstance(result, Failure) else result)
+        """Reply with ``result``, or the error frame of a failure."""
+        self._reply(failure_frame(result, self.typ, self.req)
+                    if isinstance(result, Failure) else result)
 
     def errback(self, failure: Failure) -> None:
         self.answer(failure)
@@ -84,7 +98,7 @@ class _Send(_Waiting):
     def __init__(self, hot: HotPath, message: NewMessage, name: str, req: Any) -> None:
         self.typ = _TYPES[message.kind]
         self.req = req
-        self.done = defer.Deferred()
+        self._frame = self._answered = None
         self.hot = hot
         self.message = message
         self.name = name
@@ -98,7 +112,7 @@ class _Send(_Waiting):
         if isinstance(frame, defer.Deferred):
             frame.addBoth(self.answer)
         else:
-            self.done.callback(frame)
+            self._reply(frame)
 
 
 class _Ack(_Waiting):
@@ -109,12 +123,12 @@ class _Ack(_Waiting):
     def __init__(self, session: Session, message_id: int, req: Any) -> None:
         self.typ = "ack"
         self.req = req
-        self.done = defer.Deferred()
+        self._frame = self._answered = None
         self.session = session
         self.message_id = message_id
 
     def callback(self, _: object) -> None:
-        self.done.callback(_acked(self.session, self.req, self.message_id, self.message_id))
+        self._reply(_acked(self.session, self.req, self.message_id, self.message_id))
 
 
 def _acked(session: Session, req: Any, message_id: int, upto: int) -> Frame:
@@ -184,8 +198,7 @@ class HotPath:
 
     # -- requests ---------------------------------------------------------
 
-    def chat(self, session: Session, req: Any, to: int, text: str, cid: str | None
-             ) -> Frame | defer.Deferred[Frame]:
+    def chat(self, session: Session, req: Any, to: int, text: str, cid: str | None) -> Reply:
         uid, name = self._author(session, text)
         send = _Send(self, NewMessage(KIND_DIRECT, uid, text, recipient=to, cid=cid), name, req)
         if self._users.cached(to) is None:
@@ -193,7 +206,7 @@ class HotPath:
             d.addErrback(send.errback)
         else:
             self._writer.append(send.message, send)
-        return send.done
+        return send
 
     async def _to_known(self, send: _Send) -> None:
         """The recipient is not in the name cache: refuse an unknown user before the log."""
@@ -203,23 +216,23 @@ class HotPath:
         self._writer.append(send.message, send)
 
     def group_chat(self, session: Session, req: Any, gid: int, text: str, cid: str | None
-                   ) -> defer.Deferred[Frame]:
+                   ) -> Reply:
         uid, name = self._author(session, text)
         # membership is checked, and the recipients read, inside the log transaction
         send = _Send(self, NewMessage(KIND_GROUP, uid, text, group_id=gid, cid=cid), name, req)
         self._writer.append(send.message, send)
-        return send.done
+        return send
 
-    def broadcast(self, session: Session, req: Any, text: str, cid: str | None
-                  ) -> defer.Deferred[Frame]:
+    def broadcast(self, session: Session, req: Any, text: str, cid: str | None) -> Reply:
         if not (self._broadcast_anyone or session.admin):
             raise ChatError("forbidden", "only administrators may broadcast on this server")
         uid, name = self._author(session, text)
         send = _Send(self, NewMessage(KIND_BROADCAST, uid, text, cid=cid), name, req)
         self._writer.append(send.message, send)
-        return send.done
+        return send
 
-    def ack(self, session: Session, req: Any, message_id: int) -> Frame | defer.Deferred[Frame]:
+    def ack(self, session: Session, req: Any, message_id: int
+            ) -> Frame | Reply | defer.Deferred[Frame]:
         uid, _ = sender_of(session)
         if message_id <= session.acked:
             return _acked(session, req, message_id, message_id)  # durable already: harmless
@@ -231,7 +244,7 @@ class HotPath:
             return d
         acking = _Ack(session, message_id, req)
         self._writer.ack(uid, message_id, acking)
-        return acking.done
+        return acking
 
     async def _ack_seen(self, session: Session, uid: int, message_id: int, req: Any) -> Frame:
         """Several nodes: pushes from different nodes can cross, so the log says how
