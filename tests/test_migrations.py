@@ -408,6 +408,45 @@ def test_the_group_unread_count_reads_the_index_alone(db_url: str) -> None:
                    for r in plan), plan
 
 
+# -- migration 6: others' broadcasts without messages_kind ----------------------
+
+#: the broadcast part of a login's backlog (storage/log.py, LogStore._UNDELIVERED)
+BROADCASTS = ("SELECT id FROM messages WHERE group_id IS NULL AND kind = 3 AND id > ?"
+              " AND sender <> ? ORDER BY id LIMIT ?")
+
+
+def test_others_broadcasts_are_an_index_range(db_url: str) -> None:
+    """MariaDB reads them off messages_group_unread once messages_kind is gone; SQLite
+    off its partial index of broadcasts."""
+    status(parse_database_url(db_url), apply=True)
+    mysql = db_url.startswith("mysql")
+    q = BROADCASTS.replace("?", "%s") if mysql else BROADCASTS
+
+    def explain(t: Any) -> tuple[list[Any], list[Any]]:
+        rows = [(i, 1 + i % 3, i % 7, (i % 5 + 1) if i % 3 == 1 else None, f"m{i}", i)
+                for i in range(1, 301)]
+        t.executemany(("INSERT INTO messages (id, kind, sender, group_id, body, ts) VALUES "
+                       + ("(%s, %s, %s, %s, %s, %s)" if mysql else "(?, ?, ?, ?, ?, ?)")),
+                      rows)
+        if mysql:
+            t.execute("SHOW INDEX FROM messages")
+            indexes = sorted({_text(r[2]) for r in t.fetchall()})
+        else:
+            t.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                      " AND tbl_name = 'messages'")
+            indexes = sorted(_text(r[0]) for r in t.fetchall())
+        t.execute(("EXPLAIN " if mysql else "EXPLAIN QUERY PLAN ") + q, (10, 3, 50))
+        return indexes, [tuple(map(_text, r)) for r in t.fetchall()]
+
+    indexes, plan = run(db_url, explain)
+    assert "messages_kind" not in indexes
+    if mysql:
+        (used,) = [r for r in plan if r[2] == "messages"]
+        assert (used[3], used[5]) == ("range", "messages_group_unread"), plan
+    else:
+        assert any("messages_broadcasts" in str(r[-1]) for r in plan), plan
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_daemon_waits_for_another_migration_past_its_read_timeout(
         mariadb: MariaDB) -> None:

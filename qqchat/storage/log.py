@@ -483,8 +483,8 @@ class LogStore(Access):
         "  AND m.id > gm.since_id"
         "  AND m.id > ? AND m.sender <> ? ORDER BY m.id LIMIT ?) g"
         " UNION ALL"
-        " SELECT id FROM (SELECT id FROM messages WHERE kind = 3 AND id > ? AND sender <> ?"
-        "  ORDER BY id LIMIT ?) b"
+        " SELECT id FROM (SELECT id FROM messages WHERE group_id IS NULL AND kind = 3"
+        "  AND id > ? AND sender <> ? ORDER BY id LIMIT ?) b"
         ") x JOIN messages m ON m.id = x.id JOIN users u ON u.id = m.sender"
         " ORDER BY m.id LIMIT ?")
 
@@ -507,7 +507,8 @@ class LogStore(Access):
         " WHERE m.kind = 2 AND gm.user_id = ? AND m.id > gm.since_id AND m.id > ?"
         " AND m.id <= ? AND m.sender <> ?"
         " UNION ALL"
-        " SELECT id FROM messages WHERE kind = 3 AND id > ? AND id <= ? AND sender <> ?")
+        " SELECT id FROM messages WHERE group_id IS NULL AND kind = 3 AND id > ? AND id <= ?"
+        " AND sender <> ?")
 
     def checked_acks(self, acks: Sequence[CheckedAck]) -> defer.Deferred[list[int]]:
         """Several nodes: for each (user, ``after``, ``upto``, ``seen``, ``login``),
