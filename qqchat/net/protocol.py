@@ -45,6 +45,13 @@ class ChatProtocol(ChatConnection, LineReceiver):
     def dataReceived(self, data: bytes) -> None:
         if not self._counted:
             return  # refused: nothing it says is read
+        end = len(data) - 1
+        if (0 < end < self.MAX_LENGTH and data.find(b"\n") == end and not self._buffer
+                and not self.paused and not self._busyReceiving):
+            # one whole line, nothing before it (what a client waiting for each reply
+            # sends): LineReceiver would find the same line, through more steps
+            self.lineReceived(data[:-1])
+            return
         LineReceiver.dataReceived(self, data)
         if self.paused and len(self._buffer) > self.MAX_LENGTH:
             self._pause_socket()  # a pipelining client waits in its own buffers
