@@ -43,6 +43,32 @@ async def test_client_that_does_not_read_is_cut_off_and_loses_nothing(server: Ru
     assert set(received_before) <= set(sent)
 
 
+@pytest.mark.settings(max_send_buffer=16 * 1024 * 1024)
+@pytest_twisted.ensureDeferred
+async def test_pushes_queued_behind_a_slow_reader_arrive_in_order(server: Running) -> None:
+    """A reader that pauses, under the cap: once the kernel's buffers are full the
+    pushes wait in the server's buffer for it, and the ones after them queue behind
+    them there instead of overtaking them on the socket."""
+    alice = await server.user("alice")
+    bob = await server.user("bob")
+    (conn,) = [c for c in server.daemon.listener.factory.live
+               if c.session.user_id == bob.user_id]
+    # the server's side of bob's connection keeps a small kernel buffer
+    conn.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    bob.transport.pauseProducing()
+    text = "z" * 3900
+    sent = []
+    for n in range(300):  # ~1.2 MB: past the kernels' buffers, within the cap
+        reply = await alice.ok("chat", to=bob.user_id, text=f"{n} {text}")
+        sent.append(reply["id"])
+    assert conn.transport.dataBuffer or conn.transport._tempDataBuffer  # some wait here
+    bob.transport.resumeProducing()
+    got = await bob.messages(len(sent), wait=30)
+    assert [m["id"] for m in got] == sent
+    assert [m["text"].split()[0] for m in got] == [str(n) for n in range(300)]
+    await bob.nothing_more()
+
+
 @pytest_twisted.ensureDeferred
 async def test_graceful_stop_answers_requests_in_hand(db_url: str) -> None:
     from twisted.internet import reactor
