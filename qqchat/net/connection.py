@@ -11,7 +11,6 @@ for graceful stop, one per-address table, one set of metrics labelled by edge.
 
 from __future__ import annotations
 
-import socket
 from collections import Counter as Tally
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -135,11 +134,8 @@ class ChatConnection(TimeoutMixin):
         self._abort_call: IDelayedCall | None = None
         self._lost = False
         self._socket_paused = False
-        #: the plain TCP transport's socket, when lines may be sent on it directly
-        self._sock: socket.socket | None = None
-        #: a line went to the transport's buffer: until that has drained, lines
-        #: queue behind it there
-        self._queued = False
+        #: the plain TCP transport, when lines may be sent on its socket directly
+        self._tcp: tcp.Connection | None = None
         self.stopping = False
         self._bucket = TokenBucket(factory.rate_limit, factory.rate_burst,
                                    factory.clock.seconds())
@@ -161,15 +157,13 @@ class ChatConnection(TimeoutMixin):
                 counter.value += 1
         if self.frame_line is not None:
             line = self.frame_line(line)
-        sock = self._sock
-        if sock is not None and (not self._queued or self._drained()):
+        t = self._tcp
+        if t is not None and not t._tempDataBuffer and not t.dataBuffer and not t.disconnecting:
             # Nothing queued: hand the line to the kernel now. Through transport.write
             # it would cost registering the socket for writing and unregistering it
-            # once sent (two epoll_ctl calls and a reactor pass) for every line. (Only
-            # this connection's own fields are read: in a fan-out to many clients the
-            # transport objects would each be one more cache miss.)
+            # once sent (two epoll_ctl calls and a reactor pass) for every line.
             try:
-                sent = sock.send(line)
+                sent = t.socket.send(line)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -177,16 +171,7 @@ class ChatConnection(TimeoutMixin):
             if sent == len(line):
                 return
             line = line[sent:]
-            self._queued = True
         self.transport.write(line)
-
-    def _drained(self) -> bool:
-        """Whether what went to the TCP transport's buffer has all been sent."""
-        t = self.transport
-        if t._tempDataBuffer or t.dataBuffer or t.disconnecting:
-            return False
-        self._queued = False
-        return True
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         if frame["type"] == "error":
@@ -363,7 +348,7 @@ class ChatConnection(TimeoutMixin):
         if tcp_transport is not None:
             tcp_transport.setTcpNoDelay(True)
         if isinstance(self.transport, tcp.Connection):
-            self._sock = self.transport.socket
+            self._tcp = self.transport
         self.transport.registerProducer(_WriteWatch(self), True)
         self.setTimeout(self.factory.idle_timeout)
         self.log.info("connection open from {peer} ({edge})", peer=self.peer, edge=self.edge)
