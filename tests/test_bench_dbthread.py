@@ -33,8 +33,11 @@ def test_dbthread_reports_every_part(db: str) -> None:
         if db == "mysql":
             assert "server_cpu" in figures
     wanted = {"reserve", "insert", "acks"} | (
-        {"stage_check", "move_derived", "move_rows"} if db == "sqlite" else {"derived"})
+        {"stage_check", "move_derived", "move_rows"} if db == "sqlite" else set())
     assert wanted <= set(per["parts"]), per["parts"]
+    # MariaDB's batches (lock order) leave the conversation list to a later catch-up:
+    # the replay does too
+    assert "derived" not in per["parts"], per["parts"]
     daemon = {"reserve", "prepare", "acks", "stage_check", "move"} if db == "sqlite" \
         else {"one_trip"}
     assert daemon <= set(per["write_batch"]), per["write_batch"]
