@@ -655,6 +655,7 @@ async def idle(ctx: RunContext) -> None:
                logins_per_s=rate(len(held), window.seconds),
                daemon_cpu_us_per_login=per(window.cpu, len(held)))
     await task.deferLater(ctx.reactor, o.hold, lambda: None)
+    rss_held = ctx.daemon.rss_kib()  # before the pings' replies add their buffers
     # still there? every held client must answer a ping
     alive: list[Conn] = []
 
@@ -670,7 +671,7 @@ async def idle(ctx: RunContext) -> None:
                            value.getErrorMessage())
     rss1 = ctx.daemon.rss_kib()
     n = len(alive)
-    res.update(held=n, rss_kib_before=rss0, rss_kib_after=rss1,
+    res.update(held=n, rss_kib_before=rss0, rss_kib_held=rss_held, rss_kib_after=rss1,
                rss_kib_per_client=round((rss1 - rss0) / n, 2) if n else None,
                fd_limited=target < o.clients)
     res["ok"] = n == target
