@@ -137,6 +137,23 @@ def test_bad_json_gets_an_error_and_the_connection_stays_usable(echo: Any, bad: 
     assert dispatcher.requests == [{"type": "ping", "req": 2}]
 
 
+def test_every_connection_has_its_attributes_in_one_order() -> None:
+    """Whatever a connection's first bytes were (one whole line, or several lines in
+    one chunk, which take LineReceiver's path) and whether a request paused it, its
+    attributes came into being in the same order as every other's: so all their
+    instance dicts share the class's keys (an idle client's memory)."""
+    dispatcher = FakeDispatcher(hold=True)
+    one, _, _ = connect(dispatcher)
+    one.dataReceived(line(type="ping", req=1))  # one line: straight to lineReceived
+    dispatcher.release(0)
+    several, _, _ = connect(dispatcher)
+    several.dataReceived(line(type="ping", req=2) + line(type="ping", req=3))
+    dispatcher.release(1)
+    dispatcher.release(2)
+    idle, _, _ = connect(FakeDispatcher())
+    assert list(vars(one)) == list(vars(several)) == list(vars(idle))
+
+
 def test_line_of_exactly_the_limit_is_accepted() -> None:
     """The limit is inclusive: a line of max_line bytes is still a request."""
     dispatcher = FakeDispatcher()

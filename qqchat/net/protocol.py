@@ -38,6 +38,13 @@ class ChatProtocol(ChatConnection, LineReceiver):
     delimiter = b"\n"
     edge = "tcp"
 
+    def __init__(self, factory: ConnectionFactory) -> None:
+        super().__init__(factory)
+        # LineReceiver's state, on the instance from the start (see ChatConnection:
+        # one order of attributes for every connection)
+        self._buffer = b""
+        self._busyReceiving = False
+
     def _resume_reading(self) -> None:
         if self._buffer:
             self.dataReceived(b"")  # the lines that arrived meanwhile
