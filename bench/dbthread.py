@@ -223,12 +223,7 @@ async def measure(reactor: Any, urls: list[str], batches: int, pairs: int, low: 
         with timer.part("insert"):
             t.executemany(engine.sql(f"INSERT INTO {engine.log_table} ({LOG_COLUMNS})"
                                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), rows)
-        if engine.derives_later:
-            pass  # the conversation list is caught up later, as the daemon's batches leave it
-        elif not engine.stages_log:
-            with timer.part("derived"):
-                site.store._write_derived(t, rows)
-        else:
+        if engine.stages_log:
             with timer.part("stage_check"):
                 t.execute("SELECT MIN(id) FROM messages_recent")
                 due = head + 1 - int(t.fetchone()[0]) >= STAGE_ROWS
@@ -236,6 +231,9 @@ async def measure(reactor: Any, urls: list[str], batches: int, pairs: int, low: 
                 for k, stmt in enumerate(_MOVE):
                     with timer.part("move_derived" if k < len(_MOVE) - 2 else "move_rows"):
                         t.execute(stmt)
+        elif not engine.derives_later:  # else a catch-up writes it, as for the daemon
+            with timer.part("derived"):
+                site.store._write_derived(t, rows)
         # the acks due, for messages already written (the last id before this batch)
         acked = ids[0] - 1
         with timer.part("acks"):

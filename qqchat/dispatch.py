@@ -272,8 +272,8 @@ class Dispatcher:
     # (``_id``, ``_str``, ``_cid``) to find and word what is wrong: same answers, a
     # few function calls less per message.
 
-    def _send(self, send: Callable[..., Any], session: Session, msg: Frame, req: Any,
-              to: str) -> Any:
+    def _send(self, send: Callable[[Session, Any, int, str, str | None], Reply],
+              session: Session, msg: Frame, req: Any, to: str) -> Reply:
         """``send`` (a ``HotPath`` method) with a new message's target (the id in
         field ``to``), text and client id."""
         target, text = msg.get(to), msg.get("text")
@@ -284,7 +284,7 @@ class Dispatcher:
         return send(session, req, target, text, self._cid(msg) if "cid" in msg else None)
 
     def handle_chat(self, session: Session, msg: Frame, req: Any) -> Reply:
-        return self._send(self.hot.chat, session, msg, req, "to")  # type: ignore[no-any-return]
+        return self._send(self.hot.chat, session, msg, req, "to")
 
     def handle_broadcast(self, session: Session, msg: Frame, req: Any) -> Reply:
         text, cid = _str(msg, "text"), self._cid(msg)
@@ -292,8 +292,7 @@ class Dispatcher:
         return self.hot.broadcast(session, req, text, cid)
 
     def handle_group_chat(self, session: Session, msg: Frame, req: Any) -> Reply:
-        return self._send(self.hot.group_chat, session, msg, req,  # type: ignore[no-any-return]
-                          "group")
+        return self._send(self.hot.group_chat, session, msg, req, "group")
 
     def handle_ack(self, session: Session, msg: Frame, req: Any
                    ) -> Frame | Reply | defer.Deferred[Frame]:

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 
 from qqchat.codec import encode
+from qqchat.lazylist import LazyList, appended
 
 
 class Connection(Protocol):
@@ -60,7 +61,7 @@ class Session:
         self.closed = False
         #: pushes held during the login backlog; the shared empty tuple while none are
         #: (an idle client's session holds no list of its own)
-        self._held: list[tuple[int | None, bytes]] | tuple[()] = ()
+        self._held: LazyList[tuple[int | None, bytes]] = ()
         self._held_bytes = 0
         #: identifies this login cluster-wide (set by the relay when it claims the user)
         self.token = ""
@@ -118,10 +119,7 @@ class Session:
         that stops reading in its backlog is cut off, not buffered for (R8). What it
         loses that way is in the log for its next login."""
         if self.conn.hold(len(line)):
-            if self._held:
-                self._held.append((msg_id, line))  # type: ignore[union-attr]
-            else:
-                self._held = [(msg_id, line)]
+            self._held = appended(self._held, (msg_id, line))
             self._held_bytes += len(line)
 
     def begin_sync(self) -> None:

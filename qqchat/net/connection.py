@@ -31,6 +31,7 @@ from zope.interface import implementer
 from qqchat.codec import DecodeError, decode, encode
 from qqchat.dispatch import Dispatcher
 from qqchat.frames import Reply, error_frame
+from qqchat.lazylist import LazyList, appended
 from qqchat.metrics import Count, Registry
 from qqchat.ratelimit import TokenBucket
 from qqchat.session import Session
@@ -101,8 +102,6 @@ class ChatConnection(TimeoutMixin):
     goodbye: ClassVar[bytes] = b""
     #: what one request is called in error messages
     unit: ClassVar[str] = "line"
-    #: set while no further request may be read (LineReceiver reads it too)
-    paused = False
     #: a graceful stop waiting for the request in hand (``stop_reading``); set on
     #: the instance only then
     _stopped: defer.Deferred[None] | None = None
@@ -116,9 +115,9 @@ class ChatConnection(TimeoutMixin):
         self.address = "?"
         self._counted = False
         # The three below start as the shared empty tuple (and the waiter lists become
-        # lists only when used): an idle connection holds none of its own. As a set
-        # and two lists they were some 330 bytes, 7 % of what an idle client costs.
-        self._on_close: list[defer.Deferred[None]] | tuple[()] = ()
+        # lists only when used, ``lazylist``): an idle connection holds none of its
+        # own. As a set and two lists they were some 330 bytes a connection.
+        self._on_close: LazyList[defer.Deferred[None]] = ()
         #: why no further request is read now ("request", "write", "stop")
         self._pauses: tuple[str, ...] = ()
         #: the request in hand, while its reply is not written yet
@@ -130,7 +129,7 @@ class ChatConnection(TimeoutMixin):
         self._pending = 0
         #: set once the server closes this connection: nothing more is queued for it
         self._closing = False
-        self._writable: list[defer.Deferred[None]] | tuple[()] = ()
+        self._writable: LazyList[defer.Deferred[None]] = ()
         self._abort_call: IDelayedCall | None = None
         self._lost = False
         self._socket_paused = False
@@ -140,12 +139,11 @@ class ChatConnection(TimeoutMixin):
         self._bucket = TokenBucket(factory.rate_limit, factory.rate_burst,
                                    factory.clock.seconds())
         self._requests: Count = factory.requests_by_edge.labels(self.edge)
-        # Set now, though the class has it: each connection's attributes then come
-        # into being in one order, which lets every instance dict share the class's
-        # keys. One set later, first by a pause here and by the framing's buffer
-        # there, made whichever order the daemon's first connection met the shared
-        # one, and every connection that met the other order a dict of its own:
-        # 1.4 KiB more per idle client, by the luck of that first connection.
+        #: set while no further request may be read (LineReceiver reads it too). Set
+        #: here, not first at a pause, so that every connection's attributes come into
+        #: being in one order and all their dicts share the class's keys: one set
+        #: later made the order the daemon's first connection met the shared one, and
+        #: every connection that met another a dict of its own (1.4 KiB an idle client)
         self.paused = False
 
     # -- Connection, as the session sees it -------------------------------
@@ -249,20 +247,15 @@ class ChatConnection(TimeoutMixin):
         if self._blocked_bytes is None or self.session.closed:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        if self._writable:
-            self._writable.append(d)  # type: ignore[union-attr]
-        else:
-            self._writable = [d]
+        self._writable = appended(self._writable, d)
         return d
 
     def notifyOnClose(self, d: defer.Deferred[None]) -> None:
         """Fire ``d`` once the connection is gone (for graceful stop)."""
         if self._lost:
             d.callback(None)
-        elif self._on_close:
-            self._on_close.append(d)  # type: ignore[union-attr]
         else:
-            self._on_close = [d]
+            self._on_close = appended(self._on_close, d)
 
     # -- flow control -----------------------------------------------------
 
