@@ -9,7 +9,10 @@ never passes a message the session was not sent."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,19 @@ def test_the_staged_table_is_moved_in_bulk_once_it_is_large() -> None:
     assert [r[0] for r in rows] == sorted(r[0] for r in rows)
 
 
+def test_the_move_counts_from_the_first_row_staged_since_the_last_move() -> None:
+    pool, store = make_stores()
+    a, b = users(store)
+    send(store, a, b, [f"m{i}" for i in range(STAGE_ROWS - 10)])
+    result_of(store.message_log.undelivered(b, 0, 1))  # a read moves them
+    assert count(pool, "messages_recent") == 0
+    send(store, a, b, [f"n{i}" for i in range(STAGE_ROWS - 10)])
+    assert count(pool, "messages_recent") == STAGE_ROWS - 10  # not moved early
+    send(store, a, b, [f"o{i}" for i in range(20)])
+    assert count(pool, "messages_recent") == 0
+    assert count(pool, "messages") == 2 * STAGE_ROWS
+
+
 def test_a_retried_client_id_is_found_staged_or_moved() -> None:
     pool, store = make_stores()
     a, b = users(store)
@@ -124,6 +140,78 @@ def test_staged_messages_left_by_a_stop_move_at_the_next_start(tmp_path: Path) -
         assert [r[0] for r in rows] == ["before the stop"]
     finally:
         pool.close()
+
+
+class _Recorded:
+    """A cursor that records its statements and its connection's commits."""
+
+    def __init__(self) -> None:
+        self.connection = self
+        self.done: list[str] = []
+
+    def execute(self, sql: str, *params: Any) -> None:
+        self.done.append(sql)
+
+    def commit(self) -> None:
+        self.done.append("commit")
+
+
+def test_an_unsynced_commit_leaves_the_connection_synced_whatever_the_block_does() -> None:
+    engine = SqliteEngine()
+    t = _Recorded()
+    with engine.unsynced(t):
+        t.execute("UPDATE users SET last_login = 1")
+    assert t.done == ["PRAGMA synchronous=NORMAL", "UPDATE users SET last_login = 1",
+                      "commit", "PRAGMA synchronous=FULL"]
+    failed = _Recorded()
+    with pytest.raises(LookupError), engine.unsynced(failed):
+        failed.execute("UPDATE users SET last_login = 1")
+        raise LookupError("the block failed")
+    # not committed (adbapi rolls it back), and synced again for the next commit
+    assert failed.done == ["PRAGMA synchronous=NORMAL", "UPDATE users SET last_login = 1",
+                           "PRAGMA synchronous=FULL"]
+
+
+def test_a_login_stamp_is_committed_and_the_next_batch_commits_synced(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.db")
+    pool = _pool(path)
+    try:
+        store = Stores.open(pool, SqliteEngine(pool.dbapi))
+        a, b = users(store)
+        send(store, a, b, ["staged"])
+        start = result_of(store.message_log.backlog_start(b, 100, 5000))
+        assert [r[6] for r in start.rows] == ["staged"] and start.login == 5000
+        assert result_of(pool.runQuery("PRAGMA synchronous"))[0][0] == 2  # FULL
+        # committed: another connection sees the stamp and the move of staged rows
+        with closing(sqlite3.connect(path)) as con:
+            assert con.execute("SELECT last_login FROM users WHERE id = ?",
+                               (b,)).fetchone()[0] == 5000
+            assert con.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
+    finally:
+        pool.close()
+
+
+_CRASH_AFTER_UNSYNCED = """
+import os, sqlite3, sys
+from qqchat.storage.engines.sqlite import SqliteEngine
+con = sqlite3.connect(sys.argv[1])
+con.execute("PRAGMA journal_mode=WAL")
+t = con.cursor()
+with SqliteEngine().unsynced(t):
+    t.execute("UPDATE users SET last_login = 7000 WHERE id = 1")
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_an_unsynced_commit_outlives_a_crash_of_the_daemon(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.db")
+    pool = _pool(path)
+    users(Stores.open(pool, SqliteEngine(pool.dbapi)))
+    pool.close()
+    proc = subprocess.run([sys.executable, "-c", _CRASH_AFTER_UNSYNCED, path], check=False)
+    assert proc.returncode == -signal.SIGKILL  # killed before it could close anything
+    with closing(sqlite3.connect(path)) as con:
+        assert con.execute("SELECT last_login FROM users WHERE id = 1").fetchone()[0] == 7000
 
 
 def test_a_checked_ack_stops_before_a_message_not_yet_seen() -> None:

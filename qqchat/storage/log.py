@@ -574,13 +574,14 @@ class LogStore(Access):
         q_rows = self._q(self._UNDELIVERED)
 
         def txn(t: Any) -> Backlog:
-            t.execute(q_stamp, (now, user_id))
-            self._engine.before_log_read(t)
-            t.execute(q_acked, (user_id,))
-            row = t.fetchone()
-            acked, login = (int(row[0]), int(row[1])) if row else (0, 0)
-            t.execute(q_rows, self._undelivered_params(user_id, acked, limit))
-            return Backlog(acked, login, list(t.fetchall()))
+            with self._engine.unsynced(t):  # the stamp need not outlive the OS
+                t.execute(q_stamp, (now, user_id))
+                self._engine.before_log_read(t)
+                t.execute(q_acked, (user_id,))
+                row = t.fetchone()
+                acked, login = (int(row[0]), int(row[1])) if row else (0, 0)
+                t.execute(q_rows, self._undelivered_params(user_id, acked, limit))
+                return Backlog(acked, login, list(t.fetchall()))
 
         return self._run(txn)
 

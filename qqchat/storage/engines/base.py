@@ -180,6 +180,16 @@ class Engine:
     def unstage(self, t: Any) -> None:
         """Move whatever is staged into ``messages`` (at start: what a stop left)."""
 
+    # -- commits ----------------------------------------------------------
+
+    @contextmanager
+    def unsynced(self, t: Any) -> Iterator[None]:
+        """Wrap a whole transaction that only stamps when something last happened (a
+        login, a session token's use): where the engine can, its commit does not wait
+        for the disk, since nothing has to outlive a power loss for it. Here an
+        ordinary commit (MariaDB's durability is the server's, for every session)."""
+        yield
+
     @property
     def derives_later(self) -> bool:
         """The conversation list is not written by each batch but caught up in bulk

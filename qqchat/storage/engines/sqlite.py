@@ -23,10 +23,14 @@ if TYPE_CHECKING:
 
 #: staged messages are moved into the indexed table once this many wait
 STAGE_ROWS = 1000
+#: every commit survives a power loss (``SqliteEngine.unsynced`` aside)
+SYNCED = "PRAGMA synchronous=FULL"
+
+
 def _open(conn: sqlite3.Connection) -> None:
     # WAL lets readers run beside the writer; FULL makes each commit survive power loss.
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(SYNCED)
     conn.execute("PRAGMA busy_timeout=5000")
 
 
@@ -70,6 +74,24 @@ class SqliteEngine(Engine):
         step: one index page write per thousand messages, not one per message."""
         for stmt in _MOVE:
             t.execute(stmt)
+
+    # -- commits ----------------------------------------------------------
+
+    @contextmanager
+    def unsynced(self, t: Any) -> Iterator[None]:
+        """Commit the block with ``synchronous=NORMAL``: its pages go to the WAL and
+        are synced by the next synced commit (a message batch) or checkpoint, not
+        waited for now. That saves a login an fsync. Such a commit survives a crash of
+        the daemon (the OS holds the write); only with the OS can it be lost, and then
+        whole (recovery stops at the last commit that reached the disk) and together
+        with every session it spoke for. Whatever happens, the connection is left
+        synced for the commits that must be."""
+        t.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+            t.connection.commit()
+        finally:
+            t.execute(SYNCED)
 
     # -- schema -----------------------------------------------------------
 
@@ -131,7 +153,7 @@ class SqliteEngine(Engine):
             # as the daemon's connection: WAL, durable commits, and wait for its writes
             conn.execute(f"PRAGMA busy_timeout={int(lock_wait_ms)}")
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(SYNCED)
         except (OSError, sqlite3.Error) as e:
             raise ConnectError(f"cannot open sqlite:///{path}: {e}") from None
         return conn
