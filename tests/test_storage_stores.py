@@ -135,6 +135,42 @@ async def test_a_group_message_has_the_members_of_its_moment(stores: Stores) -> 
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_group_batch_to_kept_members_is_one_trip_where_the_engine_can(
+        stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MariaDB: once the log keeps a group's members, a batch with its messages is one
+    multi-statement that reads the group's version to check them; if a join moved it
+    since, that trip is undone and the batch written statement by statement."""
+    a, b, c = await users(stores, "a", "b", "c")
+    gid = await stores.groups.create_group("g", "d", a, 5)
+    assert isinstance(gid, int)
+    assert await stores.groups.join_group(gid, b, 6, max_members=10) == "joined"
+    log = stores.message_log
+    trips: list[int] = []
+    run_script = log.engine.run_script
+
+    def counted(t: object, statements: list[str], params: list[object]) -> object:
+        trips.append(sum(s.startswith("INSERT INTO messages") for s in statements))
+        return run_script(t, statements, params)
+
+    monkeypatch.setattr(log.engine, "run_script", counted)
+    assert await group_members_at_send(stores, a, gid) == [a, b]  # members read
+    (direct, grouped) = await send(stores, [NewMessage(KIND_DIRECT, a, "to b", recipient=b),
+                                            NewMessage(KIND_GROUP, a, "m", group_id=gid)],
+                                   acks=[(b, 1)])
+    assert grouped.id == direct.id + 1 and sorted(grouped.members or []) == [a, b]
+    assert await stores.groups.join_group(gid, c, 6, max_members=10) == "joined"
+    assert await group_members_at_send(stores, a, gid) == [a, b, c]
+    # what the undone trip inserted is gone: each message is in the log once
+    rows = await log.history_group(gid, 2**62, 10)
+    assert [r[6] for r in rows] == ["m", "m", "m"]
+    head = await log._one("SELECT last_id FROM chat_groups WHERE id = ?", gid)
+    assert head is not None and int(head[0]) == rows[0][0]
+    assert await acked(stores, b) == 1
+    # one trip for the second batch, and one tried for the third
+    assert trips == ([1, 1] if log.engine.multi_statements else [])
+
+
+@pytest_twisted.ensureDeferred
 async def test_kept_group_members_are_read_again_after_a_while(stores: Stores) -> None:
     """A member added without the version moving (as a node from before migration 5
     does in a rolling upgrade) is not seen while the members are kept, and is once

@@ -156,7 +156,12 @@ class LogStore(Access):
 
         def txn(t: Any) -> list[Stored]:
             if engine.multi_statements and messages and self._one_trip(messages):
-                return self._write_in_one_trip(t, messages, ack_rows, now)
+                done = self._write_in_one_trip(t, messages, ack_rows, now)
+                if done is not None:
+                    return done
+                # a group's members changed since they were kept: undo, and write the
+                # batch statement by statement, reading them
+                t.connection.rollback()
             results: list[Stored] = []
             if messages:
                 head = engine.reserve_ids(t, len(messages))
@@ -275,37 +280,70 @@ class LogStore(Access):
     _ONE_TRIP_BYTES = 256 * 1024
 
     def _one_trip(self, messages: Sequence[NewMessage]) -> bool:
-        """Whether the batch needs nothing read back before it is written: no group
-        (its members are read under the lock), no client id (looked up first)."""
+        """Whether the batch needs nothing read back before it is written: no client id
+        (looked up first), and no group message but to a group whose members this
+        store keeps (``_members_of``) and counts the sender among. Those members are
+        assumed current, and the trip reads the group's version to check it
+        (``_write_in_one_trip``)."""
         size = 0
+        now = time.monotonic()
         for m in messages:
-            if m.group_id is not None or m.cid is not None:
+            if m.cid is not None:
                 return False
+            if m.group_id is not None:
+                kept = self._members.get(m.group_id)
+                if (kept is None or now - kept[2] >= self.MEMBERS_KEPT_SECONDS
+                        or m.sender not in kept[1]):
+                    return False
             size += len(m.body)
         return size * 4 <= self._ONE_TRIP_BYTES
 
     def _write_in_one_trip(self, t: Any, messages: Sequence[NewMessage],
-                           ack_rows: list[tuple[int, int, int]], now: int) -> list[Stored]:
+                           ack_rows: list[tuple[int, int, int]], now: int
+                           ) -> list[Stored] | None:
         """Where the engine takes multi-statements (MySQL): reserve the ids, insert the
         rows, apply the acks and read the head back in one round trip, then the
-        commit: two round trips a batch instead of four, each of which holds the
-        log_seq lock for every node. The rows take their ids from the engine's
-        ``reserved_head`` (LAST_INSERT_ID), which the reservation sets."""
+        commit: two round trips a batch instead of four or more, each of which holds
+        the log_seq lock for every node. The rows take their ids from the engine's
+        ``reserved_head`` (LAST_INSERT_ID), which the reservation sets.
+
+        Group messages go to the members ``_one_trip`` found kept; the trip reads each
+        group's ``members_version`` under the lock, as ``_members_of`` would, and if
+        one moved since, returns None: the caller rolls the trip back."""
         engine = self._engine
         n = len(messages)
         # integers go into the text as literals (formatted with int(), so nothing
         # else can): the driver then escapes one parameter per message, the body
         head, body = self._one_trip_head, self._one_trip_body
         values = []
+        groups: dict[int, int] = {}  # group id -> offset of its newest message
         for k, m in enumerate(messages):
             to = "NULL" if m.recipient is None else f"{int(m.recipient):d}"
+            gid = "NULL"
+            if m.group_id is not None:
+                gid = f"{int(m.group_id):d}"
+                groups[m.group_id] = n - 1 - k
             values.append(f"({head} - {n - 1 - k:d}, {int(m.kind):d}, {int(m.sender):d},"
-                          f" {to}, NULL, {body}, {int(now):d}, NULL)")
+                          f" {to}, {gid}, {body}, {int(now):d}, NULL)")
         parts = [engine.reserve_sql,
                  f"INSERT INTO messages ({LOG_COLUMNS}) VALUES " + ",".join(values),
                  f"SELECT {engine.reserved_head}"]
         params: list[Any] = [n]
         params += [m.body for m in messages]
+        # the members ``_one_trip`` found, as they are now (another thread's batch in
+        # positions order can start the store's kept members afresh)
+        kept = {g: self._members.get(g) for g in groups}
+        for m in messages:
+            if m.group_id is not None:
+                entry = kept[m.group_id]
+                if entry is None or m.sender not in entry[1]:
+                    return None
+        if groups:
+            parts.append("SELECT id, members_version FROM chat_groups WHERE id IN ("
+                         + ",".join(f"{int(g):d}" for g in sorted(groups)) + ")")
+            parts += [f"UPDATE chat_groups SET last_id = {engine.greatest}(last_id,"
+                      f" {head} - {offset:d}) WHERE id = {int(g):d}"
+                      for g, offset in sorted(groups.items())]
         # the conversation list: each pair's newest message, by its offset from the head
         newest: dict[tuple[int, int], int] = {}
         for k, m in enumerate(messages):
@@ -323,7 +361,17 @@ class LogStore(Access):
         if not sets or not sets[0]:
             raise RuntimeError("the log head was not returned")
         first = int(sets[0][0][0]) - n + 1
-        return [Stored(first + k, now, False) for k in range(n)]
+        if not groups:
+            return [Stored(first + k, now, False) for k in range(n)]
+        versions = {int(gid): int(version) for gid, version in sets[1]}
+        members: dict[int, tuple[int, ...]] = {}
+        for g, entry in kept.items():
+            if entry is None or versions.get(g) != entry[0]:
+                return None
+            members[g] = entry[1]
+        return [Stored(first + k, now, False,
+                       members=None if m.group_id is None else members[m.group_id])
+                for k, m in enumerate(messages)]
 
     def _write_derived(self, t: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         """Keep the conversation list (each pair's and each group's newest message) in
