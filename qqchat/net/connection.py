@@ -155,11 +155,17 @@ class ChatConnection(TimeoutMixin):
             self._blocked_bytes += len(line)
             if not self._pend(len(line)):
                 return
-        if line.startswith(b'{"type":"message",'):
+        factory = self.factory
+        if line is factory.last_push:
+            # the line counted last: a fan-out writes one line object to every
+            # recipient, and its kind is found once
+            factory.last_push_counter.value += 1
+        elif line.startswith(b'{"type":"message",'):
             # counted as written; the kind's key is the frame's last (``message_frame``)
-            counter = self.factory.pushed.get(line[line.rfind(b',"', -40) + 2])
+            counter = factory.pushed.get(line[line.rfind(b',"', -40) + 2])
             if counter is not None:
                 counter.value += 1
+                factory.last_push, factory.last_push_counter = line, counter
         if self.frame_line is not None:
             line = self.frame_line(line)
         t = self._tcp
@@ -499,6 +505,9 @@ class ConnectionFactory(protocol.Factory):
         self.pushed: dict[int, Count] = {ord("t"): pushes.labels("direct"),
                                          ord("g"): pushes.labels("group"),
                                          ord("b"): pushes.labels("broadcast")}
+        #: the last push counted, and its counter (``ChatConnection.send_line``)
+        self.last_push: bytes | None = None
+        self.last_push_counter: Count = self.pushed[ord("t")]
 
     def pending_changed(self, conn: ChatConnection, nbytes: int) -> None:
         self.pending_bytes += nbytes
