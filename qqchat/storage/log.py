@@ -120,8 +120,7 @@ class LogStore(Access):
         engine, p = self._engine, self._engine.param
         self._q_insert = self._q(f"INSERT INTO {engine.log_table} ({LOG_COLUMNS}) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-        self._q_group_head = self._q(
-            f"UPDATE chat_groups SET last_id = {engine.greatest}(last_id, ?) WHERE id = ?")
+        self._q_group_head = self._q(self._group_head("?", "?"))
         self._conversation_upsert = engine.keep_greatest("user_id, peer_id", "last_id",
                                                          "conversations")
         head = engine.reserved_head
@@ -155,8 +154,9 @@ class LogStore(Access):
                              positions)
 
         def txn(t: Any) -> list[Stored]:
-            if engine.multi_statements and messages and self._one_trip(messages):
-                done = self._write_in_one_trip(t, messages, ack_rows, now)
+            kept = self._one_trip(messages) if engine.multi_statements and messages else None
+            if kept is not None:
+                done = self._write_in_one_trip(t, messages, kept, ack_rows, now)
                 if done is not None:
                     return done
                 # a group's members changed since they were kept: undo, and write the
@@ -230,8 +230,8 @@ class LogStore(Access):
             return ()
         version = int(row[0])
         now = time.monotonic()
-        kept = self._members.get(gid)
-        if kept is not None and kept[0] == version and now - kept[2] < self.MEMBERS_KEPT_SECONDS:
+        kept = self._kept(gid, now)
+        if kept is not None and kept[0] == version:
             return kept[1]
         t.execute(self._q_members, (gid,))
         found = tuple(int(r[0]) for r in t.fetchall())
@@ -239,6 +239,14 @@ class LogStore(Access):
             self._members.clear()
         self._members[gid] = (version, found, now)
         return found
+
+    def _kept(self, gid: int, now: float) -> tuple[int, tuple[int, ...]] | None:
+        """The members kept for group ``gid`` and the version they were read at, while
+        they may still be used (``MEMBERS_KEPT_SECONDS``)."""
+        kept = self._members.get(gid)
+        if kept is None or now - kept[2] >= self.MEMBERS_KEPT_SECONDS:
+            return None
+        return kept[0], kept[1]
 
     def _write_positioned(self, t: Any, messages: Sequence[NewMessage],
                           ack_rows: list[tuple[int, int, int]], now: int, flight: InFlight,
@@ -279,26 +287,34 @@ class LogStore(Access):
     #: the most message text sent as one multi-statement (its packet stays small)
     _ONE_TRIP_BYTES = 256 * 1024
 
-    def _one_trip(self, messages: Sequence[NewMessage]) -> bool:
-        """Whether the batch needs nothing read back before it is written: no client id
-        (looked up first), and no group message but to a group whose members this
-        store keeps (``_members_of``) and counts the sender among. Those members are
-        assumed current, and the trip reads the group's version to check it
-        (``_write_in_one_trip``)."""
+    def _one_trip(self, messages: Sequence[NewMessage]
+                  ) -> dict[int, tuple[int, tuple[int, ...]]] | None:
+        """For a batch that needs nothing read back before it is written, the members
+        (and the version they were read at) of each of its groups, which the trip
+        checks against the groups' versions (``_write_in_one_trip``); None for a batch
+        with a client id (looked up first), or a group message to a group whose
+        members this store does not keep (``_kept``) or does not count the sender
+        among."""
         size = 0
-        now = time.monotonic()
+        kept: dict[int, tuple[int, tuple[int, ...]]] = {}
         for m in messages:
             if m.cid is not None:
-                return False
-            if m.group_id is not None:
-                kept = self._members.get(m.group_id)
-                if (kept is None or now - kept[2] >= self.MEMBERS_KEPT_SECONDS
-                        or m.sender not in kept[1]):
-                    return False
+                return None
+            gid = m.group_id
+            if gid is not None:
+                entry = kept.get(gid)
+                if entry is None:
+                    entry = self._kept(gid, time.monotonic())
+                    if entry is None:
+                        return None
+                    kept[gid] = entry
+                if m.sender not in entry[1]:
+                    return None
             size += len(m.body)
-        return size * 4 <= self._ONE_TRIP_BYTES
+        return kept if size * 4 <= self._ONE_TRIP_BYTES else None
 
     def _write_in_one_trip(self, t: Any, messages: Sequence[NewMessage],
+                           kept: dict[int, tuple[int, tuple[int, ...]]],
                            ack_rows: list[tuple[int, int, int]], now: int
                            ) -> list[Stored] | None:
         """Where the engine takes multi-statements (MySQL): reserve the ids, insert the
@@ -307,22 +323,22 @@ class LogStore(Access):
         the log_seq lock for every node. The rows take their ids from the engine's
         ``reserved_head`` (LAST_INSERT_ID), which the reservation sets.
 
-        Group messages go to the members ``_one_trip`` found kept; the trip reads each
-        group's ``members_version`` under the lock, as ``_members_of`` would, and if
-        one moved since, returns None: the caller rolls the trip back."""
+        Group messages go to the members ``_one_trip`` found kept (``kept``); the trip
+        reads each group's ``members_version`` under the lock, as ``_members_of``
+        would, and if one moved since, returns None: the caller rolls the trip back."""
         engine = self._engine
         n = len(messages)
         # integers go into the text as literals (formatted with int(), so nothing
         # else can): the driver then escapes one parameter per message, the body
         head, body = self._one_trip_head, self._one_trip_body
         values = []
-        groups: dict[int, int] = {}  # group id -> offset of its newest message
+        newest_in: dict[int, int] = {}  # group id -> offset of its newest message
         for k, m in enumerate(messages):
             to = "NULL" if m.recipient is None else f"{int(m.recipient):d}"
             gid = "NULL"
             if m.group_id is not None:
                 gid = f"{int(m.group_id):d}"
-                groups[m.group_id] = n - 1 - k
+                newest_in[m.group_id] = n - 1 - k
             values.append(f"({head} - {n - 1 - k:d}, {int(m.kind):d}, {int(m.sender):d},"
                           f" {to}, {gid}, {body}, {int(now):d}, NULL)")
         parts = [engine.reserve_sql,
@@ -330,20 +346,11 @@ class LogStore(Access):
                  f"SELECT {engine.reserved_head}"]
         params: list[Any] = [n]
         params += [m.body for m in messages]
-        # the members ``_one_trip`` found, as they are now (another thread's batch in
-        # positions order can start the store's kept members afresh)
-        kept = {g: self._members.get(g) for g in groups}
-        for m in messages:
-            if m.group_id is not None:
-                entry = kept[m.group_id]
-                if entry is None or m.sender not in entry[1]:
-                    return None
-        if groups:
+        if kept:
             parts.append("SELECT id, members_version FROM chat_groups WHERE id IN ("
-                         + ",".join(f"{int(g):d}" for g in sorted(groups)) + ")")
-            parts += [f"UPDATE chat_groups SET last_id = {engine.greatest}(last_id,"
-                      f" {head} - {offset:d}) WHERE id = {int(g):d}"
-                      for g, offset in sorted(groups.items())]
+                         + ",".join(f"{int(g):d}" for g in sorted(kept)) + ")")
+            parts += [self._group_head(f"{head} - {offset:d}", f"{int(g):d}")
+                      for g, offset in sorted(newest_in.items())]
         # the conversation list: each pair's newest message, by its offset from the head
         newest: dict[tuple[int, int], int] = {}
         for k, m in enumerate(messages):
@@ -361,17 +368,20 @@ class LogStore(Access):
         if not sets or not sets[0]:
             raise RuntimeError("the log head was not returned")
         first = int(sets[0][0][0]) - n + 1
-        if not groups:
+        if not kept:
             return [Stored(first + k, now, False) for k in range(n)]
         versions = {int(gid): int(version) for gid, version in sets[1]}
-        members: dict[int, tuple[int, ...]] = {}
-        for g, entry in kept.items():
-            if entry is None or versions.get(g) != entry[0]:
-                return None
-            members[g] = entry[1]
+        if any(versions.get(g) != version for g, (version, _) in kept.items()):
+            return None
         return [Stored(first + k, now, False,
-                       members=None if m.group_id is None else members[m.group_id])
+                       members=None if m.group_id is None else kept[m.group_id][1])
                 for k, m in enumerate(messages)]
+
+    def _group_head(self, last_id: str, gid: str) -> str:
+        """The statement that moves group ``gid``'s newest message on to ``last_id``
+        (never back): with placeholders, or with literals in a multi-statement."""
+        return (f"UPDATE chat_groups SET last_id = {self._engine.greatest}(last_id, {last_id})"
+                f" WHERE id = {gid}")
 
     def _write_derived(self, t: Any, rows: Sequence[tuple[Any, ...]]) -> None:
         """Keep the conversation list (each pair's and each group's newest message) in
